@@ -1,0 +1,38 @@
+//! The catalog's error type. Each variant says what a user did wrong (or what broke) so the server
+//! edge can map it to a SQLSTATE.
+
+/// Errors from the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("column \"{column}\" specified more than once in \"{relation}\"")]
+    DuplicateColumn { relation: String, column: String },
+    #[error("column \"{column}\" of relation \"{relation}\" does not exist")]
+    UndefinedColumn { relation: String, column: String },
+    #[error("project \"{0}\" does not exist")]
+    UndefinedProject(String),
+    #[error("feature group \"{0}\" does not exist")]
+    UndefinedFeatureGroup(String),
+    #[error("feature group \"{name}\" has no version {version}")]
+    UndefinedVersion { name: String, version: u32 },
+    #[error("relation \"{0}\" does not exist")]
+    UndefinedRelation(String),
+    #[error("cannot drop: {0}")]
+    DependentObjects(String),
+    #[error("catalog log {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("catalog log {path} is corrupt at entry {entry}: {message}")]
+    CorruptLog {
+        path: String,
+        entry: u64,
+        message: String,
+    },
+}
+
+/// A catalog result.
+pub type CatalogResult<T> = Result<T, CatalogError>;

@@ -1,0 +1,205 @@
+//! The catalog's objects: projects, users, feature groups and plain tables.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A PostgreSQL object identifier. Ours start at 16384, where PostgreSQL's user objects start.
+pub type Oid = u32;
+
+/// The first OID handed to a user object, as in PostgreSQL (`FirstNormalObjectId`).
+pub const FIRST_USER_OID: Oid = 16384;
+
+/// The column types a feature group or table may have (the spec's "Types").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnType {
+    Boolean,
+    SmallInt,
+    Integer,
+    BigInt,
+    Real,
+    DoublePrecision,
+    Text,
+    /// VARCHAR with its optional length limit, which is enforced on write.
+    Varchar(Option<u32>),
+    Bytea,
+    Date,
+    Timestamp,
+    TimestampTz,
+    /// A one-dimensional array of a numeric element type (embeddings).
+    Array(Box<ColumnType>),
+}
+
+impl ColumnType {
+    /// Whether values of this type have an order, as event times and ASOF times need.
+    pub fn is_orderable_time(&self) -> bool {
+        matches!(
+            self,
+            ColumnType::Date
+                | ColumnType::Timestamp
+                | ColumnType::TimestampTz
+                | ColumnType::SmallInt
+                | ColumnType::Integer
+                | ColumnType::BigInt
+        )
+    }
+
+    /// Whether this type may be the element of an array column.
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            ColumnType::SmallInt
+                | ColumnType::Integer
+                | ColumnType::BigInt
+                | ColumnType::Real
+                | ColumnType::DoublePrecision
+        )
+    }
+
+    /// Whether a primary key may use this type (arrays and floats make poor keys).
+    pub fn is_key_type(&self) -> bool {
+        !matches!(
+            self,
+            ColumnType::Array(_) | ColumnType::Real | ColumnType::DoublePrecision
+        )
+    }
+
+    /// The PostgreSQL spelling of the type, as `format_type` prints it.
+    pub fn sql_name(&self) -> String {
+        match self {
+            ColumnType::Boolean => "boolean".into(),
+            ColumnType::SmallInt => "smallint".into(),
+            ColumnType::Integer => "integer".into(),
+            ColumnType::BigInt => "bigint".into(),
+            ColumnType::Real => "real".into(),
+            ColumnType::DoublePrecision => "double precision".into(),
+            ColumnType::Text => "text".into(),
+            ColumnType::Varchar(None) => "character varying".into(),
+            ColumnType::Varchar(Some(n)) => format!("character varying({n})"),
+            ColumnType::Bytea => "bytea".into(),
+            ColumnType::Date => "date".into(),
+            ColumnType::Timestamp => "timestamp without time zone".into(),
+            ColumnType::TimestampTz => "timestamp with time zone".into(),
+            ColumnType::Array(element) => format!("{}[]", element.sql_name()),
+        }
+    }
+}
+
+/// One column of a feature group or table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub data_type: ColumnType,
+    pub nullable: bool,
+    pub description: Option<String>,
+}
+
+/// What a relation is: the catalog keeps feature groups and plain tables side by side because they
+/// share one namespace inside a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelationKind {
+    FeatureGroup(FeatureGroupSpec),
+    Table,
+}
+
+/// The parts of a relation that only feature groups have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureGroupSpec {
+    pub version: u32,
+    /// The column whose value orders rows of one key; without it the commit order does.
+    pub event_time: Option<String>,
+    pub options: FeatureGroupOptions,
+}
+
+/// The options a feature group version carries, settable at creation and by ALTER ... SET.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureGroupOptions {
+    pub online: bool,
+    /// Rows older than this many seconds (by event time) are not served online nor matched by ASOF.
+    pub ttl_seconds: Option<i64>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    /// The partitioning expression as written, e.g. `day(ts)`.
+    pub partition_by: Option<String>,
+}
+
+/// A change to some of a feature group version's options; `None` leaves an option as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureGroupOptionsPatch {
+    pub online: Option<bool>,
+    pub ttl_seconds: Option<Option<i64>>,
+    pub description: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl FeatureGroupOptions {
+    /// Applies a patch, leaving the options it does not name unchanged.
+    pub fn apply(&mut self, patch: &FeatureGroupOptionsPatch) {
+        if let Some(online) = patch.online {
+            self.online = online;
+        }
+        if let Some(ttl) = patch.ttl_seconds {
+            self.ttl_seconds = ttl;
+        }
+        if let Some(description) = &patch.description {
+            self.description = description.clone();
+        }
+        if let Some(tags) = &patch.tags {
+            self.tags = tags.clone();
+        }
+    }
+}
+
+/// A feature group version or a plain table: something with rows in the offline store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relation {
+    pub oid: Oid,
+    pub project: String,
+    /// The name without version: `transactions`, never `transactions_1`.
+    pub name: String,
+    pub kind: RelationKind,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Relation {
+    /// The name SQL uses for this exact relation: `<name>_<version>` for a feature group version.
+    pub fn qualified_name(&self) -> String {
+        match &self.kind {
+            RelationKind::FeatureGroup(spec) => format!("{}_{}", self.name, spec.version),
+            RelationKind::Table => self.name.clone(),
+        }
+    }
+
+    /// The feature-group parts, or `None` for a plain table.
+    pub fn feature_group(&self) -> Option<&FeatureGroupSpec> {
+        match &self.kind {
+            RelationKind::FeatureGroup(spec) => Some(spec),
+            RelationKind::Table => None,
+        }
+    }
+
+    /// The column with this name, if any.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A project: a PostgreSQL database, the unit of multi-tenancy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub oid: Oid,
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user that may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub oid: Oid,
+    pub name: String,
+    pub superuser: bool,
+}

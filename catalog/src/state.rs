@@ -1,0 +1,416 @@
+//! The catalog as a deterministic state machine: `CatalogState::apply` is the only way it changes.
+//!
+//! Everything `apply` needs comes in the command (names, owners, timestamps), and OIDs are handed out
+//! from a counter that is part of the state, so replaying the same log anywhere gives the same
+//! catalog. That is what lets the Raft issue replace the local log without touching the callers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CatalogError, CatalogResult};
+use crate::model::{
+    Column, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, Oid, Project, Relation,
+    RelationKind, User,
+};
+
+/// A change to the catalog. Commands are the entries of the catalog log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    CreateUser {
+        name: String,
+        superuser: bool,
+    },
+    CreateProject {
+        name: String,
+        description: Option<String>,
+        owner: String,
+        created_at: DateTime<Utc>,
+    },
+    DropProject {
+        name: String,
+        cascade: bool,
+    },
+    /// Creates a feature group version or a plain table; the OID is assigned by `apply`.
+    CreateRelation {
+        project: String,
+        name: String,
+        kind: RelationKind,
+        columns: Vec<Column>,
+        primary_key: Vec<String>,
+        owner: String,
+        created_at: DateTime<Utc>,
+    },
+    AlterFeatureGroup {
+        project: String,
+        name: String,
+        version: u32,
+        patch: FeatureGroupOptionsPatch,
+    },
+    AddColumn {
+        project: String,
+        name: String,
+        version: u32,
+        column: Column,
+    },
+    /// Drops relations by OID (a plain table, or feature group versions) as one change.
+    DropRelations {
+        oids: Vec<Oid>,
+    },
+}
+
+/// What applying a command produced, for the caller to act on (e.g. storage to create or remove).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Nothing,
+    Project(Oid),
+    Relation(Oid),
+    /// The relations a drop removed, whose stored data may now be deleted.
+    Dropped(Vec<Relation>),
+}
+
+/// The whole catalog: everything needed to answer a name lookup or a listing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatalogState {
+    next_oid: Oid,
+    /// How many commands have been applied: the log position this state reflects.
+    applied_commands: u64,
+    users: BTreeMap<String, User>,
+    projects: BTreeMap<String, Project>,
+    relations: BTreeMap<Oid, Relation>,
+}
+
+impl CatalogState {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        CatalogState {
+            next_oid: FIRST_USER_OID,
+            ..Default::default()
+        }
+    }
+
+    /// How many commands this state reflects.
+    pub fn applied_commands(&self) -> u64 {
+        self.applied_commands
+    }
+
+    /// Applies one command. On error the state is unchanged: every check comes before any change.
+    pub fn apply(&mut self, command: &CatalogCommand) -> CatalogResult<Applied> {
+        let applied = match command {
+            CatalogCommand::CreateUser { name, superuser } => {
+                if self.users.contains_key(name) {
+                    return Err(CatalogError::Duplicate(format!("role \"{name}\"")));
+                }
+                let oid = self.allocate_oid();
+                self.users.insert(
+                    name.clone(),
+                    User {
+                        oid,
+                        name: name.clone(),
+                        superuser: *superuser,
+                    },
+                );
+                Applied::Nothing
+            }
+            CatalogCommand::CreateProject {
+                name,
+                description,
+                owner,
+                created_at,
+            } => {
+                if self.projects.contains_key(name) {
+                    return Err(CatalogError::Duplicate(format!("project \"{name}\"")));
+                }
+                let oid = self.allocate_oid();
+                self.projects.insert(
+                    name.clone(),
+                    Project {
+                        oid,
+                        name: name.clone(),
+                        description: description.clone(),
+                        owner: owner.clone(),
+                        created_at: *created_at,
+                    },
+                );
+                Applied::Project(oid)
+            }
+            CatalogCommand::DropProject { name, cascade } => {
+                if !self.projects.contains_key(name) {
+                    return Err(CatalogError::UndefinedProject(name.clone()));
+                }
+                let contained: Vec<Oid> = self
+                    .relations
+                    .values()
+                    .filter(|r| &r.project == name)
+                    .map(|r| r.oid)
+                    .collect();
+                if !contained.is_empty() && !cascade {
+                    return Err(CatalogError::DependentObjects(format!(
+                        "project \"{name}\" holds {} relation(s); use DROP PROJECT {name} CASCADE",
+                        contained.len()
+                    )));
+                }
+                self.projects.remove(name);
+                let dropped = contained
+                    .iter()
+                    .filter_map(|oid| self.relations.remove(oid))
+                    .collect();
+                Applied::Dropped(dropped)
+            }
+            CatalogCommand::CreateRelation {
+                project,
+                name,
+                kind,
+                columns,
+                primary_key,
+                owner,
+                created_at,
+            } => {
+                self.check_new_relation(project, name, kind, columns, primary_key)?;
+                let oid = self.allocate_oid();
+                self.relations.insert(
+                    oid,
+                    Relation {
+                        oid,
+                        project: project.clone(),
+                        name: name.clone(),
+                        kind: kind.clone(),
+                        columns: columns.clone(),
+                        primary_key: primary_key.clone(),
+                        owner: owner.clone(),
+                        created_at: *created_at,
+                    },
+                );
+                Applied::Relation(oid)
+            }
+            CatalogCommand::AlterFeatureGroup {
+                project,
+                name,
+                version,
+                patch,
+            } => {
+                let oid = self.feature_group_oid(project, name, Some(*version))?;
+                if let Some(RelationKind::FeatureGroup(spec)) =
+                    self.relations.get_mut(&oid).map(|r| &mut r.kind)
+                {
+                    spec.options.apply(patch);
+                }
+                Applied::Relation(oid)
+            }
+            CatalogCommand::AddColumn {
+                project,
+                name,
+                version,
+                column,
+            } => {
+                let oid = self.feature_group_oid(project, name, Some(*version))?;
+                let relation = self
+                    .relations
+                    .get_mut(&oid)
+                    .ok_or_else(|| CatalogError::UndefinedRelation(name.clone()))?;
+                if relation.column(&column.name).is_some() {
+                    return Err(CatalogError::DuplicateColumn {
+                        relation: relation.qualified_name(),
+                        column: column.name.clone(),
+                    });
+                }
+                relation.columns.push(column.clone());
+                Applied::Relation(oid)
+            }
+            CatalogCommand::DropRelations { oids } => {
+                if let Some(missing) = oids.iter().find(|oid| !self.relations.contains_key(oid)) {
+                    return Err(CatalogError::UndefinedRelation(format!("oid {missing}")));
+                }
+                let dropped = oids
+                    .iter()
+                    .filter_map(|oid| self.relations.remove(oid))
+                    .collect();
+                Applied::Dropped(dropped)
+            }
+        };
+        self.applied_commands += 1;
+        Ok(applied)
+    }
+
+    fn allocate_oid(&mut self) -> Oid {
+        let oid = self.next_oid;
+        self.next_oid += 1;
+        oid
+    }
+
+    fn check_new_relation(
+        &self,
+        project: &str,
+        name: &str,
+        kind: &RelationKind,
+        columns: &[Column],
+        primary_key: &[String],
+    ) -> CatalogResult<()> {
+        if !self.projects.contains_key(project) {
+            return Err(CatalogError::UndefinedProject(project.to_string()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for column in columns {
+            if !seen.insert(column.name.as_str()) {
+                return Err(CatalogError::DuplicateColumn {
+                    relation: name.to_string(),
+                    column: column.name.clone(),
+                });
+            }
+        }
+        for key in primary_key {
+            if !seen.contains(key.as_str()) {
+                return Err(CatalogError::UndefinedColumn {
+                    relation: name.to_string(),
+                    column: key.clone(),
+                });
+            }
+        }
+        match kind {
+            RelationKind::Table => {
+                if self.resolve(project, name).is_some() || self.has_feature_group(project, name) {
+                    return Err(CatalogError::Duplicate(format!("relation \"{name}\"")));
+                }
+            }
+            RelationKind::FeatureGroup(FeatureGroupSpec {
+                version,
+                event_time,
+                ..
+            }) => {
+                if let Some(event_time) = event_time
+                    && !seen.contains(event_time.as_str())
+                {
+                    return Err(CatalogError::UndefinedColumn {
+                        relation: name.to_string(),
+                        column: event_time.clone(),
+                    });
+                }
+                if self
+                    .feature_group_versions(project, name)
+                    .any(|r| r.feature_group().is_some_and(|s| s.version == *version))
+                {
+                    return Err(CatalogError::Duplicate(format!(
+                        "feature group \"{name}\" version {version}"
+                    )));
+                }
+                let versioned = format!("{name}_{version}");
+                if self.is_table(project, name) || self.is_table(project, &versioned) {
+                    return Err(CatalogError::Duplicate(format!(
+                        "relation \"{name}\" (a table of that name exists)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_table(&self, project: &str, name: &str) -> bool {
+        self.relations
+            .values()
+            .any(|r| r.project == project && r.name == name && r.kind == RelationKind::Table)
+    }
+
+    fn has_feature_group(&self, project: &str, name: &str) -> bool {
+        self.feature_group_versions(project, name).next().is_some()
+    }
+
+    /// Every version of a feature group, oldest first.
+    pub fn feature_group_versions<'a>(
+        &'a self,
+        project: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Relation> + 'a {
+        self.relations
+            .values()
+            .filter(move |r| r.project == project && r.name == name && r.feature_group().is_some())
+    }
+
+    /// A feature group version, or its latest version when `version` is `None`.
+    pub fn feature_group(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> CatalogResult<&Relation> {
+        let oid = self.feature_group_oid(project, name, version)?;
+        self.relations
+            .get(&oid)
+            .ok_or_else(|| CatalogError::UndefinedRelation(name.to_string()))
+    }
+
+    fn feature_group_oid(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> CatalogResult<Oid> {
+        let versions = self.feature_group_versions(project, name);
+        let found = match version {
+            Some(v) => versions
+                .filter(|r| r.feature_group().is_some_and(|s| s.version == v))
+                .last(),
+            None => versions.max_by_key(|r| r.feature_group().map(|s| s.version)),
+        };
+        match (found, version) {
+            (Some(relation), _) => Ok(relation.oid),
+            (None, Some(v)) if self.has_feature_group(project, name) => {
+                Err(CatalogError::UndefinedVersion {
+                    name: name.to_string(),
+                    version: v,
+                })
+            }
+            (None, _) => Err(CatalogError::UndefinedFeatureGroup(name.to_string())),
+        }
+    }
+
+    /// Resolves a relation name as SQL sees it: a plain table, a feature group's bare name (its
+    /// latest version), or `<name>_<version>`.
+    pub fn resolve(&self, project: &str, name: &str) -> Option<&Relation> {
+        if let Some(table) = self
+            .relations
+            .values()
+            .find(|r| r.project == project && r.name == name && r.kind == RelationKind::Table)
+        {
+            return Some(table);
+        }
+        if let Ok(latest) = self.feature_group(project, name, None) {
+            return Some(latest);
+        }
+        let (base, version) = name.rsplit_once('_')?;
+        let version: u32 = version.parse().ok()?;
+        self.feature_group(project, base, Some(version)).ok()
+    }
+
+    /// The relation with this OID.
+    pub fn relation(&self, oid: Oid) -> Option<&Relation> {
+        self.relations.get(&oid)
+    }
+
+    /// Every relation of a project, in OID order (creation order).
+    pub fn relations<'a>(&'a self, project: &'a str) -> impl Iterator<Item = &'a Relation> + 'a {
+        self.relations
+            .values()
+            .filter(move |r| r.project == project)
+    }
+
+    /// Every relation of every project.
+    pub fn all_relations(&self) -> impl Iterator<Item = &Relation> {
+        self.relations.values()
+    }
+
+    /// The project with this name.
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.get(name)
+    }
+
+    /// Every project, by name.
+    pub fn projects(&self) -> impl Iterator<Item = &Project> {
+        self.projects.values()
+    }
+
+    /// The user with this name.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+}

@@ -1,0 +1,170 @@
+use super::*;
+
+fn column(name: &str, data_type: ColumnType, nullable: bool) -> Column {
+    Column {
+        name: name.into(),
+        data_type,
+        nullable,
+        description: None,
+    }
+}
+
+fn create_group(name: &str, version: u32) -> CatalogCommand {
+    CatalogCommand::CreateRelation {
+        project: BOOTSTRAP_NAME.into(),
+        name: name.into(),
+        kind: RelationKind::FeatureGroup(FeatureGroupSpec {
+            version,
+            event_time: Some("ts".into()),
+            options: FeatureGroupOptions::default(),
+        }),
+        columns: vec![
+            column("id", ColumnType::BigInt, false),
+            column("ts", ColumnType::Timestamp, false),
+        ],
+        primary_key: vec!["id".into()],
+        owner: BOOTSTRAP_NAME.into(),
+        created_at: Utc::now(),
+    }
+}
+
+#[test]
+fn fresh_catalog_has_the_bootstrap_user_and_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let state = catalog.snapshot();
+    assert!(state.user("quiver").unwrap().superuser);
+    assert_eq!(state.project("quiver").unwrap().oid, FIRST_USER_OID + 1);
+}
+
+#[test]
+fn bare_name_resolves_to_latest_version_and_suffix_to_exact_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    catalog.execute(create_group("tx", 1)).unwrap();
+    catalog.execute(create_group("tx", 2)).unwrap();
+    let state = catalog.snapshot();
+    let version_of = |name: &str| {
+        state
+            .resolve("quiver", name)
+            .and_then(|r| r.feature_group())
+            .map(|s| s.version)
+    };
+    assert_eq!(version_of("tx"), Some(2));
+    assert_eq!(version_of("tx_1"), Some(1));
+    assert_eq!(version_of("tx_3"), None);
+    assert!(matches!(
+        catalog.execute(create_group("tx", 2)),
+        Err(CatalogError::Duplicate(_))
+    ));
+}
+
+#[test]
+fn a_table_and_a_feature_group_cannot_share_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    catalog.execute(create_group("tx", 1)).unwrap();
+    let table = CatalogCommand::CreateRelation {
+        project: BOOTSTRAP_NAME.into(),
+        name: "tx_1".into(),
+        kind: RelationKind::Table,
+        columns: vec![column("a", ColumnType::Integer, true)],
+        primary_key: vec![],
+        owner: BOOTSTRAP_NAME.into(),
+        created_at: Utc::now(),
+    };
+    assert!(matches!(
+        catalog.execute(table),
+        Err(CatalogError::Duplicate(_))
+    ));
+}
+
+#[test]
+fn replaying_the_log_rebuilds_the_same_state_and_drops_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.execute(create_group("tx", 1)).unwrap();
+        catalog
+            .execute(CatalogCommand::AlterFeatureGroup {
+                project: BOOTSTRAP_NAME.into(),
+                name: "tx".into(),
+                version: 1,
+                patch: FeatureGroupOptionsPatch {
+                    description: Some(Some("card transactions".into())),
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+        catalog.snapshot()
+    };
+    // A crash in the middle of an append leaves a partial line behind.
+    let log_path = dir.path().join("catalog.log");
+    let mut bytes = std::fs::read(&log_path).unwrap();
+    bytes.extend_from_slice(b"{\"index\":4,\"comm");
+    std::fs::write(&log_path, bytes).unwrap();
+
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let after = catalog.snapshot();
+    assert_eq!(after.applied_commands(), before.applied_commands());
+    assert_eq!(
+        after.resolve("quiver", "tx").unwrap(),
+        before.resolve("quiver", "tx").unwrap()
+    );
+    // The next command lands on a line of its own and survives another reopen.
+    catalog.execute(create_group("tx", 2)).unwrap();
+    drop(catalog);
+    let reopened = Catalog::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened
+            .snapshot()
+            .feature_group("quiver", "tx", None)
+            .unwrap()
+            .feature_group()
+            .unwrap()
+            .version,
+        2
+    );
+}
+
+#[test]
+fn failed_commands_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let applied = catalog.snapshot().applied_commands();
+    let bad = CatalogCommand::CreateRelation {
+        project: BOOTSTRAP_NAME.into(),
+        name: "t".into(),
+        kind: RelationKind::Table,
+        columns: vec![column("a", ColumnType::Integer, true)],
+        primary_key: vec!["missing".into()],
+        owner: BOOTSTRAP_NAME.into(),
+        created_at: Utc::now(),
+    };
+    assert!(matches!(
+        catalog.execute(bad),
+        Err(CatalogError::UndefinedColumn { .. })
+    ));
+    drop(catalog);
+    let reopened = Catalog::open(dir.path()).unwrap();
+    assert_eq!(reopened.snapshot().applied_commands(), applied);
+}
+
+#[test]
+fn dropping_a_project_with_relations_needs_cascade() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    catalog.execute(create_group("tx", 1)).unwrap();
+    let drop = |cascade| CatalogCommand::DropProject {
+        name: BOOTSTRAP_NAME.into(),
+        cascade,
+    };
+    assert!(matches!(
+        catalog.execute(drop(false)),
+        Err(CatalogError::DependentObjects(_))
+    ));
+    match catalog.execute(drop(true)).unwrap() {
+        Applied::Dropped(relations) => assert_eq!(relations.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+}

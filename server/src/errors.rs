@@ -1,0 +1,61 @@
+//! The protocol edge of error handling: every error becomes an ErrorResponse with its SQLSTATE.
+
+use pgwire::error::{ErrorInfo, PgWireError};
+use quiver_catalog::CatalogError;
+use quiver_sql::SqlError;
+
+/// The SQLSTATE of an error from the SQL layer.
+pub fn sqlstate(error: &SqlError) -> &'static str {
+    match error {
+        SqlError::Syntax(_) => "42601",
+        SqlError::UndefinedTable(_) => "42P01",
+        SqlError::UndefinedColumn(_) => "42703",
+        SqlError::UndefinedProject(_) => "3D000",
+        SqlError::Duplicate(_) => "42P07",
+        SqlError::DatatypeMismatch(_) => "42804",
+        SqlError::InvalidText(_) => "22P02",
+        SqlError::StringTooLong(_) => "22001",
+        SqlError::NotNull(_) => "23502",
+        SqlError::UndefinedSetting(_) => "42704",
+        SqlError::InvalidParameter(_) => "22023",
+        SqlError::ObjectInUse(_) => "55006",
+        SqlError::DependentObjects(_) => "2BP01",
+        SqlError::NotSupported(_) => "0A000",
+        SqlError::Canceled => "57014",
+        SqlError::Data(_) => "22000",
+        SqlError::Internal(_) | SqlError::Storage(_) => "XX000",
+        SqlError::Catalog(catalog) => match catalog {
+            CatalogError::Duplicate(_) | CatalogError::DuplicateColumn { .. } => "42P07",
+            CatalogError::UndefinedColumn { .. } => "42703",
+            CatalogError::UndefinedProject(_) => "3D000",
+            CatalogError::UndefinedFeatureGroup(_)
+            | CatalogError::UndefinedVersion { .. }
+            | CatalogError::UndefinedRelation(_) => "42P01",
+            CatalogError::DependentObjects(_) => "2BP01",
+            CatalogError::Io { .. } | CatalogError::CorruptLog { .. } => "XX000",
+        },
+    }
+}
+
+/// The ERROR-severity ErrorResponse fields for a SQL-layer error.
+pub fn error_info(error: SqlError) -> ErrorInfo {
+    ErrorInfo::new(
+        "ERROR".to_string(),
+        sqlstate(&error).to_string(),
+        error.to_string(),
+    )
+}
+
+/// A SQL-layer error as a protocol error.
+pub fn to_pgwire(error: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(error)))
+}
+
+/// An ErrorResponse with the given severity, SQLSTATE and message.
+pub fn error_response(severity: &str, code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_string(),
+        code.to_string(),
+        message,
+    )))
+}

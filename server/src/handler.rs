@@ -1,0 +1,498 @@
+//! The pgwire handlers: they translate between protocol messages and the SQL layer's sessions and
+//! hold no feature-store logic of their own.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::auth::{
+    StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use quiver_sql::{CommandTag, CopyIn, Engine, Output, Prepared, Session, SqlError};
+use tokio::sync::Mutex;
+
+use crate::errors::{error_info, error_response, sqlstate, to_pgwire};
+
+/// The session of one connection, kept in the connection's extensions.
+struct SessionSlot(Arc<Mutex<Session>>);
+
+/// A COPY FROM STDIN waiting for its data, kept in the connection's extensions.
+#[derive(Default)]
+struct PendingCopy(std::sync::Mutex<Option<CopyIn>>);
+
+impl PendingCopy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CopyIn>> {
+        match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Mutex<Session>>> {
+    client
+        .session_extensions()
+        .get::<SessionSlot>()
+        .map(|slot| slot.0.clone())
+        .ok_or_else(|| {
+            error_response(
+                "ERROR",
+                "08P01",
+                "no session: the startup did not complete".into(),
+            )
+        })
+}
+
+/// All handlers of the server, sharing one engine.
+pub struct QuiverHandlers {
+    query: Arc<QueryHandler>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl QuiverHandlers {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let connections = Arc::new(ConnectionManager::new());
+        QuiverHandlers {
+            query: Arc::new(QueryHandler {
+                parser: Arc::new(QuiverQueryParser),
+            }),
+            startup: Arc::new(Startup {
+                engine,
+                connections: connections.clone(),
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+}
+
+impl PgWireServerHandlers for QuiverHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.query.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.query.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.query.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Opens a session for each connection: checks where it comes from and who it is, then reports
+/// the session's parameters.
+pub struct Startup {
+    engine: Arc<Engine>,
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(startup) = message else {
+            return Ok(());
+        };
+        protocol_negotiation(client, &startup).await?;
+        save_startup_parameters_to_metadata(client, &startup);
+        let address = client.socket_addr().ip();
+        if !address.is_loopback() {
+            return Err(error_response(
+                "FATAL",
+                "28000",
+                format!(
+                    "connection from {address} refused: with no password configured, only loopback connections are trusted"
+                ),
+            ));
+        }
+        let metadata = client.metadata();
+        let user = metadata.get("user").cloned().ok_or_else(|| {
+            error_response(
+                "FATAL",
+                "28000",
+                "no PostgreSQL user name specified in startup packet".into(),
+            )
+        })?;
+        if self.engine.catalog.snapshot().user(&user).is_none() {
+            return Err(error_response(
+                "FATAL",
+                "28000",
+                format!("role \"{user}\" does not exist"),
+            ));
+        }
+        let database = metadata
+            .get("database")
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let application_name = metadata.get("application_name").cloned();
+        let mut session = self
+            .engine
+            .session(&database, &user)
+            .map_err(|e| error_response("FATAL", sqlstate(&e), e.to_string()))?;
+        if let Some(name) = application_name {
+            session
+                .settings_mut()
+                .set("application_name", &name)
+                .map_err(to_pgwire)?;
+        }
+        let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
+        client.set_pid_and_secret_key(pid, secret_key.clone());
+        let (handle, guard) = self.connections.register(pid, secret_key.clone());
+        client.session_extensions().insert(handle);
+        client.session_extensions().insert(guard);
+
+        client
+            .feed(PgWireBackendMessage::Authentication(Authentication::Ok))
+            .await?;
+        for (name, value) in session.settings().startup_parameters() {
+            client
+                .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                    name, value,
+                )))
+                .await?;
+        }
+        client
+            .feed(PgWireBackendMessage::BackendKeyData(BackendKeyData::new(
+                pid, secret_key,
+            )))
+            .await?;
+        client
+            .session_extensions()
+            .insert(SessionSlot(Arc::new(Mutex::new(session))));
+        client.session_extensions().insert(PendingCopy::default());
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                TransactionStatus::Idle,
+            )))
+            .await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
+    }
+}
+
+/// A statement prepared by the extended protocol's Parse.
+#[derive(Debug, Clone)]
+pub struct PreparedStatement {
+    prepared: Arc<Prepared>,
+    parameter_types: Vec<Option<DataType>>,
+}
+
+/// Parses and plans statements for the extended protocol, in the connection's own session.
+pub struct QuiverQueryParser;
+
+#[async_trait]
+impl QueryParser for QuiverQueryParser {
+    type Statement = PreparedStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PreparedStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = quiver_sql::parse(sql).map_err(|e| to_pgwire(SqlError::from(e)))?;
+        if statements.len() > 1 {
+            return Err(error_response(
+                "ERROR",
+                "42601",
+                "cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let session = session_of(client)?;
+        let prepared = session
+            .lock()
+            .await
+            .prepare(statement)
+            .await
+            .map_err(to_pgwire)?;
+        let parameter_types = prepared.parameter_types().map_err(to_pgwire)?;
+        Ok(Some(PreparedStatement {
+            prepared: Arc::new(prepared),
+            parameter_types,
+        }))
+    }
+
+    fn get_parameter_types(&self, statement: &PreparedStatement) -> PgWireResult<Vec<Type>> {
+        statement
+            .parameter_types
+            .iter()
+            .map(|t| match t {
+                Some(data_type) => arrow_pg::datatypes::into_pg_type(data_type),
+                None => Ok(Type::UNKNOWN),
+            })
+            .collect()
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &PreparedStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match statement.prepared.result_schema() {
+            Some(schema) => pg_fields(&schema, format.unwrap_or(&Format::UnifiedText)),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)
+}
+
+/// Runs statements for both protocols and receives COPY data.
+pub struct QueryHandler {
+    parser: Arc<QuiverQueryParser>,
+}
+
+impl QueryHandler {
+    /// Turns a statement's output into a protocol response.
+    fn respond<C: ClientInfo>(
+        &self,
+        client: &C,
+        output: Output,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        Ok(match output {
+            Output::Rows { stream } => {
+                let fields = Arc::new(pg_fields(&stream.schema(), format)?);
+                let row_fields = fields.clone();
+                let rows = stream
+                    .map(move |batch| {
+                        let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> =
+                            match batch {
+                                Ok(batch) => arrow_pg::datatypes::encode_recordbatch(
+                                    row_fields.clone(),
+                                    batch,
+                                ),
+                                Err(e) => {
+                                    Box::new(std::iter::once(Err(to_pgwire(SqlError::from(e)))))
+                                }
+                            };
+                        futures::stream::iter(rows)
+                    })
+                    .flatten();
+                Response::Query(QueryResponse::new(fields, rows))
+            }
+            Output::Command(tag) => Response::Execution(command_tag(&tag)),
+            Output::CopyIn(copy) => {
+                let columns = copy.columns();
+                let pending = client
+                    .session_extensions()
+                    .get_or_insert_with(PendingCopy::default);
+                *pending.lock() = Some(copy);
+                Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty()))
+            }
+            Output::CopyOut { columns, lines } => {
+                let data = lines.map(|line| match line {
+                    Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
+                    Err(e) => Err(to_pgwire(e)),
+                });
+                Response::CopyOut(CopyResponse::new(0, columns, data))
+            }
+        })
+    }
+}
+
+fn command_tag(tag: &CommandTag) -> Tag {
+    let mut result = Tag::new(&tag.command);
+    if let Some(oid) = tag.oid {
+        result = result.with_oid(oid);
+    }
+    if let Some(rows) = tag.rows {
+        result = result.with_rows(rows as usize);
+    }
+    result
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = quiver_sql::parse(query).map_err(|e| to_pgwire(SqlError::from(e)))?;
+        let session = session_of(client)?;
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let output = session.lock().await.run(statement).await;
+            match output.and_then(|output| {
+                self.respond(client, output, &Format::UnifiedText)
+                    .map_err(from_protocol)
+            }) {
+                Ok(response) => {
+                    let is_copy_in = matches!(response, Response::CopyIn(_));
+                    responses.push(response);
+                    if is_copy_in {
+                        // The COPY data follows; statements after it in the same string are not run,
+                        // as in PostgreSQL.
+                        break;
+                    }
+                }
+                Err(error) => {
+                    // The first failing statement ends the query string, as in PostgreSQL.
+                    responses.push(Response::Error(Box::new(error_info(error))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+fn from_protocol(error: PgWireError) -> SqlError {
+    SqlError::Internal(error.to_string())
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = PreparedStatement;
+    type QueryParser = QuiverQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PreparedStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement = &portal.statement.statement;
+        let inferred: Vec<Option<&DataType>> = statement
+            .parameter_types
+            .iter()
+            .map(|t| t.as_ref())
+            .collect();
+        let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?;
+        let session = session_of(client)?;
+        let output = session
+            .lock()
+            .await
+            .execute(&statement.prepared, Some(params))
+            .await
+            .map_err(to_pgwire)?;
+        self.respond(client, output, &portal.result_column_format)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for QueryHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        match pending.lock().as_mut() {
+            Some(copy) => {
+                copy.receive(&copy_data.data);
+                Ok(())
+            }
+            None => Err(error_response(
+                "ERROR",
+                "08P01",
+                "CopyData received outside of a COPY".into(),
+            )),
+        }
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        let copy = pending.lock().take();
+        let Some(copy) = copy else {
+            return Err(error_response(
+                "ERROR",
+                "08P01",
+                "CopyDone received outside of a COPY".into(),
+            ));
+        };
+        let tag = copy.finish().await.map_err(to_pgwire)?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                command_tag(&tag).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Dropping the pending COPY discards everything received: nothing was written.
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        pending.lock().take();
+        error_response(
+            "ERROR",
+            "57014",
+            format!("COPY from stdin failed: {}", fail.message),
+        )
+    }
+}

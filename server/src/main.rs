@@ -1,0 +1,118 @@
+//! `quiver`: the Quiver feature store server.
+
+mod errors;
+mod handler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use handler::QuiverHandlers;
+
+/// How long a shutdown waits for open connections to finish their statements.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Quiver: a SQL-first feature store on the PostgreSQL wire protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the PostgreSQL protocol.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5433", env = "QUIVER_LISTEN")]
+        listen: SocketAddr,
+        /// Directory that holds the catalog and the offline store.
+        #[arg(long, default_value = "./quiver-data", env = "QUIVER_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,buoyant_kernel=warn,deltalake_core=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("quiver: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { listen, data_dir } => runtime.block_on(serve(listen, data_dir)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("quiver: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), String> {
+    let engine = quiver_sql::Engine::open(&data_dir)
+        .await
+        .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, data_dir = %data_dir.display(), "quiver is ready to accept connections");
+    let handlers = Arc::new(QuiverHandlers::new(engine));
+    let mut connections = JoinSet::new();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = handlers.clone();
+                    // Each connection is its own task: a panic in one ends that connection only.
+                    connections.spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = finished && e.is_panic() {
+                    tracing::error!(error = %e, "a connection panicked; the server goes on");
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!(open_connections = connections.len(), "shutting down");
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
+}

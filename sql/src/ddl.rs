@@ -1,0 +1,659 @@
+//! DDL: feature groups, plain tables and projects, executed against the catalog and the offline
+//! store.
+//!
+//! Order of effects: the catalog command is made durable first (it assigns the OID), then the
+//! offline table is created. A crash in between leaves a catalog entry without storage, which
+//! [`crate::Engine::open`] repairs by creating the empty table; a drop removes the catalog entry
+//! first and the files after, and leftover files are removed at the next start.
+
+use chrono::Utc;
+use datafusion::sql::sqlparser::ast::{self, ColumnDef, ColumnOption, ObjectName, TableConstraint};
+use quiver_catalog::{
+    Applied, CatalogCommand, CatalogError, Column, FeatureGroupOptions, FeatureGroupOptionsPatch,
+    FeatureGroupSpec, Relation, RelationKind,
+};
+
+use crate::Engine;
+use crate::error::{SqlError, SqlResult};
+use crate::parser::{
+    AlterFeatureGroupAction, CreateFeatureGroup, OptionEntry, OptionValue, Statement,
+    column_is_inline_primary_key, normalize_ident, object_name_to_string,
+};
+use crate::session::CommandTag;
+use crate::types::{arrow_schema, column_type};
+
+/// Executes one of Quiver's own DDL statements.
+pub async fn execute(
+    engine: &Engine,
+    project: &str,
+    user: &str,
+    statement: &Statement,
+) -> SqlResult<CommandTag> {
+    match statement {
+        Statement::CreateFeatureGroup(create) => {
+            create_feature_group(engine, project, user, create).await
+        }
+        Statement::AlterFeatureGroup {
+            name,
+            version,
+            action,
+        } => alter_feature_group(engine, project, name, *version, action),
+        Statement::DropFeatureGroup {
+            name,
+            version,
+            if_exists,
+        } => drop_feature_group(engine, project, name, *version, *if_exists).await,
+        Statement::CreateProject {
+            name,
+            options,
+            if_not_exists,
+        } => create_project(engine, user, name, options, *if_not_exists),
+        Statement::DropProject {
+            name,
+            if_exists,
+            cascade,
+        } => drop_project(engine, project, name, *if_exists, *cascade).await,
+        other => Err(SqlError::Internal(format!(
+            "not a DDL statement: {other:?}"
+        ))),
+    }
+}
+
+async fn create_feature_group(
+    engine: &Engine,
+    project: &str,
+    user: &str,
+    create: &CreateFeatureGroup,
+) -> SqlResult<CommandTag> {
+    let tag = CommandTag::new("CREATE FEATURE GROUP");
+    let snapshot = engine.catalog.snapshot();
+    let exists = snapshot
+        .feature_group_versions(project, &create.name)
+        .next()
+        .is_some();
+    let version = match create.version {
+        Some(v) => v,
+        None if !exists => 1,
+        None if create.if_not_exists => return Ok(tag),
+        None => {
+            return Err(SqlError::Duplicate(format!(
+                "feature group \"{}\" already exists; name a new VERSION to create another version",
+                create.name
+            )));
+        }
+    };
+    if create.if_not_exists
+        && snapshot
+            .feature_group(project, &create.name, Some(version))
+            .is_ok()
+    {
+        return Ok(tag);
+    }
+    if create.primary_key.is_empty() {
+        return Err(SqlError::InvalidParameter(format!(
+            "feature group \"{}\" needs a PRIMARY KEY",
+            create.name
+        )));
+    }
+    let mut columns = convert_columns(&create.name, &create.columns, &create.primary_key)?;
+    let event_time = create.event_time.clone();
+    if let Some(event_time) = &event_time {
+        let Some(column) = columns.iter_mut().find(|c| &c.name == event_time) else {
+            return Err(SqlError::UndefinedColumn(format!(
+                "EVENT TIME column \"{event_time}\" of feature group \"{}\" does not exist",
+                create.name
+            )));
+        };
+        if !column.data_type.is_orderable_time() {
+            return Err(SqlError::DatatypeMismatch(format!(
+                "EVENT TIME column \"{event_time}\" is of type {}; it must be a timestamp, date or integer",
+                column.data_type.sql_name()
+            )));
+        }
+        // A row without an event time cannot be ordered, so the column is implicitly NOT NULL.
+        column.nullable = false;
+    }
+    for key in &create.primary_key {
+        if let Some(column) = columns.iter().find(|c| &c.name == key)
+            && !column.data_type.is_key_type()
+        {
+            return Err(SqlError::DatatypeMismatch(format!(
+                "primary key column \"{key}\" is of type {}, which cannot be a key",
+                column.data_type.sql_name()
+            )));
+        }
+    }
+    let mut options = FeatureGroupOptions::default();
+    apply_create_options(&mut options, &create.options)?;
+    let command = CatalogCommand::CreateRelation {
+        project: project.to_string(),
+        name: create.name.clone(),
+        kind: RelationKind::FeatureGroup(FeatureGroupSpec {
+            version,
+            event_time,
+            options,
+        }),
+        columns,
+        primary_key: create.primary_key.clone(),
+        owner: user.to_string(),
+        created_at: Utc::now(),
+    };
+    create_relation(engine, command).await?;
+    Ok(tag)
+}
+
+/// Creates a relation in the catalog, then its offline table; undoes the catalog entry if the
+/// table cannot be created.
+async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<()> {
+    let Applied::Relation(oid) = engine.catalog.execute(command)? else {
+        return Err(SqlError::Internal(
+            "creating a relation applied nothing".into(),
+        ));
+    };
+    let snapshot = engine.catalog.snapshot();
+    let relation = snapshot
+        .relation(oid)
+        .ok_or_else(|| SqlError::Internal(format!("relation {oid} vanished after creation")))?;
+    if let Err(e) = engine
+        .offline
+        .create_table(oid, arrow_schema(&relation.columns))
+        .await
+    {
+        engine
+            .catalog
+            .execute(CatalogCommand::DropRelations { oids: vec![oid] })?;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn convert_columns(
+    relation: &str,
+    defs: &[ColumnDef],
+    primary_key: &[String],
+) -> SqlResult<Vec<Column>> {
+    let mut columns = Vec::with_capacity(defs.len());
+    for def in defs {
+        let name = normalize_ident(&def.name);
+        let data_type = column_type(&def.data_type, &name)?;
+        let mut nullable = !primary_key.contains(&name);
+        let mut description = None;
+        for option in &def.options {
+            match &option.option {
+                ColumnOption::NotNull => nullable = false,
+                ColumnOption::Null => {
+                    if primary_key.contains(&name) {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "primary key column \"{name}\" of \"{relation}\" cannot be NULL"
+                        )));
+                    }
+                }
+                ColumnOption::PrimaryKey(_) => nullable = false,
+                ColumnOption::Comment(text) => description = Some(text.clone()),
+                other => {
+                    return Err(SqlError::NotSupported(format!(
+                        "column \"{name}\" of \"{relation}\": constraint {other} is not supported"
+                    )));
+                }
+            }
+        }
+        columns.push(Column {
+            name,
+            data_type,
+            nullable,
+            description,
+        });
+    }
+    for key in primary_key {
+        if !columns.iter().any(|c| &c.name == key) {
+            return Err(SqlError::UndefinedColumn(format!(
+                "primary key column \"{key}\" of \"{relation}\" does not exist"
+            )));
+        }
+    }
+    Ok(columns)
+}
+
+fn apply_create_options(
+    options: &mut FeatureGroupOptions,
+    entries: &[OptionEntry],
+) -> SqlResult<()> {
+    let patch = options_patch(entries, true)?;
+    options.apply(&patch);
+    for entry in entries {
+        if entry.key == "partition_by" {
+            return Err(SqlError::NotSupported(
+                "partition_by is not supported yet: scans already skip files by their event-time statistics".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `WITH (...)` / `SET (...)` entries into a patch, rejecting unknown keys and bad values.
+fn options_patch(entries: &[OptionEntry], creating: bool) -> SqlResult<FeatureGroupOptionsPatch> {
+    let mut patch = FeatureGroupOptionsPatch::default();
+    for OptionEntry { key, value } in entries {
+        match key.as_str() {
+            "online" => {
+                let online = boolean_option(key, value)?;
+                if online {
+                    return Err(SqlError::NotSupported(
+                        "online = true is not supported yet: the online store is not part of this build".into(),
+                    ));
+                }
+                patch.online = Some(online);
+            }
+            "ttl" => {
+                patch.ttl_seconds = Some(match value {
+                    OptionValue::Null => None,
+                    OptionValue::String(text) => Some(parse_duration(text)?),
+                    OptionValue::Number(n) => Some(parse_duration(n)?),
+                    other => {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "ttl must be an interval such as '30 days', found {other}"
+                        )));
+                    }
+                })
+            }
+            "description" => {
+                patch.description = Some(match value {
+                    OptionValue::Null => None,
+                    OptionValue::String(s) => Some(s.clone()),
+                    other => {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "description must be a string, found {other}"
+                        )));
+                    }
+                })
+            }
+            "tags" => {
+                patch.tags = Some(match value {
+                    OptionValue::Null => Vec::new(),
+                    OptionValue::String(s) => s
+                        .split(',')
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                    other => {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "tags must be a comma-separated string, found {other}"
+                        )));
+                    }
+                })
+            }
+            "partition_by" if creating => {}
+            other => {
+                return Err(SqlError::InvalidParameter(format!(
+                    "unrecognized feature group option \"{other}\"; options are online, ttl, description, tags{}",
+                    if creating { ", partition_by" } else { "" }
+                )));
+            }
+        }
+    }
+    Ok(patch)
+}
+
+fn boolean_option(key: &str, value: &OptionValue) -> SqlResult<bool> {
+    match value {
+        OptionValue::Boolean(b) => Ok(*b),
+        OptionValue::String(s) if matches!(s.to_lowercase().as_str(), "true" | "on" | "yes") => {
+            Ok(true)
+        }
+        OptionValue::String(s) if matches!(s.to_lowercase().as_str(), "false" | "off" | "no") => {
+            Ok(false)
+        }
+        other => Err(SqlError::InvalidParameter(format!(
+            "{key} must be true or false, found {other}"
+        ))),
+    }
+}
+
+/// Parses a PostgreSQL-style interval of whole units (`'30 days'`, `'1 day 12 hours'`, `'90'`
+/// seconds) into seconds.
+pub fn parse_duration(text: &str) -> SqlResult<i64> {
+    let invalid = || {
+        SqlError::InvalidText(format!(
+            "invalid input syntax for type interval: \"{text}\" (write e.g. '30 days' or '12 hours')"
+        ))
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() == 1 {
+        return words[0]
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(invalid);
+    }
+    if words.is_empty() || words.len() % 2 != 0 {
+        return Err(invalid());
+    }
+    let mut total: i64 = 0;
+    for pair in words.chunks(2) {
+        let amount: i64 = pair[0].parse().map_err(|_| invalid())?;
+        let unit = match pair[1].to_lowercase().trim_end_matches('s') {
+            "second" | "sec" => 1,
+            "minute" | "min" => 60,
+            "hour" => 3_600,
+            "day" => 86_400,
+            "week" => 604_800,
+            _ => return Err(invalid()),
+        };
+        total = amount
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(invalid)?;
+    }
+    if total <= 0 {
+        return Err(invalid());
+    }
+    Ok(total)
+}
+
+fn alter_feature_group(
+    engine: &Engine,
+    project: &str,
+    name: &str,
+    version: Option<u32>,
+    action: &AlterFeatureGroupAction,
+) -> SqlResult<CommandTag> {
+    let snapshot = engine.catalog.snapshot();
+    let group = snapshot.feature_group(project, name, version)?;
+    let version = group.feature_group().map(|s| s.version).unwrap_or(1);
+    match action {
+        AlterFeatureGroupAction::Set(entries) => {
+            let patch = options_patch(entries, false)?;
+            engine.catalog.execute(CatalogCommand::AlterFeatureGroup {
+                project: project.to_string(),
+                name: name.to_string(),
+                version,
+                patch,
+            })?;
+        }
+        AlterFeatureGroupAction::AddColumn(_) => {
+            return Err(SqlError::NotSupported(
+                "ALTER FEATURE GROUP ... ADD COLUMN is not supported yet; create a new VERSION with the column"
+                    .into(),
+            ));
+        }
+    }
+    Ok(CommandTag::new("ALTER FEATURE GROUP"))
+}
+
+async fn drop_feature_group(
+    engine: &Engine,
+    project: &str,
+    name: &str,
+    version: Option<u32>,
+    if_exists: bool,
+) -> SqlResult<CommandTag> {
+    let tag = CommandTag::new("DROP FEATURE GROUP");
+    let snapshot = engine.catalog.snapshot();
+    let oids: Vec<u32> = match version {
+        Some(v) => match snapshot.feature_group(project, name, Some(v)) {
+            Ok(group) => vec![group.oid],
+            Err(_) if if_exists => return Ok(tag),
+            Err(e) => return Err(e.into()),
+        },
+        None => snapshot
+            .feature_group_versions(project, name)
+            .map(|r| r.oid)
+            .collect(),
+    };
+    if oids.is_empty() {
+        if if_exists {
+            return Ok(tag);
+        }
+        return Err(CatalogError::UndefinedFeatureGroup(name.to_string()).into());
+    }
+    drop_relations(engine, oids).await?;
+    Ok(tag)
+}
+
+async fn drop_relations(engine: &Engine, oids: Vec<u32>) -> SqlResult<()> {
+    if let Applied::Dropped(relations) = engine
+        .catalog
+        .execute(CatalogCommand::DropRelations { oids })?
+    {
+        remove_storage(engine, &relations).await?;
+    }
+    Ok(())
+}
+
+async fn remove_storage(engine: &Engine, relations: &[Relation]) -> SqlResult<()> {
+    for relation in relations {
+        engine.offline.drop_table(relation.oid).await?;
+    }
+    Ok(())
+}
+
+/// `CREATE TABLE`: a plain table in the offline store.
+pub async fn create_table(
+    engine: &Engine,
+    project: &str,
+    user: &str,
+    create: &ast::CreateTable,
+) -> SqlResult<CommandTag> {
+    let name = object_name_to_string(&create.name);
+    if create.query.is_some() {
+        return Err(SqlError::NotSupported(
+            "CREATE TABLE ... AS is not supported yet; CREATE TABLE, then INSERT ... SELECT".into(),
+        ));
+    }
+    if create.temporary || create.external {
+        return Err(SqlError::NotSupported(format!(
+            "{} tables are not supported",
+            if create.temporary {
+                "temporary"
+            } else {
+                "external"
+            }
+        )));
+    }
+    if create.if_not_exists && engine.catalog.snapshot().resolve(project, &name).is_some() {
+        return Ok(CommandTag::new("CREATE TABLE"));
+    }
+    let mut primary_key: Vec<String> = create
+        .columns
+        .iter()
+        .filter(|c| column_is_inline_primary_key(c))
+        .map(|c| normalize_ident(&c.name))
+        .collect();
+    for constraint in &create.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) if primary_key.is_empty() => {
+                for column in &pk.columns {
+                    match &column.column.expr {
+                        ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
+                        other => {
+                            return Err(SqlError::NotSupported(format!(
+                                "primary key of \"{name}\" must list columns, found {other}"
+                            )));
+                        }
+                    }
+                }
+            }
+            TableConstraint::PrimaryKey(_) => {
+                return Err(SqlError::InvalidParameter(format!(
+                    "multiple primary keys for table \"{name}\" are not allowed"
+                )));
+            }
+            other => {
+                return Err(SqlError::NotSupported(format!(
+                    "table \"{name}\": constraint {other} is not supported"
+                )));
+            }
+        }
+    }
+    if create.columns.is_empty() {
+        return Err(SqlError::InvalidParameter(format!(
+            "table \"{name}\" needs at least one column"
+        )));
+    }
+    let columns = convert_columns(&name, &create.columns, &primary_key)?;
+    create_relation(
+        engine,
+        CatalogCommand::CreateRelation {
+            project: project.to_string(),
+            name,
+            kind: RelationKind::Table,
+            columns,
+            primary_key,
+            owner: user.to_string(),
+            created_at: Utc::now(),
+        },
+    )
+    .await?;
+    Ok(CommandTag::new("CREATE TABLE"))
+}
+
+/// `DROP TABLE` (plain tables only; feature groups have `DROP FEATURE GROUP`).
+pub async fn drop_objects(
+    engine: &Engine,
+    project: &str,
+    object_type: ast::ObjectType,
+    if_exists: bool,
+    names: &[ObjectName],
+    _cascade: bool,
+) -> SqlResult<CommandTag> {
+    if object_type != ast::ObjectType::Table {
+        return Err(SqlError::NotSupported(format!(
+            "DROP {object_type} is not supported"
+        )));
+    }
+    let snapshot = engine.catalog.snapshot();
+    let mut oids = Vec::new();
+    for name in names {
+        let name = object_name_to_string(name);
+        match snapshot.resolve(project, &name) {
+            Some(relation) if relation.feature_group().is_some() => {
+                return Err(SqlError::DatatypeMismatch(format!(
+                    "\"{name}\" is a feature group; use DROP FEATURE GROUP {}",
+                    relation.name
+                )));
+            }
+            Some(relation) => oids.push(relation.oid),
+            None if if_exists => {}
+            None => {
+                return Err(SqlError::UndefinedTable(format!(
+                    "table \"{name}\" does not exist"
+                )));
+            }
+        }
+    }
+    if !oids.is_empty() {
+        drop_relations(engine, oids).await?;
+    }
+    Ok(CommandTag::new("DROP TABLE"))
+}
+
+fn create_project(
+    engine: &Engine,
+    user: &str,
+    name: &str,
+    options: &[OptionEntry],
+    if_not_exists: bool,
+) -> SqlResult<CommandTag> {
+    let tag = CommandTag::new("CREATE PROJECT");
+    if if_not_exists && engine.catalog.snapshot().project(name).is_some() {
+        return Ok(tag);
+    }
+    let mut description = None;
+    for OptionEntry { key, value } in options {
+        match (key.as_str(), value) {
+            ("description", OptionValue::String(text)) => description = Some(text.clone()),
+            ("description", other) => {
+                return Err(SqlError::InvalidParameter(format!(
+                    "description must be a string, found {other}"
+                )));
+            }
+            (other, _) => {
+                return Err(SqlError::InvalidParameter(format!(
+                    "unrecognized project option \"{other}\"; the option is description"
+                )));
+            }
+        }
+    }
+    engine.catalog.execute(CatalogCommand::CreateProject {
+        name: name.to_string(),
+        description,
+        owner: user.to_string(),
+        created_at: Utc::now(),
+    })?;
+    Ok(tag)
+}
+
+async fn drop_project(
+    engine: &Engine,
+    current_project: &str,
+    name: &str,
+    if_exists: bool,
+    cascade: bool,
+) -> SqlResult<CommandTag> {
+    let tag = CommandTag::new("DROP PROJECT");
+    if engine.catalog.snapshot().project(name).is_none() {
+        if if_exists {
+            return Ok(tag);
+        }
+        return Err(SqlError::UndefinedProject(format!(
+            "project \"{name}\" does not exist"
+        )));
+    }
+    if name == current_project {
+        return Err(SqlError::ObjectInUse(format!(
+            "cannot drop the currently open project \"{name}\"; connect to another project first"
+        )));
+    }
+    let applied = engine.catalog.execute(CatalogCommand::DropProject {
+        name: name.to_string(),
+        cascade,
+    })?;
+    if let Applied::Dropped(relations) = applied {
+        remove_storage(engine, &relations).await?;
+    }
+    Ok(tag)
+}
+
+/// The SQL over the discovery tables that a listing statement stands for.
+pub fn listing_query(statement: &Statement, engine: &Engine, project: &str) -> SqlResult<String> {
+    Ok(match statement {
+        Statement::ShowFeatureGroups => {
+            "SELECT name, version, online, primary_key, event_time, description, \
+             offline_rows, created_at FROM quiver.feature_groups ORDER BY name, version"
+                .to_string()
+        }
+        Statement::ShowProjects => {
+            "SELECT name, description, owner, created_at FROM quiver.projects ORDER BY name"
+                .to_string()
+        }
+        Statement::DescribeFeatureGroup { name, version } => {
+            let snapshot = engine.catalog.snapshot();
+            let group = snapshot.feature_group(project, name, *version)?;
+            let version = group.feature_group().map(|s| s.version).unwrap_or(1);
+            format!(
+                "SELECT name AS column_name, type, nullable, primary_key, event_time, description \
+                 FROM quiver.features WHERE feature_group = '{}' AND version = {version} ORDER BY position",
+                name.replace('\'', "''")
+            )
+        }
+        other => return Err(SqlError::Internal(format!("not a listing: {other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_whole_units() {
+        assert_eq!(parse_duration("30 days").unwrap(), 30 * 86_400);
+        assert_eq!(
+            parse_duration("1 day 12 hours").unwrap(),
+            86_400 + 12 * 3_600
+        );
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        for bad in ["", "days", "3 fortnights", "-1 day", "1 day 2", "0"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The discovery tables: `quiver.feature_groups`, `quiver.features` and `quiver.tables`.
+//!
+//! They are ordinary tables to the user (filter, join, `ILIKE` for search), built per query from one
+//! catalog snapshot, so a listing is always consistent with itself.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, IntervalMonthDayNanoBuilder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, TimeUnit,
+};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use quiver_catalog::{Project, Relation};
+
+use crate::Engine;
+use crate::error::{SqlError, SqlResult};
+use crate::types::UTC;
+
+/// The names of the discovery tables.
+pub const TABLES: &[&str] = &["feature_groups", "features", "tables", "projects"];
+
+/// Builds the discovery table `name` of a project, or `None` if there is no such table.
+pub async fn table(
+    engine: &Engine,
+    project: &str,
+    name: &str,
+) -> SqlResult<Option<Arc<dyn TableProvider>>> {
+    let snapshot = engine.catalog.snapshot();
+    let relations: Vec<&Relation> = snapshot.relations(project).collect();
+    let batch = match name {
+        "feature_groups" => {
+            let groups: Vec<&Relation> = relations
+                .into_iter()
+                .filter(|r| r.feature_group().is_some())
+                .collect();
+            let mut rows = Vec::with_capacity(groups.len());
+            for group in &groups {
+                rows.push(engine.offline.row_count(group.oid).await? as i64);
+            }
+            feature_groups(&groups, &rows)?
+        }
+        "features" => features(&relations)?,
+        "tables" => {
+            let tables: Vec<&Relation> = relations
+                .into_iter()
+                .filter(|r| r.feature_group().is_none())
+                .collect();
+            let mut rows = Vec::with_capacity(tables.len());
+            for table in &tables {
+                rows.push(engine.offline.row_count(table.oid).await? as i64);
+            }
+            tables_batch(&tables, &rows)?
+        }
+        "projects" => projects(&snapshot.projects().collect::<Vec<_>>())?,
+        _ => return Ok(None),
+    };
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    Ok(Some(Arc::new(table)))
+}
+
+fn timestamptz() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> SqlResult<RecordBatch> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| SqlError::Internal(format!("building a discovery table: {e}")))
+}
+
+fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut version = Int32Builder::new();
+    let mut oid = Int64Builder::new();
+    let mut online = BooleanBuilder::new();
+    let mut primary_key = StringBuilder::new();
+    let mut event_time = StringBuilder::new();
+    let mut ttl = IntervalMonthDayNanoBuilder::new();
+    let mut description = StringBuilder::new();
+    let mut tags = StringBuilder::new();
+    let mut partition_by = StringBuilder::new();
+    let mut owner = StringBuilder::new();
+    let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    let mut rows = Int64Builder::new();
+    for (group, row_count) in groups.iter().zip(offline_rows) {
+        let Some(spec) = group.feature_group() else {
+            continue;
+        };
+        name.append_value(&group.name);
+        version.append_value(spec.version as i32);
+        oid.append_value(group.oid as i64);
+        online.append_value(spec.options.online);
+        primary_key.append_value(group.primary_key.join(", "));
+        event_time.append_option(spec.event_time.as_deref());
+        ttl.append_option(spec.options.ttl_seconds.map(|s| IntervalMonthDayNano {
+            months: 0,
+            days: (s / 86_400) as i32,
+            nanoseconds: (s % 86_400) * 1_000_000_000,
+        }));
+        description.append_option(spec.options.description.as_deref());
+        tags.append_value(spec.options.tags.join(", "));
+        partition_by.append_option(spec.options.partition_by.as_deref());
+        owner.append_value(&group.owner);
+        created_at.append_value(group.created_at.timestamp_micros());
+        rows.append_value(*row_count);
+    }
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("online", DataType::Boolean, false),
+            Field::new("primary_key", DataType::Utf8, false),
+            Field::new("event_time", DataType::Utf8, true),
+            Field::new("ttl", DataType::Interval(IntervalUnit::MonthDayNano), true),
+            Field::new("description", DataType::Utf8, true),
+            Field::new("tags", DataType::Utf8, false),
+            Field::new("partition_by", DataType::Utf8, true),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+            Field::new("offline_rows", DataType::Int64, false),
+        ],
+        vec![
+            Arc::new(name.finish()),
+            Arc::new(version.finish()),
+            Arc::new(oid.finish()),
+            Arc::new(online.finish()),
+            Arc::new(primary_key.finish()),
+            Arc::new(event_time.finish()),
+            Arc::new(ttl.finish()),
+            Arc::new(description.finish()),
+            Arc::new(tags.finish()),
+            Arc::new(partition_by.finish()),
+            Arc::new(owner.finish()),
+            Arc::new(created_at.finish()),
+            Arc::new(rows.finish()),
+        ],
+    )
+}
+
+fn features(relations: &[&Relation]) -> SqlResult<RecordBatch> {
+    let mut group = StringBuilder::new();
+    let mut version = Int32Builder::new();
+    let mut position = Int32Builder::new();
+    let mut name = StringBuilder::new();
+    let mut data_type = StringBuilder::new();
+    let mut nullable = BooleanBuilder::new();
+    let mut primary_key = BooleanBuilder::new();
+    let mut event_time = BooleanBuilder::new();
+    let mut description = StringBuilder::new();
+    for relation in relations {
+        let Some(spec) = relation.feature_group() else {
+            continue;
+        };
+        for (index, column) in relation.columns.iter().enumerate() {
+            group.append_value(&relation.name);
+            version.append_value(spec.version as i32);
+            position.append_value(index as i32 + 1);
+            name.append_value(&column.name);
+            data_type.append_value(column.data_type.sql_name());
+            nullable.append_value(column.nullable);
+            primary_key.append_value(relation.primary_key.contains(&column.name));
+            event_time.append_value(spec.event_time.as_deref() == Some(column.name.as_str()));
+            description.append_option(column.description.as_deref());
+        }
+    }
+    batch(
+        vec![
+            Field::new("feature_group", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("position", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("nullable", DataType::Boolean, false),
+            Field::new("primary_key", DataType::Boolean, false),
+            Field::new("event_time", DataType::Boolean, false),
+            Field::new("description", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(group.finish()),
+            Arc::new(version.finish()),
+            Arc::new(position.finish()),
+            Arc::new(name.finish()),
+            Arc::new(data_type.finish()),
+            Arc::new(nullable.finish()),
+            Arc::new(primary_key.finish()),
+            Arc::new(event_time.finish()),
+            Arc::new(description.finish()),
+        ],
+    )
+}
+
+fn tables_batch(tables: &[&Relation], offline_rows: &[i64]) -> SqlResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut oid = Int64Builder::new();
+    let mut primary_key = StringBuilder::new();
+    let mut columns = Int32Builder::new();
+    let mut owner = StringBuilder::new();
+    let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    let mut rows = Int64Builder::new();
+    for (table, row_count) in tables.iter().zip(offline_rows) {
+        name.append_value(&table.name);
+        oid.append_value(table.oid as i64);
+        primary_key.append_value(table.primary_key.join(", "));
+        columns.append_value(table.columns.len() as i32);
+        owner.append_value(&table.owner);
+        created_at.append_value(table.created_at.timestamp_micros());
+        rows.append_value(*row_count);
+    }
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("primary_key", DataType::Utf8, false),
+            Field::new("columns", DataType::Int32, false),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+            Field::new("offline_rows", DataType::Int64, false),
+        ],
+        vec![
+            Arc::new(name.finish()),
+            Arc::new(oid.finish()),
+            Arc::new(primary_key.finish()),
+            Arc::new(columns.finish()),
+            Arc::new(owner.finish()),
+            Arc::new(created_at.finish()),
+            Arc::new(rows.finish()),
+        ],
+    )
+}
+
+fn projects(projects: &[&Project]) -> SqlResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut oid = Int64Builder::new();
+    let mut description = StringBuilder::new();
+    let mut owner = StringBuilder::new();
+    let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    for project in projects {
+        name.append_value(&project.name);
+        oid.append_value(project.oid as i64);
+        description.append_option(project.description.as_deref());
+        owner.append_value(&project.owner);
+        created_at.append_value(project.created_at.timestamp_micros());
+    }
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("description", DataType::Utf8, true),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+        ],
+        vec![
+            Arc::new(name.finish()),
+            Arc::new(oid.finish()),
+            Arc::new(description.finish()),
+            Arc::new(owner.finish()),
+            Arc::new(created_at.finish()),
+        ],
+    )
+}

@@ -1,0 +1,90 @@
+//! Quiver's SQL layer: our statements on top of sqlparser, planning over DataFusion, and the
+//! execution of DDL, writes and reads against the catalog and the offline store.
+//!
+//! Architecture invariant: this crate holds all feature-store semantics reachable from SQL; it
+//! knows nothing of the wire protocol. The server hands it statements and streams back what
+//! [`Output`] says.
+
+mod copy;
+mod ddl;
+mod discovery;
+mod error;
+pub mod parser;
+mod project_catalog;
+mod relation;
+mod session;
+mod settings;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use quiver_catalog::Catalog;
+use quiver_storage::OfflineStore;
+
+pub use copy::{CopyFormat, CopyIn};
+pub use error::{SqlError, SqlResult};
+pub use parser::{Statement, parse};
+pub use session::{CommandTag, Output, Prepared, Session};
+pub use settings::{SERVER_VERSION, Settings};
+
+/// Everything sessions share: the catalog, the offline store and the query runtime.
+#[derive(Debug)]
+pub struct Engine {
+    pub catalog: Arc<Catalog>,
+    pub offline: Arc<OfflineStore>,
+    runtime: Arc<RuntimeEnv>,
+    target_partitions: usize,
+}
+
+impl Engine {
+    /// Opens the data directory: the catalog under `catalog/`, the offline store under `offline/`.
+    /// Storage is reconciled with the catalog first (see `ddl`'s order of effects).
+    pub async fn open(data_dir: &Path) -> SqlResult<Arc<Engine>> {
+        let catalog = Catalog::open(&data_dir.join("catalog"))?;
+        let offline = OfflineStore::open(&data_dir.join("offline"))?;
+        let snapshot = catalog.snapshot();
+        let removed = offline
+            .remove_orphans(|id| snapshot.relation(id).is_some())
+            .await?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed offline tables the catalog does not know");
+        }
+        for relation in snapshot.all_relations() {
+            if !offline.has_table(relation.oid).await {
+                tracing::info!(relation = %relation.qualified_name(), "creating the missing offline table");
+                offline
+                    .create_table(relation.oid, types::arrow_schema(&relation.columns))
+                    .await?;
+            }
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .build_arc()
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
+        let target_partitions = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Arc::new(Engine {
+            catalog: Arc::new(catalog),
+            offline: Arc::new(offline),
+            runtime,
+            target_partitions,
+        }))
+    }
+
+    /// The query runtime shared by all sessions.
+    pub fn runtime(&self) -> Arc<RuntimeEnv> {
+        self.runtime.clone()
+    }
+
+    /// How many partitions a query is split into.
+    pub fn target_partitions(&self) -> usize {
+        self.target_partitions
+    }
+
+    /// Opens a session for a user on a project.
+    pub fn session(self: &Arc<Self>, project: &str, user: &str) -> SqlResult<Session> {
+        Session::new(self.clone(), project, user)
+    }
+}

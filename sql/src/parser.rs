@@ -1,0 +1,464 @@
+//! Quiver's statements on top of sqlparser.
+//!
+//! The parser peeks the first words of each statement: `CREATE FEATURE GROUP`, `SHOW PROJECTS` and
+//! the rest of ours are parsed here with sqlparser's own building blocks (identifiers, data types,
+//! column definitions, literals); every other statement goes to sqlparser's PostgreSQL dialect
+//! unchanged. No SQL text is ever matched with regular expressions.
+
+use datafusion::sql::sqlparser::ast::{self, ColumnDef, ColumnOption, Ident, ObjectName, Value};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+/// One statement, ours or sqlparser's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// Anything that is not one of Quiver's own statements.
+    Sql(Box<ast::Statement>),
+    CreateFeatureGroup(CreateFeatureGroup),
+    AlterFeatureGroup {
+        name: String,
+        version: Option<u32>,
+        action: AlterFeatureGroupAction,
+    },
+    DropFeatureGroup {
+        name: String,
+        version: Option<u32>,
+        if_exists: bool,
+    },
+    ShowFeatureGroups,
+    DescribeFeatureGroup {
+        name: String,
+        version: Option<u32>,
+    },
+    CreateProject {
+        name: String,
+        options: Vec<OptionEntry>,
+        if_not_exists: bool,
+    },
+    DropProject {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    ShowProjects,
+}
+
+/// `CREATE FEATURE GROUP ...` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateFeatureGroup {
+    pub name: String,
+    pub version: Option<u32>,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnDef>,
+    pub primary_key: Vec<String>,
+    pub event_time: Option<String>,
+    pub options: Vec<OptionEntry>,
+}
+
+/// What `ALTER FEATURE GROUP` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterFeatureGroupAction {
+    Set(Vec<OptionEntry>),
+    AddColumn(ColumnDef),
+}
+
+/// One `key = value` of a `WITH (...)` or `SET (...)` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptionEntry {
+    pub key: String,
+    pub value: OptionValue,
+}
+
+/// The value of an option: options are typed by their key, so the literal's kind is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    String(String),
+    Number(String),
+    Boolean(bool),
+    Null,
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::String(s) => write!(f, "'{s}'"),
+            OptionValue::Number(n) => write!(f, "{n}"),
+            OptionValue::Boolean(b) => write!(f, "{b}"),
+            OptionValue::Null => write!(f, "NULL"),
+        }
+    }
+}
+
+/// Parses a string that may hold several statements separated by semicolons.
+pub fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let mut statements = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        statements.push(parse_statement(&mut parser)?);
+        let next = parser.peek_token();
+        if next.token != Token::SemiColon && next.token != Token::EOF {
+            return parser.expected("end of statement", next);
+        }
+    }
+    Ok(statements)
+}
+
+fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
+    if peek_words(parser, &["CREATE", "FEATURE", "GROUP"]) {
+        consume_words(parser, 3);
+        return parse_create_feature_group(parser).map(Statement::CreateFeatureGroup);
+    }
+    if peek_words(parser, &["ALTER", "FEATURE", "GROUP"]) {
+        consume_words(parser, 3);
+        return parse_alter_feature_group(parser);
+    }
+    if peek_words(parser, &["DROP", "FEATURE", "GROUP"]) {
+        consume_words(parser, 3);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Statement::DropFeatureGroup {
+            name,
+            version,
+            if_exists,
+        });
+    }
+    if peek_words(parser, &["SHOW", "FEATURE", "GROUPS"]) {
+        consume_words(parser, 3);
+        return Ok(Statement::ShowFeatureGroups);
+    }
+    if peek_words(parser, &["DESCRIBE", "FEATURE", "GROUP"]) {
+        consume_words(parser, 3);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Statement::DescribeFeatureGroup { name, version });
+    }
+    if peek_words(parser, &["CREATE", "PROJECT"]) {
+        consume_words(parser, 2);
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let options = if parser.parse_keyword(Keyword::WITH) {
+            parse_option_list(parser)?
+        } else {
+            Vec::new()
+        };
+        return Ok(Statement::CreateProject {
+            name,
+            options,
+            if_not_exists,
+        });
+    }
+    if peek_words(parser, &["DROP", "PROJECT"]) {
+        consume_words(parser, 2);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let cascade = parser.parse_keyword(Keyword::CASCADE);
+        if !cascade {
+            // RESTRICT is the default; the word is accepted and means nothing more.
+            let _ = parser.parse_keyword(Keyword::RESTRICT);
+        }
+        return Ok(Statement::DropProject {
+            name,
+            if_exists,
+            cascade,
+        });
+    }
+    if peek_words(parser, &["SHOW", "PROJECTS"]) {
+        consume_words(parser, 2);
+        return Ok(Statement::ShowProjects);
+    }
+    let statement = parser.parse_statement()?;
+    Ok(translate_synonyms(statement))
+}
+
+/// `CREATE DATABASE` and `DROP DATABASE` are the PostgreSQL spellings of our project statements.
+fn translate_synonyms(statement: ast::Statement) -> Statement {
+    match statement {
+        ast::Statement::CreateDatabase {
+            db_name,
+            if_not_exists,
+            ..
+        } => Statement::CreateProject {
+            name: object_name_to_string(&db_name),
+            options: Vec::new(),
+            if_not_exists,
+        },
+        ast::Statement::Drop {
+            object_type: ast::ObjectType::Database,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } if names.len() == 1 => Statement::DropProject {
+            name: object_name_to_string(&names[0]),
+            if_exists,
+            cascade,
+        },
+        other => Statement::Sql(Box::new(other)),
+    }
+}
+
+fn parse_create_feature_group(parser: &mut Parser) -> Result<CreateFeatureGroup, ParserError> {
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parse_name(parser)?;
+    let version = parse_optional_version(parser)?;
+    parser.expect_token(&Token::LParen)?;
+    let mut columns = Vec::new();
+    let mut primary_key = Vec::new();
+    let mut event_time = None;
+    loop {
+        if parser.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            if !primary_key.is_empty() {
+                return Err(ParserError::ParserError(format!(
+                    "multiple primary keys for feature group \"{name}\" are not allowed"
+                )));
+            }
+            primary_key = parse_column_list(parser)?;
+        } else if peek_words(parser, &["EVENT", "TIME"]) {
+            consume_words(parser, 2);
+            if event_time.is_some() {
+                return Err(ParserError::ParserError(format!(
+                    "feature group \"{name}\" names EVENT TIME more than once"
+                )));
+            }
+            event_time = Some(normalize_ident(&parser.parse_identifier()?));
+        } else {
+            let column = parser.parse_column_def()?;
+            if column_is_inline_primary_key(&column) {
+                if !primary_key.is_empty() {
+                    return Err(ParserError::ParserError(format!(
+                        "multiple primary keys for feature group \"{name}\" are not allowed"
+                    )));
+                }
+                primary_key.push(normalize_ident(&column.name));
+            }
+            columns.push(column);
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen)?;
+    let options = if parser.parse_keyword(Keyword::WITH) {
+        parse_option_list(parser)?
+    } else {
+        Vec::new()
+    };
+    Ok(CreateFeatureGroup {
+        name,
+        version,
+        if_not_exists,
+        columns,
+        primary_key,
+        event_time,
+        options,
+    })
+}
+
+fn parse_alter_feature_group(parser: &mut Parser) -> Result<Statement, ParserError> {
+    let name = parse_name(parser)?;
+    let version = parse_optional_version(parser)?;
+    let action = if parser.parse_keyword(Keyword::SET) {
+        AlterFeatureGroupAction::Set(parse_option_list(parser)?)
+    } else if parser.parse_keyword(Keyword::ADD) {
+        // COLUMN is an optional noise word, as in PostgreSQL.
+        let _ = parser.parse_keyword(Keyword::COLUMN);
+        AlterFeatureGroupAction::AddColumn(parser.parse_column_def()?)
+    } else {
+        return parser.expected("SET or ADD COLUMN", parser.peek_token());
+    };
+    Ok(Statement::AlterFeatureGroup {
+        name,
+        version,
+        action,
+    })
+}
+
+/// Whether a column definition carries `PRIMARY KEY` inline.
+pub fn column_is_inline_primary_key(column: &ColumnDef) -> bool {
+    column
+        .options
+        .iter()
+        .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+}
+
+fn parse_column_list(parser: &mut Parser) -> Result<Vec<String>, ParserError> {
+    parser.expect_token(&Token::LParen)?;
+    let idents = parser.parse_comma_separated(|p| p.parse_identifier())?;
+    parser.expect_token(&Token::RParen)?;
+    Ok(idents.iter().map(normalize_ident).collect())
+}
+
+fn parse_optional_version(parser: &mut Parser) -> Result<Option<u32>, ParserError> {
+    if !peek_words(parser, &["VERSION"]) {
+        return Ok(None);
+    }
+    consume_words(parser, 1);
+    let version = parser.parse_literal_uint()?;
+    match u32::try_from(version) {
+        Ok(v) if v >= 1 => Ok(Some(v)),
+        _ => Err(ParserError::ParserError(format!(
+            "VERSION must be a whole number from 1 to {}, found {version}",
+            u32::MAX
+        ))),
+    }
+}
+
+/// Parses `( key = value [, ...] )`.
+fn parse_option_list(parser: &mut Parser) -> Result<Vec<OptionEntry>, ParserError> {
+    parser.expect_token(&Token::LParen)?;
+    let entries = parser.parse_comma_separated(|p| {
+        let key = normalize_ident(&p.parse_identifier()?);
+        p.expect_token(&Token::Eq)?;
+        let value = match p.parse_value()?.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => OptionValue::String(s),
+            Value::Number(n, _) => OptionValue::Number(n.to_string()),
+            Value::Boolean(b) => OptionValue::Boolean(b),
+            Value::Null => OptionValue::Null,
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "option \"{key}\" takes a string, number or boolean, found {other}"
+                )));
+            }
+        };
+        Ok(OptionEntry { key, value })
+    })?;
+    parser.expect_token(&Token::RParen)?;
+    Ok(entries)
+}
+
+fn parse_name(parser: &mut Parser) -> Result<String, ParserError> {
+    Ok(normalize_ident(&parser.parse_identifier()?))
+}
+
+/// PostgreSQL folds unquoted identifiers to lower case and keeps quoted ones as written.
+pub fn normalize_ident(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The last part of an object name, normalised; `public.t` and `t` both give `t`.
+pub fn object_name_to_string(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .map(normalize_ident)
+        .unwrap_or_default()
+}
+
+fn peek_words(parser: &Parser, words: &[&str]) -> bool {
+    words.iter().enumerate().all(|(i, word)| {
+        matches!(&parser.peek_nth_token_ref(i).token,
+            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+    })
+}
+
+fn consume_words(parser: &mut Parser, count: usize) {
+    for _ in 0..count {
+        parser.next_token();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_feature_group_with_everything() {
+        let statements = parse(
+            "CREATE FEATURE GROUP IF NOT EXISTS Transactions VERSION 2 (
+                cc_num BIGINT NOT NULL, amount DOUBLE PRECISION, embedding REAL[], ts TIMESTAMP NOT NULL,
+                PRIMARY KEY (cc_num), EVENT TIME ts
+             ) WITH (online = true, ttl = '30 days', description = 'card transactions');",
+        )
+        .unwrap();
+        let [Statement::CreateFeatureGroup(fg)] = statements.as_slice() else {
+            panic!("unexpected {statements:?}");
+        };
+        assert_eq!(fg.name, "transactions");
+        assert_eq!(fg.version, Some(2));
+        assert!(fg.if_not_exists);
+        assert_eq!(fg.columns.len(), 4);
+        assert_eq!(fg.primary_key, vec!["cc_num"]);
+        assert_eq!(fg.event_time.as_deref(), Some("ts"));
+        assert_eq!(
+            fg.options,
+            vec![
+                OptionEntry {
+                    key: "online".into(),
+                    value: OptionValue::Boolean(true)
+                },
+                OptionEntry {
+                    key: "ttl".into(),
+                    value: OptionValue::String("30 days".into())
+                },
+                OptionEntry {
+                    key: "description".into(),
+                    value: OptionValue::String("card transactions".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn several_statements_mix_ours_and_sqlparsers() {
+        let statements =
+            parse("SHOW FEATURE GROUPS; select 1;; DROP FEATURE GROUP t VERSION 3").unwrap();
+        assert_eq!(statements.len(), 3);
+        assert_eq!(statements[0], Statement::ShowFeatureGroups);
+        assert!(matches!(statements[1], Statement::Sql(_)));
+        assert_eq!(
+            statements[2],
+            Statement::DropFeatureGroup {
+                name: "t".into(),
+                version: Some(3),
+                if_exists: false
+            }
+        );
+    }
+
+    #[test]
+    fn database_statements_are_project_synonyms() {
+        assert_eq!(
+            parse("CREATE DATABASE fraud").unwrap(),
+            vec![Statement::CreateProject {
+                name: "fraud".into(),
+                options: vec![],
+                if_not_exists: false
+            }]
+        );
+        assert_eq!(
+            parse("DROP DATABASE IF EXISTS fraud").unwrap(),
+            vec![Statement::DropProject {
+                name: "fraud".into(),
+                if_exists: true,
+                cascade: false
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_statements_are_errors_not_panics() {
+        for sql in [
+            "CREATE FEATURE GROUP",
+            "CREATE FEATURE GROUP t (",
+            "CREATE FEATURE GROUP t VERSION 0 (a INT, PRIMARY KEY (a))",
+            "CREATE FEATURE GROUP t (a INT, PRIMARY KEY (a), PRIMARY KEY (a))",
+            "ALTER FEATURE GROUP t DROP",
+            "SHOW FEATURE GROUPS extra",
+            "CREATE FEATURE GROUP t (a INT) WITH (online = ARRAY[1])",
+        ] {
+            assert!(parse(sql).is_err(), "{sql} parsed");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! A project as DataFusion sees it: one catalog with schema `public` (feature groups and tables,
+//! resolved through the Quiver catalog at planning time) and schema `quiver` (discovery tables).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result as DfResult};
+
+use crate::Engine;
+use crate::discovery;
+use crate::relation::RelationTable;
+
+/// The schema that holds a project's feature groups and tables.
+pub const PUBLIC_SCHEMA: &str = "public";
+/// The schema that holds the discovery tables.
+pub const DISCOVERY_SCHEMA: &str = "quiver";
+
+/// The DataFusion catalog of one project, for one session.
+#[derive(Debug)]
+pub struct ProjectCatalog {
+    engine: Arc<Engine>,
+    project: String,
+}
+
+impl ProjectCatalog {
+    pub fn new(engine: Arc<Engine>, project: String) -> Self {
+        ProjectCatalog { engine, project }
+    }
+}
+
+impl CatalogProvider for ProjectCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![PUBLIC_SCHEMA.into(), DISCOVERY_SCHEMA.into()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        match name {
+            PUBLIC_SCHEMA => Some(Arc::new(PublicSchema {
+                engine: self.engine.clone(),
+                project: self.project.clone(),
+            })),
+            DISCOVERY_SCHEMA => Some(Arc::new(DiscoverySchema {
+                engine: self.engine.clone(),
+                project: self.project.clone(),
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// Feature groups (by bare name and `<name>_<version>`) and plain tables of a project.
+#[derive(Debug)]
+struct PublicSchema {
+    engine: Arc<Engine>,
+    project: String,
+}
+
+#[async_trait]
+impl SchemaProvider for PublicSchema {
+    fn table_names(&self) -> Vec<String> {
+        let snapshot = self.engine.catalog.snapshot();
+        let mut names = Vec::new();
+        for relation in snapshot.relations(&self.project) {
+            names.push(relation.qualified_name());
+            if relation.feature_group().is_some() && !names.contains(&relation.name) {
+                names.push(relation.name.clone());
+            }
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(relation) = self
+            .engine
+            .catalog
+            .snapshot()
+            .resolve(&self.project, name)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(RelationTable::new(
+            relation,
+            self.engine.offline.clone(),
+        ))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.engine
+            .catalog
+            .snapshot()
+            .resolve(&self.project, name)
+            .is_some()
+    }
+}
+
+/// `quiver.feature_groups`, `quiver.features` and `quiver.tables`: the catalog as queryable tables.
+#[derive(Debug)]
+struct DiscoverySchema {
+    engine: Arc<Engine>,
+    project: String,
+}
+
+#[async_trait]
+impl SchemaProvider for DiscoverySchema {
+    fn table_names(&self) -> Vec<String> {
+        discovery::TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        discovery::table(&self.engine, &self.project, name)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        discovery::TABLES.contains(&name)
+    }
+}

@@ -1,0 +1,251 @@
+//! A feature group version or plain table as DataFusion sees it: scans read the offline store, and
+//! INSERT goes through [`RelationSink`], which validates every row before one atomic commit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::TableType;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use quiver_catalog::{ColumnType, Relation};
+use quiver_storage::OfflineStore;
+
+use crate::error::SqlError;
+use crate::types::arrow_schema;
+
+/// A relation of the offline store, readable and insertable.
+///
+/// The offline version to read is chosen when a scan starts, not when the query is planned, so a
+/// prepared statement executed again sees the rows written since.
+#[derive(Debug)]
+pub struct RelationTable {
+    relation: Relation,
+    /// The schema DataFusion plans with: the catalog's columns, all nullable, so that NULLs reach
+    /// our validation (which names row and column) instead of a generic DataFusion check.
+    planning_schema: SchemaRef,
+    offline: Arc<OfflineStore>,
+}
+
+impl RelationTable {
+    /// The relation as a DataFusion table.
+    pub fn new(relation: Relation, offline: Arc<OfflineStore>) -> Self {
+        let planning_schema = Arc::new(Schema::new(
+            arrow_schema(&relation.columns)
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        RelationTable {
+            relation,
+            planning_schema,
+            offline,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for RelationTable {
+    fn schema(&self) -> SchemaRef {
+        self.planning_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let external = |e| DataFusionError::External(Box::new(SqlError::from(e)));
+        self.offline
+            .prepare_session(self.relation.oid, state)
+            .await
+            .map_err(external)?;
+        let offline_scan = self
+            .offline
+            .table_provider(self.relation.oid)
+            .await
+            .map_err(external)?;
+        offline_scan.scan(state, projection, filters, limit).await
+    }
+
+    /// Filters reach the offline scan, which skips files and row groups by their statistics; the
+    /// rows are filtered again above it.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::External(Box::new(SqlError::NotSupported(
+                format!(
+                    "{insert_op} into \"{}\" is not supported; the offline store keeps full history, use INSERT",
+                    self.relation.qualified_name()
+                ),
+            ))));
+        }
+        let sink = RelationSink {
+            relation: self.relation.clone(),
+            schema: self.planning_schema.clone(),
+            offline: self.offline.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Receives the rows of one INSERT, checks them all, and commits them as one offline write.
+#[derive(Debug)]
+pub struct RelationSink {
+    relation: Relation,
+    /// The nullable planning schema: NOT NULL is checked by [`conform_batch`], which names the row.
+    schema: SchemaRef,
+    offline: Arc<OfflineStore>,
+}
+
+impl RelationSink {
+    /// Validates and commits batches whose columns are the relation's, in order.
+    pub async fn write_batches(
+        relation: &Relation,
+        offline: &OfflineStore,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64, SqlError> {
+        let schema = arrow_schema(&relation.columns);
+        let mut checked = Vec::with_capacity(batches.len());
+        let mut first_row = 1;
+        for batch in batches {
+            checked.push(conform_batch(relation, &schema, &batch, first_row)?);
+            first_row += batch.num_rows();
+        }
+        let commit = offline.append(relation.oid, checked).await?;
+        Ok(commit.rows)
+    }
+}
+
+impl DisplayAs for RelationSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "OfflineWrite: relation={}",
+            self.relation.qualified_name()
+        )
+    }
+}
+
+#[async_trait]
+impl DataSink for RelationSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        // The whole statement is collected first: nothing is written unless every row is valid.
+        let mut batches = Vec::new();
+        while let Some(batch) = data.next().await {
+            batches.push(batch?);
+        }
+        RelationSink::write_batches(&self.relation, &self.offline, batches)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+/// Checks one batch against the relation's constraints and casts it to the stored schema.
+/// `first_row` is the 1-based number of the batch's first row within the statement.
+fn conform_batch(
+    relation: &Relation,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    first_row: usize,
+) -> Result<RecordBatch, SqlError> {
+    let name = relation.qualified_name();
+    if batch.num_columns() != relation.columns.len() {
+        return Err(SqlError::Syntax(format!(
+            "INSERT into \"{name}\" has {} columns, the relation has {}",
+            batch.num_columns(),
+            relation.columns.len()
+        )));
+    }
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (index, column) in relation.columns.iter().enumerate() {
+        let array = batch.column(index);
+        if !column.nullable
+            && let Some(row) = first_null(array.as_ref())
+        {
+            return Err(SqlError::NotNull(format!(
+                "null value in column \"{}\" of relation \"{name}\" violates not-null constraint (row {})",
+                column.name,
+                first_row + row
+            )));
+        }
+        let target = schema.field(index).data_type();
+        let array = if array.data_type() == target {
+            array.clone()
+        } else {
+            cast(array, target).map_err(|e| {
+                SqlError::DatatypeMismatch(format!(
+                    "column \"{}\" of relation \"{name}\" is of type {} but the value is {}: {e}",
+                    column.name,
+                    column.data_type.sql_name(),
+                    array.data_type()
+                ))
+            })?
+        };
+        if let ColumnType::Varchar(Some(limit)) = column.data_type {
+            check_length(&array, limit as usize).map_err(|row| {
+                SqlError::StringTooLong(format!(
+                    "value too long for type character varying({limit}) in column \"{}\" of relation \"{name}\" (row {})",
+                    column.name,
+                    first_row + row
+                ))
+            })?;
+        }
+        arrays.push(array);
+    }
+    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SqlError::Internal(e.to_string()))
+}
+
+fn first_null(array: &dyn Array) -> Option<usize> {
+    if array.null_count() == 0 {
+        return None;
+    }
+    (0..array.len()).find(|&i| array.is_null(i))
+}
+
+/// Returns the first row whose string is longer than `limit` characters.
+fn check_length(array: &ArrayRef, limit: usize) -> Result<(), usize> {
+    let strings = array.as_string::<i32>();
+    match strings
+        .iter()
+        .position(|value| value.is_some_and(|s| s.chars().count() > limit))
+    {
+        Some(row) => Err(row),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,391 @@
+//! One connection's session: its project, user, settings and DataFusion context.
+//!
+//! Every connection has its own `SessionContext` (built on the engine's shared runtime), so `SET`
+//! in one connection never leaks into another. A statement is first *prepared* (parsed statement
+//! plus, for queries, a logical plan with its parameter and result types), then *executed* with
+//! parameter values: the simple protocol does both at once, the extended protocol splits them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::catalog::CatalogProviderList;
+use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast;
+
+use crate::Engine;
+use crate::copy::{self, CopyIn};
+use crate::ddl;
+use crate::error::{SqlError, SqlResult};
+use crate::parser::Statement;
+use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
+use crate::settings::Settings;
+
+/// What executing a statement produced.
+pub enum Output {
+    /// Rows to stream to the client, with the command tag to end them (`SELECT`, `SHOW`, ...).
+    Rows { stream: SendableRecordBatchStream },
+    /// A command's completion tag, e.g. `CREATE FEATURE GROUP` or `INSERT 0 3`.
+    Command(CommandTag),
+    /// The server must now receive COPY data and hand it to [`CopyIn`].
+    CopyIn(CopyIn),
+    /// Rows already encoded as COPY text lines, one per row.
+    CopyOut {
+        columns: usize,
+        lines: futures::stream::BoxStream<'static, SqlResult<Vec<u8>>>,
+    },
+}
+
+/// A command completion tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTag {
+    pub command: String,
+    /// For INSERT, the OID slot PostgreSQL still sends (always 0).
+    pub oid: Option<u32>,
+    pub rows: Option<u64>,
+}
+
+impl CommandTag {
+    /// A tag without a row count.
+    pub fn new(command: impl Into<String>) -> Self {
+        CommandTag {
+            command: command.into(),
+            oid: None,
+            rows: None,
+        }
+    }
+}
+
+/// A statement ready to execute, possibly several times with different parameters.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub statement: Statement,
+    /// The logical plan of a query or INSERT, with `$n` placeholders unresolved.
+    plan: Option<LogicalPlan>,
+    /// The columns the statement returns, when it returns rows.
+    result_schema: Option<SchemaRef>,
+}
+
+impl Prepared {
+    /// The parameter types, `$1` first; `None` where the type could not be inferred.
+    pub fn parameter_types(&self) -> SqlResult<Vec<Option<DataType>>> {
+        let Some(plan) = &self.plan else {
+            return Ok(Vec::new());
+        };
+        let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+        let mut ordered = vec![None; types.len()];
+        for (name, data_type) in types {
+            let index = name
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i >= 1 && *i <= ordered.len())
+                .ok_or_else(|| {
+                    SqlError::Syntax(format!("parameter {name} is not of the form $n"))
+                })?;
+            ordered[index - 1] = data_type;
+        }
+        Ok(ordered)
+    }
+
+    /// The result columns, or `None` for a statement that returns no rows.
+    pub fn result_schema(&self) -> Option<SchemaRef> {
+        self.result_schema.clone()
+    }
+}
+
+/// One connection's state.
+pub struct Session {
+    engine: Arc<Engine>,
+    project: String,
+    user: String,
+    context: SessionContext,
+    settings: Settings,
+}
+
+impl Session {
+    /// Opens a session on a project, failing if the project does not exist.
+    pub fn new(engine: Arc<Engine>, project: &str, user: &str) -> SqlResult<Session> {
+        if engine.catalog.snapshot().project(project).is_none() {
+            return Err(SqlError::UndefinedProject(format!(
+                "database \"{project}\" does not exist"
+            )));
+        }
+        let context = build_context(&engine, project);
+        Ok(Session {
+            engine,
+            project: project.to_string(),
+            user: user.to_string(),
+            context,
+            settings: Settings::default(),
+        })
+    }
+
+    /// The project (database) this session is connected to.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The session's settings (for SHOW and ParameterStatus).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The session's settings, to change from outside SQL (e.g. the startup packet).
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
+    /// Plans a statement without executing it.
+    pub async fn prepare(&self, statement: Statement) -> SqlResult<Prepared> {
+        let (plan, result_schema) = match &statement {
+            Statement::Sql(sql) => match sql.as_ref() {
+                ast::Statement::Query(_)
+                | ast::Statement::Insert(_)
+                | ast::Statement::Explain { .. } => {
+                    let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
+                    let schema = match &plan {
+                        LogicalPlan::Dml(_) => None,
+                        other => Some(Arc::new(other.schema().as_arrow().clone())),
+                    };
+                    (Some(plan), schema)
+                }
+                ast::Statement::ShowVariable { variable } => {
+                    let name = Settings::display_name(variable);
+                    (None, Some(single_text_column(&name)))
+                }
+                _ => (None, None),
+            },
+            Statement::ShowFeatureGroups
+            | Statement::ShowProjects
+            | Statement::DescribeFeatureGroup { .. } => {
+                let plan = self
+                    .plan_sql_text(&ddl::listing_query(
+                        &statement,
+                        &self.engine,
+                        &self.project,
+                    )?)
+                    .await?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                (Some(plan), Some(schema))
+            }
+            _ => (None, None),
+        };
+        Ok(Prepared {
+            statement,
+            plan,
+            result_schema,
+        })
+    }
+
+    /// Executes a prepared statement with these parameter values.
+    pub async fn execute(
+        &mut self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> SqlResult<Output> {
+        if let Some(plan) = &prepared.plan {
+            let plan = match params {
+                Some(params) => plan.clone().with_param_values(params)?,
+                None => plan.clone(),
+            };
+            return self.execute_plan(plan).await;
+        }
+        match &prepared.statement {
+            Statement::Sql(sql) => self.execute_other_sql(sql).await,
+            statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
+                .await
+                .map(Output::Command),
+        }
+    }
+
+    /// Prepares and executes in one step, as the simple query protocol does.
+    pub async fn run(&mut self, statement: Statement) -> SqlResult<Output> {
+        let prepared = self.prepare(statement).await?;
+        self.execute(&prepared, None).await
+    }
+
+    async fn plan_sql_statement(&self, statement: ast::Statement) -> SqlResult<LogicalPlan> {
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+        let plan = self.context.state().statement_to_plan(statement).await?;
+        reject_session_local_ddl(&plan)?;
+        Ok(plan)
+    }
+
+    async fn plan_sql_text(&self, sql: &str) -> SqlResult<LogicalPlan> {
+        let statements =
+            crate::parser::parse(sql).map_err(|e| SqlError::Internal(format!("{sql}: {e}")))?;
+        match statements.into_iter().next() {
+            Some(Statement::Sql(statement)) => self.plan_sql_statement(*statement).await,
+            _ => Err(SqlError::Internal(format!("not a query: {sql}"))),
+        }
+    }
+
+    async fn execute_plan(&self, plan: LogicalPlan) -> SqlResult<Output> {
+        let is_insert = matches!(plan, LogicalPlan::Dml(_));
+        let frame = self.context.execute_logical_plan(plan).await?;
+        if is_insert {
+            let batches = frame.collect().await?;
+            let rows = inserted_rows(&batches)?;
+            return Ok(Output::Command(CommandTag {
+                command: "INSERT".into(),
+                oid: Some(0),
+                rows: Some(rows),
+            }));
+        }
+        Ok(Output::Rows {
+            stream: frame.execute_stream().await?,
+        })
+    }
+
+    async fn execute_other_sql(&mut self, statement: &ast::Statement) -> SqlResult<Output> {
+        use ast::Statement as S;
+        match statement {
+            S::CreateTable(create) => {
+                ddl::create_table(&self.engine, &self.project, &self.user, create)
+                    .await
+                    .map(Output::Command)
+            }
+            S::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => ddl::drop_objects(
+                &self.engine,
+                &self.project,
+                *object_type,
+                *if_exists,
+                names,
+                *cascade,
+            )
+            .await
+            .map(Output::Command),
+            S::Set(set) => {
+                let tag = self.settings.apply_set(set, &self.context)?;
+                Ok(Output::Command(tag))
+            }
+            S::ShowVariable { variable } => {
+                let name = Settings::display_name(variable);
+                let value = self.settings.show(variable)?;
+                let batch = RecordBatch::try_new(
+                    single_text_column(&name),
+                    vec![Arc::new(StringArray::from(vec![value]))],
+                )
+                .map_err(|e| SqlError::Internal(e.to_string()))?;
+                let schema = batch.schema();
+                let stream = futures::stream::iter(vec![Ok(batch)]);
+                Ok(Output::Rows {
+                    stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+                })
+            }
+            S::Reset(reset) => Ok(Output::Command(self.settings.apply_reset(reset)?)),
+            // Until transaction blocks arrive, every statement commits on its own (autocommit);
+            // BEGIN/COMMIT are accepted so drivers that wrap statements in them keep working.
+            S::StartTransaction { .. } => Ok(Output::Command(CommandTag::new("BEGIN"))),
+            S::Commit { .. } => Ok(Output::Command(CommandTag::new("COMMIT"))),
+            S::Rollback { .. } => Err(SqlError::NotSupported(
+                "ROLLBACK is not supported yet: each statement commits on its own when it succeeds"
+                    .into(),
+            )),
+            S::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => copy::start(self, source, *to, target, options, legacy_options).await,
+            other => Err(SqlError::NotSupported(format!(
+                "statement not supported: {}",
+                statement_kind(other)
+            ))),
+        }
+    }
+
+    /// Runs a query given as a parsed statement and returns its stream (used by COPY TO).
+    pub(crate) async fn query_stream(
+        &self,
+        query: ast::Statement,
+    ) -> SqlResult<SendableRecordBatchStream> {
+        let plan = self.plan_sql_statement(query).await?;
+        let frame = self.context.execute_logical_plan(plan).await?;
+        Ok(frame.execute_stream().await?)
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+fn build_context(engine: &Arc<Engine>, project: &str) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true)
+        .with_target_partitions(engine.target_partitions());
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(
+        project.to_string(),
+        Arc::new(ProjectCatalog::new(engine.clone(), project.to_string())),
+    );
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(engine.runtime())
+        .with_default_features()
+        .with_catalog_list(Arc::new(catalogs))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// DataFusion would keep `CREATE VIEW` and friends in the session's memory and lose them at
+/// disconnect; Quiver's objects live in the catalog, so those are refused.
+fn reject_session_local_ddl(plan: &LogicalPlan) -> SqlResult<()> {
+    match plan {
+        LogicalPlan::Ddl(ddl) => Err(SqlError::NotSupported(format!(
+            "{} is not supported",
+            match ddl {
+                DdlStatement::CreateView(_) => "CREATE VIEW",
+                DdlStatement::CreateMemoryTable(_) => "CREATE TABLE AS",
+                _ => "this DDL statement",
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn inserted_rows(batches: &[RecordBatch]) -> SqlResult<u64> {
+    let mut rows = 0;
+    for batch in batches {
+        if batch.num_columns() == 0 {
+            continue;
+        }
+        let counts = batch
+            .column(0)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| SqlError::Internal("INSERT returned no row count".into()))?;
+        rows += counts.iter().flatten().sum::<u64>();
+    }
+    Ok(rows)
+}
+
+fn single_text_column(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+}
+
+/// The leading keywords of a statement, for "not supported" messages.
+fn statement_kind(statement: &ast::Statement) -> String {
+    let text = statement.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,268 @@
+//! Per-connection run-time settings: `SET`, `SHOW`, `RESET`, and the ParameterStatus values sent at
+//! startup. Names are case-insensitive as in PostgreSQL; `datafusion.*` names configure the
+//! session's query engine directly.
+
+use std::collections::BTreeMap;
+
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{self, Expr, Ident, ObjectName, Value};
+
+use crate::error::{SqlError, SqlResult};
+use crate::session::CommandTag;
+
+/// The server version Quiver reports: the PostgreSQL release whose protocol and catalog it follows.
+pub const SERVER_VERSION: &str = "15.0";
+
+/// Settings with their defaults, by PostgreSQL's spelling. `report` marks the ones PostgreSQL
+/// sends as ParameterStatus at startup.
+const DEFAULTS: &[(&str, &str, bool)] = &[
+    ("server_version", SERVER_VERSION, true),
+    ("server_encoding", "UTF8", true),
+    ("client_encoding", "UTF8", true),
+    ("DateStyle", "ISO, MDY", true),
+    ("TimeZone", "UTC", true),
+    ("integer_datetimes", "on", true),
+    ("standard_conforming_strings", "on", true),
+    ("application_name", "", true),
+    ("IntervalStyle", "postgres", true),
+    ("is_superuser", "on", true),
+    ("search_path", "public", false),
+    ("extra_float_digits", "1", false),
+    ("statement_timeout", "0", false),
+    ("transaction_isolation", "read committed", false),
+    ("default_transaction_isolation", "read committed", false),
+    ("max_identifier_length", "63", false),
+    ("bytea_output", "hex", false),
+    ("lc_messages", "C", false),
+];
+
+/// Settings that describe the server and cannot be changed by a session.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "max_identifier_length",
+];
+
+/// The settings of one session.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Keyed by lower-case name; the value keeps the canonical spelling of the name.
+    values: BTreeMap<String, (String, String)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let values = DEFAULTS
+            .iter()
+            .map(|(name, value, _)| (name.to_lowercase(), (name.to_string(), value.to_string())))
+            .collect();
+        Settings { values }
+    }
+}
+
+impl Settings {
+    /// The parameters PostgreSQL reports to a client at startup, with their current values.
+    pub fn startup_parameters(&self) -> Vec<(String, String)> {
+        DEFAULTS
+            .iter()
+            .filter(|(_, _, report)| *report)
+            .filter_map(|(name, _, _)| self.values.get(&name.to_lowercase()).cloned())
+            .collect()
+    }
+
+    /// Sets a value directly, e.g. `application_name` from the startup packet.
+    pub fn set(&mut self, name: &str, value: &str) -> SqlResult<()> {
+        let key = name.to_lowercase();
+        if READ_ONLY.contains(&key.as_str()) {
+            return Err(SqlError::InvalidParameter(format!(
+                "parameter \"{name}\" cannot be changed"
+            )));
+        }
+        let canonical = self
+            .values
+            .get(&key)
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| unrecognized(name))?;
+        self.values.insert(key, (canonical, value.to_string()));
+        Ok(())
+    }
+
+    /// Applies a `SET` statement.
+    pub fn apply_set(&mut self, set: &ast::Set, context: &SessionContext) -> SqlResult<CommandTag> {
+        match set {
+            ast::Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = object_name(variable);
+                let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
+                self.assign(&name, &value, context)?;
+            }
+            ast::Set::SetTimeZone { value, .. } => {
+                self.assign("TimeZone", &expr_text(value), context)?;
+            }
+            ast::Set::SetNames { charset_name, .. } => {
+                self.assign("client_encoding", &charset_name.value, context)?;
+            }
+            other => {
+                return Err(SqlError::NotSupported(format!("{other} is not supported")));
+            }
+        }
+        Ok(CommandTag::new("SET"))
+    }
+
+    fn assign(&mut self, name: &str, value: &str, context: &SessionContext) -> SqlResult<()> {
+        let key = name.to_lowercase();
+        if key.starts_with("datafusion.") {
+            let state = context.state_ref();
+            let mut state = state.write();
+            return state
+                .config_mut()
+                .options_mut()
+                .set(&key, value)
+                .map_err(|e| SqlError::InvalidParameter(e.to_string()));
+        }
+        if value.eq_ignore_ascii_case("default") {
+            return self.reset_one(name);
+        }
+        match key.as_str() {
+            "client_encoding"
+                if !matches!(value.to_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE") =>
+            {
+                return Err(SqlError::NotSupported(format!(
+                    "client_encoding \"{value}\" is not supported; Quiver speaks UTF8"
+                )));
+            }
+            "timezone" => {
+                let state = context.state_ref();
+                let mut state = state.write();
+                state
+                    .config_mut()
+                    .options_mut()
+                    .set("datafusion.execution.time_zone", value)
+                    .map_err(|e| {
+                        SqlError::InvalidParameter(format!(
+                            "invalid value for parameter \"TimeZone\": \"{value}\": {e}"
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+        self.set(name, value)
+    }
+
+    /// Applies a `RESET` statement.
+    pub fn apply_reset(&mut self, reset: &ast::ResetStatement) -> SqlResult<CommandTag> {
+        match &reset.reset {
+            ast::Reset::ALL => {
+                *self = Settings::default();
+            }
+            ast::Reset::ConfigurationParameter(name) => self.reset_one(&object_name(name))?,
+        }
+        Ok(CommandTag::new("RESET"))
+    }
+
+    fn reset_one(&mut self, name: &str) -> SqlResult<()> {
+        let key = name.to_lowercase();
+        let (canonical, default) = DEFAULTS
+            .iter()
+            .find(|(n, _, _)| n.to_lowercase() == key)
+            .map(|(n, v, _)| (n.to_string(), v.to_string()))
+            .ok_or_else(|| unrecognized(name))?;
+        self.values.insert(key, (canonical, default));
+        Ok(())
+    }
+
+    /// The value `SHOW name` prints.
+    pub fn show(&self, variable: &[Ident]) -> SqlResult<String> {
+        let name = Settings::display_name(variable);
+        self.values
+            .get(&name.to_lowercase())
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| unrecognized(&name))
+    }
+
+    /// The value of a setting by name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(&name.to_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The column name `SHOW` uses: the variable as written, lower-cased.
+    pub fn display_name(variable: &[Ident]) -> String {
+        let joined = variable
+            .iter()
+            .map(|i| i.value.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        match joined.to_lowercase().as_str() {
+            "time zone" => "TimeZone".into(),
+            "transaction isolation level" => "transaction_isolation".into(),
+            _ => joined.to_lowercase(),
+        }
+    }
+}
+
+fn unrecognized(name: &str) -> SqlError {
+    SqlError::UndefinedSetting(format!("unrecognized configuration parameter \"{name}\""))
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .filter_map(|part| part.as_ident())
+        .map(|i| i.value.clone())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn expr_text(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.to_string(),
+            Value::Boolean(b) => {
+                if *b {
+                    "on".into()
+                } else {
+                    "off".into()
+                }
+            }
+            other => other.to_string(),
+        },
+        Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_and_keep_their_canonical_spelling() {
+        let mut settings = Settings::default();
+        settings.set("datestyle", "ISO, DMY").unwrap();
+        assert_eq!(settings.get("DATESTYLE"), Some("ISO, DMY"));
+        assert!(
+            settings
+                .startup_parameters()
+                .contains(&("DateStyle".to_string(), "ISO, DMY".to_string()))
+        );
+    }
+
+    #[test]
+    fn unknown_and_read_only_settings_are_errors() {
+        let mut settings = Settings::default();
+        assert!(matches!(
+            settings.set("no_such_thing", "1"),
+            Err(SqlError::UndefinedSetting(_))
+        ));
+        assert!(matches!(
+            settings.set("server_version", "9"),
+            Err(SqlError::InvalidParameter(_))
+        ));
+    }
+}

@@ -1,0 +1,10 @@
+//! Quiver's storage layer: the offline store (full history, Delta Lake tables of Parquet files).
+//!
+//! Architecture invariant: this crate knows tables by id and Arrow schema only; it never reads the
+//! catalog and never parses SQL. A write it acknowledges is atomic and durable.
+
+mod error;
+mod offline;
+
+pub use error::{StorageError, StorageResult};
+pub use offline::{Commit, OfflineStore, TableId};

@@ -1,0 +1,314 @@
+//! The offline store: one Delta Lake table of Parquet files per relation, under `<root>/<oid>/`.
+//!
+//! Delta gives us what the feature store needs from its history: commits are atomic (a statement's
+//! files become visible through one log entry), every version stays readable (time travel for
+//! training datasets), file statistics let scans skip files by event time, and any Delta reader
+//! (Spark, DuckDB, polars, pyarrow) reads the tables without Quiver.
+//!
+//! What Delta (through object_store) does not do is fsync. A commit here is acknowledged only after
+//! its data files, its log entry and their directories are synced, so an acknowledged write
+//! survives a crash of the machine, not only of the process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::error::{StorageError, StorageResult};
+
+/// Identifies one table of the offline store; the catalog's OID of the relation.
+pub type TableId = u32;
+
+/// When a table has more live files than this, a background compaction merges the small ones, so
+/// a stream of single-row INSERTs does not leave thousands of tiny files behind.
+const COMPACTION_FILE_THRESHOLD: usize = 32;
+
+/// The target size of a compacted file.
+const COMPACTION_TARGET_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The offline store of one node.
+pub struct OfflineStore {
+    root: PathBuf,
+    /// The open tables. Each mutex serialises the writers of one table, so commit order within the
+    /// process is the order writers took the lock, and holds the table's newest state.
+    tables: std::sync::Mutex<HashMap<TableId, Arc<Mutex<DeltaTable>>>>,
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// The table version this commit created.
+    pub version: u64,
+    pub rows: u64,
+}
+
+impl std::fmt::Debug for OfflineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineStore")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl OfflineStore {
+    /// Whether table `id` exists: its first commit is in place.
+    pub async fn has_table(&self, id: TableId) -> bool {
+        let first_commit = self
+            .table_dir(id)
+            .join("_delta_log")
+            .join(format!("{:020}.json", 0));
+        tokio::fs::try_exists(first_commit).await.unwrap_or(false)
+    }
+
+    /// Opens the store rooted at `root`, creating the directory if needed.
+    pub fn open(root: &Path) -> StorageResult<OfflineStore> {
+        std::fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
+        let root = root.canonicalize().map_err(|e| StorageError::io(root, e))?;
+        Ok(OfflineStore {
+            root,
+            tables: Default::default(),
+        })
+    }
+
+    fn table_dir(&self, id: TableId) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    fn table_url(&self, id: TableId) -> StorageResult<Url> {
+        let dir = self.table_dir(id);
+        Url::from_directory_path(&dir)
+            .map_err(|()| StorageError::InvalidLocation(dir.display().to_string()))
+    }
+
+    /// Creates the empty table `id` with this schema. Creating over an existing table fails.
+    pub async fn create_table(&self, id: TableId, schema: SchemaRef) -> StorageResult<()> {
+        let dir = self.table_dir(id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StorageError::io(&dir, e))?;
+        let columns = StructType::try_from_arrow(schema.as_ref())
+            .map_err(|e| StorageError::Schema(e.to_string()))?;
+        let table = DeltaTable::try_from_url(self.table_url(id)?).await?;
+        let table = table
+            .create()
+            .with_columns(columns.fields().cloned())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await?;
+        sync_commit(&dir, table.version().unwrap_or(0)).await?;
+        self.lock_table_map()
+            .insert(id, Arc::new(Mutex::new(table)));
+        Ok(())
+    }
+
+    fn lock_table_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<Mutex<DeltaTable>>>> {
+        match self.tables.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    async fn table(&self, id: TableId) -> StorageResult<Arc<Mutex<DeltaTable>>> {
+        if let Some(table) = self.lock_table_map().get(&id) {
+            return Ok(table.clone());
+        }
+        let url = self.table_url(id)?;
+        let table = DeltaTableBuilder::from_url(url)?
+            .load()
+            .await
+            .map_err(|e| match e {
+                deltalake::DeltaTableError::NotATable(_) => StorageError::MissingTable(id),
+                other => StorageError::Delta(other),
+            })?;
+        let table = Arc::new(Mutex::new(table));
+        Ok(self.lock_table_map().entry(id).or_insert(table).clone())
+    }
+
+    /// Appends the batches as one atomic, durable commit. The batches must have the table's schema.
+    pub async fn append(&self, id: TableId, batches: Vec<RecordBatch>) -> StorageResult<Commit> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let handle = self.table(id).await?;
+        let mut table = handle.lock().await;
+        if rows == 0 {
+            return Ok(Commit {
+                version: table.version().unwrap_or(0),
+                rows,
+            });
+        }
+        let written = table
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .await?;
+        let version = written.version().unwrap_or(0);
+        sync_commit(&self.table_dir(id), version).await?;
+        let files = written
+            .snapshot()
+            .map(|s| s.log_data().num_files())
+            .unwrap_or(0);
+        *table = written;
+        drop(table);
+        if files > COMPACTION_FILE_THRESHOLD {
+            tokio::spawn(compact(handle, self.table_dir(id)));
+        }
+        Ok(Commit { version, rows })
+    }
+
+    /// A DataFusion provider over the table's current version.
+    pub async fn table_provider(&self, id: TableId) -> StorageResult<Arc<dyn TableProvider>> {
+        let table = self.table(id).await?.lock().await.clone();
+        Ok(table.table_provider().await?)
+    }
+
+    /// Registers the object store of table `id` with a DataFusion session, so its scans can run.
+    pub async fn prepare_session(
+        &self,
+        id: TableId,
+        session: &dyn datafusion::catalog::Session,
+    ) -> StorageResult<()> {
+        let table = self.table(id).await?.lock().await.clone();
+        table.update_datafusion_session(session)?;
+        Ok(())
+    }
+
+    /// The number of live data files of table `id`.
+    pub async fn file_count(&self, id: TableId) -> StorageResult<usize> {
+        let table = self.table(id).await?.lock().await.clone();
+        Ok(table.snapshot()?.log_data().num_files())
+    }
+
+    /// The number of rows in the current version of table `id`, from the files' statistics.
+    pub async fn row_count(&self, id: TableId) -> StorageResult<u64> {
+        let table = self.table(id).await?.lock().await.clone();
+        let snapshot = table.snapshot()?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|file| file.num_records().unwrap_or(0) as u64)
+            .sum())
+    }
+
+    /// Deletes table `id` and all its files.
+    pub async fn drop_table(&self, id: TableId) -> StorageResult<()> {
+        self.lock_table_map().remove(&id);
+        let dir = self.table_dir(id);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(&dir, e)),
+        }
+    }
+
+    /// Deletes every table directory whose id `keep` rejects: tables created by a statement that
+    /// crashed before the catalog recorded them, or dropped by one that crashed before deleting.
+    pub async fn remove_orphans(
+        &self,
+        keep: impl Fn(TableId) -> bool,
+    ) -> StorageResult<Vec<TableId>> {
+        let mut removed = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|e| StorageError::io(&self.root, e))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| StorageError::io(&self.root, e))?
+        {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<TableId>().ok())
+            else {
+                continue;
+            };
+            if !keep(id) {
+                self.drop_table(id).await?;
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Merges the small files of a table into larger ones, as one commit; readers of older versions
+/// keep their files (nothing is vacuumed), so time travel still works.
+async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: PathBuf) {
+    let mut table = handle.lock().await;
+    let result = table
+        .clone()
+        .optimize()
+        .with_target_size(
+            std::num::NonZeroU64::new(COMPACTION_TARGET_BYTES).unwrap_or(std::num::NonZeroU64::MIN),
+        )
+        .await;
+    match result {
+        Ok((compacted, metrics)) => {
+            let version = compacted.version().unwrap_or(0);
+            if let Err(e) = sync_commit(&dir, version).await {
+                tracing::warn!(dir = %dir.display(), error = %e, "compaction commit could not be synced");
+                return;
+            }
+            tracing::debug!(dir = %dir.display(), files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, "compacted");
+            *table = compacted;
+        }
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "compaction failed"),
+    }
+}
+
+/// Fsyncs what commit `version` of the table in `dir` wrote: the data files its log entry adds,
+/// the log entry itself, and the directories holding them.
+async fn sync_commit(dir: &Path, version: u64) -> StorageResult<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || sync_commit_blocking(&dir, version))
+        .await
+        .map_err(|e| StorageError::Internal(format!("fsync task failed: {e}")))?
+}
+
+fn sync_commit_blocking(dir: &Path, version: u64) -> StorageResult<()> {
+    let log_dir = dir.join("_delta_log");
+    let entry = log_dir.join(format!("{version:020}.json"));
+    let text = std::fs::read_to_string(&entry).map_err(|e| StorageError::io(&entry, e))?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let action: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| StorageError::Internal(format!("{}: {e}", entry.display())))?;
+        if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
+            let decoded = percent_decode(path);
+            let file = dir.join(&decoded);
+            sync_file(&file)?;
+            if let Some(parent) = file.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    sync_file(&entry)?;
+    dirs.insert(log_dir);
+    dirs.insert(dir.to_path_buf());
+    for d in dirs {
+        sync_file(&d)?;
+    }
+    Ok(())
+}
+
+fn sync_file(path: &Path) -> StorageResult<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io(path, e))
+}
+
+/// Delta log paths are percent-encoded URIs relative to the table root.
+fn percent_decode(path: &str) -> String {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
+}
