@@ -619,12 +619,11 @@ pub fn listing_query(statement: &Statement, engine: &Engine, project: &str) -> S
     Ok(match statement {
         Statement::ShowFeatureGroups => {
             "SELECT name, version, online, primary_key, event_time, description, \
-             offline_rows, created_at FROM quiver.feature_groups ORDER BY name, version"
+             offline_rows FROM quiver.feature_groups ORDER BY name, version"
                 .to_string()
         }
         Statement::ShowProjects => {
-            "SELECT name, description, owner, created_at FROM quiver.projects ORDER BY name"
-                .to_string()
+            "SELECT name, description, owner FROM quiver.projects ORDER BY name".to_string()
         }
         Statement::DescribeFeatureGroup { name, version } => {
             let snapshot = engine.catalog.snapshot();

@@ -137,6 +137,7 @@ fn classify_plan_message(message: String) -> SqlError {
     } else if message.contains("Inserting query must have the same schema")
         || message.contains("has more expressions than target columns")
         || message.contains("Column count doesn't match")
+        || message.contains("Inconsistent data length across values list")
     {
         SqlError::Syntax(message)
     } else if message.contains("No function matches") || message.contains("Invalid function") {

@@ -97,7 +97,8 @@ impl OfflineStore {
             .map_err(|e| StorageError::io(&dir, e))?;
         let columns = StructType::try_from_arrow(schema.as_ref())
             .map_err(|e| StorageError::Schema(e.to_string()))?;
-        let table = DeltaTable::try_from_url(self.table_url(id)?).await?;
+        // Built without loading: the location is new, there is no log to read yet.
+        let table = DeltaTableBuilder::from_url(self.table_url(id)?)?.build()?;
         let table = table
             .create()
             .with_columns(columns.fields().cloned())
