@@ -12,7 +12,6 @@ use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::{
     StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
 };
-use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -31,6 +30,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quiver_sql::{CommandTag, CopyIn, Engine, Output, Prepared, Session, SqlError};
 use tokio::sync::Mutex;
 
+use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
 use crate::errors::{error_info, error_response, sqlstate, to_pgwire};
 
 /// The session of one connection, kept in the connection's extensions.
@@ -67,21 +67,23 @@ fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Mutex<Session>>> {
 pub struct QuiverHandlers {
     query: Arc<QueryHandler>,
     startup: Arc<Startup>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<QuiverCancelHandler>,
 }
 
 impl QuiverHandlers {
     pub fn new(engine: Arc<Engine>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
+        let cancellation = Cancellation::new(connections.clone());
         QuiverHandlers {
             query: Arc::new(QueryHandler {
                 parser: Arc::new(QuiverQueryParser),
             }),
             startup: Arc::new(Startup {
                 engine,
-                connections: connections.clone(),
+                connections,
+                cancellation: cancellation.clone(),
             }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            cancel: Arc::new(QuiverCancelHandler(cancellation)),
         }
     }
 }
@@ -113,6 +115,7 @@ impl PgWireServerHandlers for QuiverHandlers {
 pub struct Startup {
     engine: Arc<Engine>,
     connections: Arc<ConnectionManager>,
+    cancellation: Arc<Cancellation>,
 }
 
 #[async_trait]
@@ -177,6 +180,9 @@ impl StartupHandler for Startup {
         let (handle, guard) = self.connections.register(pid, secret_key.clone());
         client.session_extensions().insert(handle);
         client.session_extensions().insert(guard);
+        let (signal, signal_guard) = self.cancellation.register(pid, &secret_key);
+        client.session_extensions().insert(signal);
+        client.session_extensions().insert(signal_guard);
 
         client
             .feed(PgWireBackendMessage::Authentication(Authentication::Ok))
@@ -299,7 +305,11 @@ impl QueryHandler {
             Output::Rows { stream } => {
                 let fields = Arc::new(pg_fields(&stream.schema(), format)?);
                 let row_fields = fields.clone();
-                let rows = stream
+                let batches = cancellable(
+                    stream.map(|batch| batch.map_err(SqlError::from)),
+                    cancel_receiver(client)?,
+                );
+                let rows = batches
                     .map(move |batch| {
                         let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> =
                             match batch {
@@ -307,9 +317,7 @@ impl QueryHandler {
                                     row_fields.clone(),
                                     batch,
                                 ),
-                                Err(e) => {
-                                    Box::new(std::iter::once(Err(to_pgwire(SqlError::from(e)))))
-                                }
+                                Err(e) => Box::new(std::iter::once(Err(to_pgwire(e)))),
                             };
                         futures::stream::iter(rows)
                     })
@@ -326,7 +334,7 @@ impl QueryHandler {
                 Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty()))
             }
             Output::CopyOut { columns, lines } => {
-                let data = lines.map(|line| match line {
+                let data = cancellable(lines, cancel_receiver(client)?).map(|line| match line {
                     Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
                     Err(e) => Err(to_pgwire(e)),
                 });
@@ -334,6 +342,20 @@ impl QueryHandler {
             }
         })
     }
+}
+
+fn cancel_receiver<C: ClientInfo>(client: &C) -> PgWireResult<tokio::sync::watch::Receiver<u64>> {
+    client
+        .session_extensions()
+        .get::<Arc<CancelSignal>>()
+        .map(|signal| signal.subscribe())
+        .ok_or_else(|| {
+            error_response(
+                "ERROR",
+                "08P01",
+                "no cancel signal: the startup did not complete".into(),
+            )
+        })
 }
 
 fn command_tag(tag: &CommandTag) -> Tag {

@@ -1,5 +1,6 @@
 //! `quiver`: the Quiver feature store server.
 
+mod cancel;
 mod errors;
 mod handler;
 
@@ -61,9 +62,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve { listen, data_dir } => runtime.block_on(serve(listen, data_dir)),
+    // Queries run on their own runtime so that a CPU-heavy query never starves the connections.
+    let executor = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("quiver-query")
+        .enable_all()
+        .build()
+    {
+        Ok(executor) => executor,
+        Err(e) => {
+            eprintln!("quiver: cannot start the query runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
+    let result = match cli.command {
+        Command::Serve { listen, data_dir } => {
+            runtime.block_on(serve(listen, data_dir, executor.handle().clone()))
+        }
+    };
+    executor.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
@@ -73,8 +89,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), String> {
-    let engine = quiver_sql::Engine::open(&data_dir)
+async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    executor: tokio::runtime::Handle,
+) -> Result<(), String> {
+    let engine = quiver_sql::Engine::open(&data_dir, executor)
         .await
         .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
     let listener = TcpListener::bind(listen)

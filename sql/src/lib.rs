@@ -36,12 +36,15 @@ pub struct Engine {
     pub offline: Arc<OfflineStore>,
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
+    /// The tokio runtime queries execute on, apart from the one serving connections, so a
+    /// CPU-heavy query never starves the protocol (a CancelRequest must get through).
+    executor: tokio::runtime::Handle,
 }
 
 impl Engine {
     /// Opens the data directory: the catalog under `catalog/`, the offline store under `offline/`.
     /// Storage is reconciled with the catalog first (see `ddl`'s order of effects).
-    pub async fn open(data_dir: &Path) -> SqlResult<Arc<Engine>> {
+    pub async fn open(data_dir: &Path, executor: tokio::runtime::Handle) -> SqlResult<Arc<Engine>> {
         let catalog = Catalog::open(&data_dir.join("catalog"))?;
         let offline = OfflineStore::open(&data_dir.join("offline"))?;
         let snapshot = catalog.snapshot();
@@ -70,12 +73,18 @@ impl Engine {
             offline: Arc::new(offline),
             runtime,
             target_partitions,
+            executor,
         }))
     }
 
     /// The query runtime shared by all sessions.
     pub fn runtime(&self) -> Arc<RuntimeEnv> {
         self.runtime.clone()
+    }
+
+    /// The runtime that executes queries.
+    pub fn executor(&self) -> &tokio::runtime::Handle {
+        &self.executor
     }
 
     /// How many partitions a query is split into.

@@ -19,6 +19,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast;
+use futures::StreamExt;
 
 use crate::Engine;
 use crate::copy::{self, CopyIn};
@@ -232,7 +233,12 @@ impl Session {
         let is_insert = matches!(plan, LogicalPlan::Dml(_));
         let frame = self.context.execute_logical_plan(plan).await?;
         if is_insert {
-            let batches = frame.collect().await?;
+            let batches = self
+                .engine
+                .executor()
+                .spawn(frame.collect())
+                .await
+                .map_err(|e| SqlError::Internal(format!("INSERT task failed: {e}")))??;
             let rows = inserted_rows(&batches)?;
             return Ok(Output::Command(CommandTag {
                 command: "INSERT".into(),
@@ -241,8 +247,43 @@ impl Session {
             }));
         }
         Ok(Output::Rows {
-            stream: frame.execute_stream().await?,
+            stream: self.execute_on_executor(frame),
         })
+    }
+
+    /// Runs a query on the engine's executor and returns its batches as they come. Dropping the
+    /// returned stream (client gone, statement canceled) stops the query.
+    fn execute_on_executor(
+        &self,
+        frame: datafusion::dataframe::DataFrame,
+    ) -> SendableRecordBatchStream {
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let task = self.engine.executor().spawn(async move {
+            let mut stream = match frame.execute_stream().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(batch) = stream.next().await {
+                if sender.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let abort_on_drop = AbortOnDrop(task);
+        let batches = futures::stream::unfold(
+            (receiver, abort_on_drop),
+            |(mut receiver, guard)| async move {
+                receiver
+                    .recv()
+                    .await
+                    .map(|batch| (batch, (receiver, guard)))
+            },
+        );
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
     }
 
     async fn execute_other_sql(&mut self, statement: &ast::Statement) -> SqlResult<Output> {
@@ -323,6 +364,15 @@ impl Session {
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+}
+
+/// Aborts the query task when the stream reading its batches is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,267 @@
+//! Process-level tests of `quiver serve`: crashes, hostile input, vanishing clients, cancellation.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+use tokio_postgres::{Client, NoTls};
+
+/// A `quiver serve` child process; killed with SIGKILL on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env(
+                "QUIVER_LOG",
+                "warn,buoyant_kernel=error,deltalake_core=error",
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "quiver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, port }
+    }
+
+    async fn connect(&self) -> Client {
+        let config = format!(
+            "host=127.0.0.1 port={} user=quiver dbname=quiver",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), seeded from the clock.
+fn pseudo_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
+    for round in 0..4i64 {
+        let mut server = Server::start(dir.path());
+        let client = server.connect().await;
+        if round == 0 {
+            client
+                .batch_execute(
+                    "CREATE FEATURE GROUP events (id BIGINT, round INTEGER, batch BIGINT, ts TIMESTAMP, \
+                     PRIMARY KEY (id), EVENT TIME ts)",
+                )
+                .await
+                .unwrap();
+        }
+        let writer = {
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                let insert = client
+                    .prepare("INSERT INTO events VALUES ($1, $2, NULL, '2026-01-01 00:00:00')")
+                    .await
+                    .unwrap();
+                for i in 0.. {
+                    let id = round * 1_000_000 + i;
+                    // Every tenth statement writes five rows at once (negative ids, sharing a
+                    // batch number): they must land together or not at all.
+                    let result = if i % 10 == 0 {
+                        let ids: Vec<i64> = (0..5).map(|k| -(id * 10 + k) - 1).collect();
+                        let values = ids
+                            .iter()
+                            .map(|row| format!("({row}, {round}, {id}, '2026-01-01 00:00:00')"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        client
+                            .execute(&format!("INSERT INTO events VALUES {values}"), &[])
+                            .await
+                            .map(|_| ids)
+                    } else {
+                        client
+                            .execute(&insert, &[&id, &(round as i32)])
+                            .await
+                            .map(|_| vec![id])
+                    };
+                    match result {
+                        Ok(ids) => acknowledged.lock().unwrap().extend(ids),
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        let run_for = 300 + pseudo_random(&mut seed) % 1200;
+        tokio::time::sleep(Duration::from_millis(run_for)).await;
+        server.kill();
+        let _ = writer.await;
+    }
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    let rows = client
+        .query("SELECT id, count(*) FROM events GROUP BY id", &[])
+        .await
+        .unwrap();
+    let counts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(
+        !acknowledged.is_empty(),
+        "the writer never got an acknowledgement"
+    );
+    for id in acknowledged.iter() {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "acknowledged row {id} is not there exactly once"
+        );
+    }
+    assert!(counts.values().all(|&n| n == 1), "a row was written twice");
+    // A multi-row statement is all or nothing, acknowledged or not.
+    let batches = client
+        .query(
+            "SELECT batch, count(*) FROM events WHERE batch IS NOT NULL GROUP BY batch",
+            &[],
+        )
+        .await
+        .unwrap();
+    for batch in &batches {
+        assert_eq!(
+            batch.get::<_, i64>(1),
+            5,
+            "multi-row INSERT {} was partly written",
+            batch.get::<_, i64>(0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn garbage_on_the_port_does_not_hurt_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let garbage: Vec<u8> = (0..4096).map(|_| pseudo_random(&mut seed) as u8).collect();
+        let _ = stream.write_all(&garbage);
+    }
+    // A startup packet that claims a huge length.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let _ = stream.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]);
+    drop(stream);
+    let client = server.connect().await;
+    let row = client.query_one("SELECT 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2);
+}
+
+#[tokio::test]
+async fn a_client_vanishing_mid_copy_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let setup = server.connect().await;
+    setup
+        .batch_execute("CREATE TABLE spine (id BIGINT, label TEXT)")
+        .await
+        .unwrap();
+    {
+        let client = server.connect().await;
+        let sink = client
+            .copy_in::<_, bytes::Bytes>("COPY spine FROM STDIN WITH (FORMAT csv)")
+            .await
+            .unwrap();
+        let mut sink = Box::pin(sink);
+        for i in 0..1000 {
+            sink.send(bytes::Bytes::from(format!("{i},row {i}\n")))
+                .await
+                .unwrap();
+        }
+        // Dropping the client closes the connection without CopyDone.
+        drop(sink);
+        drop(client);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = setup
+        .query_one("SELECT count(*) FROM spine", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    // The server goes on serving, COPY included.
+    let sink = setup
+        .copy_in::<_, bytes::Bytes>("COPY spine FROM STDIN WITH (FORMAT csv)")
+        .await
+        .unwrap();
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from_static(b"1,one\n2,two\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn cancel_request_stops_a_running_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let started = Instant::now();
+    let error = client
+        .query(
+            "SELECT count(*) FROM generate_series(1, 100000000000) AS t(x) WHERE x % 7 = 3",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The connection is still usable.
+    let row = client.query_one("SELECT 42", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 42);
+}
