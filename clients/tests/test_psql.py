@@ -1,0 +1,76 @@
+"""psql: the README session, \\copy both ways, and error reporting."""
+
+import subprocess
+
+
+def psql(port: int, sql: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "quiver", "-X", "-q", "-A", "-t",
+         "-v", "ON_ERROR_STOP=1", *extra],
+        input=sql, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_readme_session(quiver):
+    result = psql(quiver, """
+CREATE FEATURE GROUP transactions (
+    cc_num BIGINT NOT NULL, amount DOUBLE PRECISION, category TEXT, ts TIMESTAMP NOT NULL,
+    PRIMARY KEY (cc_num), EVENT TIME ts
+) WITH (description = 'card transactions');
+INSERT INTO transactions VALUES (42, 12.5, 'food', '2026-06-01 10:00:00'),
+                                (42, 80.0, 'travel', '2026-06-02 09:30:00');
+CREATE FEATURE GROUP card_aggs (cc_num BIGINT, avg_amount DOUBLE PRECISION, ts TIMESTAMP,
+    PRIMARY KEY (cc_num), EVENT TIME ts);
+INSERT INTO card_aggs SELECT cc_num, avg(amount), max(ts) FROM transactions GROUP BY cc_num;
+SELECT cc_num, avg_amount FROM card_aggs;
+SELECT name, offline_rows FROM quiver.feature_groups ORDER BY name;
+""")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42|46.25", "card_aggs|1", "transactions|2"]
+
+
+def test_copy_from_and_to_a_file(quiver, tmp_path):
+    source = tmp_path / "labels.csv"
+    source.write_text("cc_num,ts,is_fraud\n1,2026-06-01 00:00:00,true\n2,2026-06-02 00:00:00,false\n3,2026-06-03 00:00:00,\n")
+    target = tmp_path / "out.csv"
+    result = psql(quiver, f"""
+CREATE TABLE labels (cc_num BIGINT, ts TIMESTAMP, is_fraud BOOLEAN);
+\\copy labels FROM '{source}' WITH (FORMAT csv, HEADER)
+\\copy (SELECT * FROM labels ORDER BY cc_num) TO '{target}' WITH (FORMAT csv, HEADER)
+SELECT count(*), count(is_fraud) FROM labels;
+""")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3|2"]
+    assert target.read_text().splitlines() == [
+        "cc_num,ts,is_fraud",
+        "1,2026-06-01 00:00:00,t",
+        "2,2026-06-02 00:00:00,f",
+        "3,2026-06-03 00:00:00,",
+    ]
+
+
+def test_copy_text_format_and_bad_rows(quiver, tmp_path):
+    good = tmp_path / "good.tsv"
+    good.write_text("1\tfirst\\tline\t{0.5,1.5}\n2\t\\N\t\\N\n")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("3\tok\t{1}\nfour\toops\t{2}\n")
+    result = psql(quiver, f"""
+CREATE TABLE docs (id BIGINT, body TEXT, embedding REAL[]);
+\\copy docs FROM '{good}'
+SELECT id, body, embedding FROM docs ORDER BY id;
+""")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["1|first\tline|{0.5,1.5}", "2||"]
+    failed = psql(quiver, f"\\copy docs FROM '{bad}'\n", "-v", "VERBOSITY=verbose")
+    assert failed.returncode != 0
+    assert "22P02" in failed.stderr
+    assert 'row 2, column "id"' in failed.stderr
+    count = psql(quiver, "SELECT count(*) FROM docs;")
+    assert count.stdout.strip() == "2", "a failed COPY must write nothing"
+
+
+def test_errors_carry_sqlstate(quiver):
+    result = psql(quiver, "SELECT * FROM missing_table;\n", "-v", "VERBOSITY=verbose")
+    assert result.returncode != 0
+    assert "42P01" in result.stderr
+    assert 'relation "missing_table" does not exist' in result.stderr

@@ -1,0 +1,88 @@
+"""psycopg 3: parameters in text and binary, transactions as drivers use them, COPY both ways."""
+
+import datetime
+
+import psycopg
+import pytest
+
+
+def connect(port, **kwargs):
+    return psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", **kwargs)
+
+
+def test_parameters_text_and_binary(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FEATURE GROUP tx (cc_num BIGINT, amount DOUBLE PRECISION, category TEXT, "
+            "embedding REAL[], ts TIMESTAMP, PRIMARY KEY (cc_num), EVENT TIME ts)"
+        )
+        ts = datetime.datetime(2026, 6, 1, 10, 0, 0)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO tx VALUES (%s, %s, %s, %s, %s)",
+                [(1, 12.5, "food", [0.5, 1.0], ts), (2, 99.0, None, None, ts + datetime.timedelta(days=1))],
+            )
+        for binary in (False, True):
+            with conn.cursor(binary=binary) as cur:
+                cur.execute("SELECT cc_num, amount, category, embedding, ts FROM tx WHERE cc_num = %s", (1,))
+                assert cur.fetchall() == [(1, 12.5, "food", [0.5, 1.0], ts)]
+                cur.execute("SELECT count(*) FROM tx WHERE amount > %s", (50.0,))
+                assert cur.fetchone() == (1,)
+
+
+def test_driver_transactions_commit(quiver):
+    # Without autocommit psycopg wraps statements in BEGIN ... COMMIT.
+    with connect(quiver) as conn:
+        conn.execute("CREATE TABLE spine (id BIGINT, label BOOLEAN)")
+        conn.execute("INSERT INTO spine VALUES (1, true), (2, false)")
+        conn.commit()
+    with connect(quiver, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM spine").fetchone() == (2,)
+
+
+def test_copy_both_ways(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("CREATE TABLE readings (sensor INTEGER, value DOUBLE PRECISION, at TIMESTAMP)")
+        with conn.cursor() as cur:
+            with cur.copy("COPY readings FROM STDIN") as copy:
+                for i in range(1000):
+                    copy.write_row((i % 10, i * 0.5, datetime.datetime(2026, 1, 1) + datetime.timedelta(minutes=i)))
+            assert cur.rowcount == 1000
+            rows = []
+            with cur.copy("COPY (SELECT sensor, value FROM readings WHERE sensor = 3 ORDER BY value) TO STDOUT") as copy:
+                for row in copy.rows():
+                    rows.append(row)
+            assert len(rows) == 100
+            assert rows[0] == ("3", "1.5")
+
+
+def test_error_sqlstates(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("CREATE FEATURE GROUP g (id BIGINT, ts TIMESTAMP, PRIMARY KEY (id), EVENT TIME ts)")
+        with pytest.raises(psycopg.errors.NotNullViolation) as error:
+            conn.execute("INSERT INTO g VALUES (%s, %s)", (None, datetime.datetime(2026, 1, 1)))
+        assert 'column "id"' in str(error.value)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM nope")
+        with pytest.raises(psycopg.errors.DuplicateTable):
+            conn.execute("CREATE FEATURE GROUP g (id BIGINT, PRIMARY KEY (id))")
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("SELEC 1")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_startup_parameters(quiver):
+    with connect(quiver, application_name="notebook") as conn:
+        assert conn.info.parameter_status("server_version").startswith("15")
+        assert conn.info.parameter_status("client_encoding") == "UTF8"
+        assert conn.info.parameter_status("integer_datetimes") == "on"
+        assert conn.execute("SHOW application_name").fetchone() == ("notebook",)
+
+
+def test_unknown_database_and_role_are_refused(quiver):
+    with pytest.raises(psycopg.OperationalError) as error:
+        psycopg.connect(host="127.0.0.1", port=quiver, user="quiver", dbname="nowhere")
+    assert "does not exist" in str(error.value)
+    with pytest.raises(psycopg.OperationalError) as error:
+        psycopg.connect(host="127.0.0.1", port=quiver, user="mallory", dbname="quiver")
+    assert 'role "mallory" does not exist' in str(error.value)
