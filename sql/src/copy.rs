@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     Array, ArrayRef, BinaryBuilder, BooleanArray, ListBuilder, PrimitiveBuilder, RecordBatch,
     StringArray, new_null_array,
 };
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
 use datafusion::arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
 };
@@ -625,6 +626,17 @@ fn encode_fields<'a>(
     line.into_bytes()
 }
 
+/// A float as PostgreSQL prints it: the shortest text that reads back exactly.
+fn format_float(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        value.to_string()
+    }
+}
+
 /// Formats a column's values as PostgreSQL prints them in text form.
 fn format_column(array: &dyn Array) -> SqlResult<Vec<Option<String>>> {
     let internal = |e: datafusion::arrow::error::ArrowError| SqlError::Internal(e.to_string());
@@ -654,6 +666,11 @@ fn format_column(array: &dyn Array) -> SqlResult<Vec<Option<String>>> {
                     Ok(Some(format!("{{{}}}", items.join(","))))
                 })
                 .collect()
+        }
+        DataType::Float32 | DataType::Float64 => {
+            let values = cast(array, &DataType::Float64).map_err(internal)?;
+            let values = values.as_primitive::<Float64Type>();
+            Ok(values.iter().map(|v| v.map(format_float)).collect())
         }
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
             let formatter =
