@@ -86,3 +86,22 @@ def test_unknown_database_and_role_are_refused(quiver):
     with pytest.raises(psycopg.OperationalError) as error:
         psycopg.connect(host="127.0.0.1", port=quiver, user="mallory", dbname="quiver")
     assert 'role "mallory" does not exist' in str(error.value)
+
+
+def test_large_csv_copy_spans_chunks_with_quoted_newlines(quiver):
+    rows = 400_000
+    lines = []
+    for i in range(rows):
+        note = f'"line one\nline two of {i}"' if i % 1000 == 0 else f"note {i}"
+        lines.append(f"{i},{i * 0.25},{note}\n")
+    data = "".join(lines).encode()
+    assert len(data) > 8 * 1024 * 1024, "the data must span more than one parse chunk"
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id BIGINT, score DOUBLE PRECISION, note TEXT)")
+        with conn.cursor() as cur:
+            with cur.copy("COPY notes FROM STDIN WITH (FORMAT csv)") as copy:
+                for start in range(0, len(data), 65536):
+                    copy.write(data[start:start + 65536])
+            assert cur.rowcount == rows
+        assert conn.execute("SELECT count(*), sum(score) FROM notes").fetchone() == (rows, sum(i * 0.25 for i in range(rows)))
+        assert conn.execute("SELECT note FROM notes WHERE id = 399000").fetchone() == ("line one\nline two of 399000",)

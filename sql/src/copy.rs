@@ -4,28 +4,17 @@
 //! writes the rows through the same validation and single commit as INSERT: a bad row anywhere
 //! (or a client that vanishes before CopyDone) writes nothing.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanArray, ListBuilder, PrimitiveBuilder, RecordBatch,
-    StringArray, new_null_array,
-};
-use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
-use datafusion::arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
-};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 use futures::StreamExt;
-use quiver_catalog::{ColumnType, Relation};
 
-use crate::Engine;
+use crate::copy_in::CopyIn;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{normalize_ident, object_name_to_string};
-use crate::relation::RelationSink;
-use crate::session::{CommandTag, Output, Session};
-use crate::types::arrow_type;
+use crate::session::{Output, Session};
 
 /// The COPY data formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +25,13 @@ pub enum CopyFormat {
 
 /// The options of one COPY.
 #[derive(Debug, Clone)]
-struct CopyOptions {
-    format: CopyFormat,
-    header: bool,
-    delimiter: u8,
-    null: String,
-    quote: u8,
-    escape: u8,
+pub(crate) struct CopyOptions {
+    pub(crate) format: CopyFormat,
+    pub(crate) header: bool,
+    pub(crate) delimiter: u8,
+    pub(crate) null: String,
+    pub(crate) quote: u8,
+    pub(crate) escape: u8,
 }
 
 impl CopyOptions {
@@ -132,93 +121,6 @@ impl CopyOptions {
     }
 }
 
-/// A COPY FROM STDIN in progress: the target and the data received so far.
-#[derive(Debug)]
-pub struct CopyIn {
-    engine: Arc<Engine>,
-    relation: Relation,
-    /// The relation's column index for each column of the COPY data, in data order.
-    targets: Vec<usize>,
-    options: CopyOptions,
-    data: Vec<u8>,
-}
-
-impl CopyIn {
-    /// How many columns the client sends per row.
-    pub fn columns(&self) -> usize {
-        self.targets.len()
-    }
-
-    /// Whether the data is in text (not binary) form.
-    pub fn format(&self) -> CopyFormat {
-        self.options.format
-    }
-
-    /// Adds a chunk of CopyData.
-    pub fn receive(&mut self, chunk: &[u8]) {
-        self.data.extend_from_slice(chunk);
-    }
-
-    /// Parses everything received and commits it as one write; returns the `COPY n` tag.
-    pub async fn finish(self) -> SqlResult<CommandTag> {
-        let rows = match self.options.format {
-            CopyFormat::Text => split_text(&self.data, &self.options)?,
-            CopyFormat::Csv => split_csv(&self.data, &self.options)?,
-        };
-        let relation = &self.relation;
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; relation.columns.len()];
-        for (data_index, &column_index) in self.targets.iter().enumerate() {
-            let mut values = Vec::with_capacity(rows.len());
-            for (row_index, row) in rows.iter().enumerate() {
-                if row.len() != self.targets.len() {
-                    return Err(SqlError::Data(format!(
-                        "COPY into \"{}\": row {} has {} columns, expected {}",
-                        relation.qualified_name(),
-                        row_index + 1,
-                        row.len(),
-                        self.targets.len()
-                    )));
-                }
-                values.push(row[data_index].as_deref());
-            }
-            let column = &relation.columns[column_index];
-            columns[column_index] = Some(parse_text_column(&values, &column.data_type).map_err(|(row, value)| {
-                SqlError::InvalidText(format!(
-                    "invalid input syntax for type {}: \"{value}\" (COPY {}, row {}, column \"{}\")",
-                    column.data_type.sql_name(),
-                    relation.qualified_name(),
-                    row + 1,
-                    column.name
-                ))
-            })?);
-        }
-        let arrays: Vec<ArrayRef> = columns
-            .into_iter()
-            .zip(&relation.columns)
-            .map(|(array, column)| {
-                array.unwrap_or_else(|| new_null_array(&arrow_type(&column.data_type), rows.len()))
-            })
-            .collect();
-        let schema = crate::types::arrow_schema(&relation.columns);
-        let nullable_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
-        let batch = RecordBatch::try_new(nullable_schema, arrays)
-            .map_err(|e| SqlError::Internal(e.to_string()))?;
-        let written =
-            RelationSink::write_batches(relation, &self.engine.offline, vec![batch]).await?;
-        Ok(CommandTag {
-            command: "COPY".into(),
-            oid: None,
-            rows: Some(written),
-        })
-    }
-}
-
 /// Starts a COPY statement: FROM STDIN returns [`Output::CopyIn`], TO STDOUT streams the rows.
 pub async fn start(
     session: &Session,
@@ -272,13 +174,12 @@ pub async fn start(
             }
             targets
         };
-        return Ok(Output::CopyIn(CopyIn {
-            engine: session.engine().clone(),
+        return Ok(Output::CopyIn(CopyIn::new(
+            session.engine().clone(),
             relation,
             targets,
             options,
-            data: Vec::new(),
-        }));
+        )));
     }
     if !matches!(target, CopyTarget::Stdout) {
         return Err(SqlError::NotSupported(
@@ -349,218 +250,6 @@ impl From<datafusion::sql::sqlparser::parser::ParserError> for SqlError {
                 .trim_start_matches("sql parser error: ")
                 .to_string(),
         )
-    }
-}
-
-/// Splits text-format COPY data into rows of fields, `None` for NULL.
-fn split_text(data: &[u8], options: &CopyOptions) -> SqlResult<Vec<Vec<Option<String>>>> {
-    let text = std::str::from_utf8(data)
-        .map_err(|e| SqlError::InvalidText(format!("COPY data is not valid UTF-8: {e}")))?;
-    let mut rows = Vec::new();
-    let delimiter = options.delimiter as char;
-    // The final newline ends the last row; it does not start another.
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    if body.is_empty() {
-        return Ok(rows);
-    }
-    for line in body.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line == "\\." {
-            break;
-        }
-        let fields = line
-            .split(delimiter)
-            .map(|field| {
-                if field == options.null {
-                    None
-                } else {
-                    Some(unescape_text(field))
-                }
-            })
-            .collect();
-        rows.push(fields);
-    }
-    Ok(rows)
-}
-
-/// Undoes text-format backslash escapes.
-fn unescape_text(field: &str) -> String {
-    if !field.contains('\\') {
-        return field.to_string();
-    }
-    let mut out = String::with_capacity(field.len());
-    let mut chars = field.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('v') => out.push('\u{b}'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-/// Splits CSV-format COPY data into rows of fields, `None` for NULL.
-fn split_csv(data: &[u8], options: &CopyOptions) -> SqlResult<Vec<Vec<Option<String>>>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(options.header)
-        .delimiter(options.delimiter)
-        .quote(options.quote)
-        .escape((options.escape != options.quote).then_some(options.escape))
-        .double_quote(options.escape == options.quote)
-        .flexible(true)
-        .from_reader(data);
-    let mut rows = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        let record = record
-            .map_err(|e| SqlError::InvalidText(format!("COPY CSV data, row {}: {e}", index + 1)))?;
-        if record.len() == 1 && record.get(0) == Some("\\.") {
-            break;
-        }
-        rows.push(
-            record
-                .iter()
-                .map(|field| {
-                    if field == options.null {
-                        None
-                    } else {
-                        Some(field.to_string())
-                    }
-                })
-                .collect(),
-        );
-    }
-    Ok(rows)
-}
-
-/// Parses values in PostgreSQL's text representation into an array of the column's type. On
-/// failure returns the 0-based row and the offending text.
-pub fn parse_text_column(
-    values: &[Option<&str>],
-    data_type: &ColumnType,
-) -> Result<ArrayRef, (usize, String)> {
-    match data_type {
-        ColumnType::Text | ColumnType::Varchar(_) => {
-            Ok(Arc::new(StringArray::from(values.to_vec())))
-        }
-        ColumnType::Boolean => {
-            let mut parsed = Vec::with_capacity(values.len());
-            for (row, value) in values.iter().enumerate() {
-                parsed.push(match value {
-                    None => None,
-                    Some(text) => Some(parse_bool(text).ok_or((row, text.to_string()))?),
-                });
-            }
-            Ok(Arc::new(BooleanArray::from(parsed)))
-        }
-        ColumnType::Bytea => {
-            let mut builder = BinaryBuilder::new();
-            for (row, value) in values.iter().enumerate() {
-                match value {
-                    None => builder.append_null(),
-                    Some(text) => {
-                        builder.append_value(parse_bytea(text).ok_or((row, text.to_string()))?)
-                    }
-                }
-            }
-            Ok(Arc::new(builder.finish()))
-        }
-        ColumnType::Array(element) => parse_array_column(values, element),
-        _ => {
-            let strings = StringArray::from(values.to_vec());
-            let target = arrow_type(data_type);
-            let options = CastOptions {
-                safe: true,
-                ..Default::default()
-            };
-            let parsed =
-                cast_with_options(&strings, &target, &options).map_err(|_| (0, String::new()))?;
-            // A safe cast turns bad text into NULL: find the first such row to report it.
-            if let Some(row) = (0..values.len()).find(|&i| values[i].is_some() && parsed.is_null(i))
-            {
-                return Err((row, values[row].unwrap_or_default().to_string()));
-            }
-            Ok(parsed)
-        }
-    }
-}
-
-fn parse_bool(text: &str) -> Option<bool> {
-    match text.trim().to_lowercase().as_str() {
-        "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
-        "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_bytea(text: &str) -> Option<Vec<u8>> {
-    let hex = text.strip_prefix("\\x")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Parses `{1,2,NULL}` literals of a numeric element type.
-fn parse_array_column(
-    values: &[Option<&str>],
-    element: &ColumnType,
-) -> Result<ArrayRef, (usize, String)> {
-    fn build<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
-        values: &[Option<&str>],
-    ) -> Result<ArrayRef, (usize, String)>
-    where
-        T::Native: std::str::FromStr,
-    {
-        let mut builder = ListBuilder::new(PrimitiveBuilder::<T>::new()).with_field(Arc::new(
-            datafusion::arrow::datatypes::Field::new("element", T::DATA_TYPE, true),
-        ));
-        for (row, value) in values.iter().enumerate() {
-            let Some(text) = value else {
-                builder.append_null();
-                continue;
-            };
-            let bad = || (row, text.to_string());
-            let inner = text
-                .trim()
-                .strip_prefix('{')
-                .and_then(|t| t.strip_suffix('}'))
-                .ok_or_else(bad)?;
-            if !inner.trim().is_empty() {
-                for item in inner.split(',') {
-                    let item = item.trim();
-                    if item.eq_ignore_ascii_case("null") {
-                        builder.values().append_null();
-                    } else {
-                        builder
-                            .values()
-                            .append_value(item.parse::<T::Native>().map_err(|_| bad())?);
-                    }
-                }
-            }
-            builder.append(true);
-        }
-        Ok(Arc::new(builder.finish()))
-    }
-    match element {
-        ColumnType::SmallInt => build::<Int16Type>(values),
-        ColumnType::Integer => build::<Int32Type>(values),
-        ColumnType::BigInt => build::<Int64Type>(values),
-        ColumnType::Real => build::<Float32Type>(values),
-        ColumnType::DoublePrecision => build::<Float64Type>(values),
-        other => Err((0, format!("arrays of {}", other.sql_name()))),
     }
 }
 
@@ -696,45 +385,6 @@ fn format_column(array: &dyn Array) -> SqlResult<Vec<Option<String>>> {
 mod tests {
     use super::*;
     use datafusion::sql::sqlparser::ast;
-
-    fn text_options() -> CopyOptions {
-        CopyOptions::parse(&[], &[]).unwrap()
-    }
-
-    #[test]
-    fn text_format_splits_unescapes_and_reads_nulls() {
-        let rows = split_text(b"1\ta\\tb\t\\N\n2\tc\\\\d\tx\n\\.\n", &text_options()).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                vec![Some("1".into()), Some("a\tb".into()), None],
-                vec![Some("2".into()), Some("c\\d".into()), Some("x".into())],
-            ]
-        );
-    }
-
-    #[test]
-    fn typed_parsing_reports_the_failing_row() {
-        let values = [Some("1"), Some("2"), Some("abc")];
-        assert_eq!(
-            parse_text_column(&values, &ColumnType::BigInt).unwrap_err(),
-            (2, "abc".into())
-        );
-        let arrays = [Some("{1.5,2}"), None, Some("{}")];
-        let parsed =
-            parse_text_column(&arrays, &ColumnType::Array(Box::new(ColumnType::Real))).unwrap();
-        assert_eq!(
-            format_column(parsed.as_ref()).unwrap(),
-            vec![Some("{1.5,2}".into()), None, Some("{}".into())]
-        );
-        assert!(
-            parse_text_column(
-                &[Some("{1,x}")],
-                &ColumnType::Array(Box::new(ColumnType::Integer))
-            )
-            .is_err()
-        );
-    }
 
     #[test]
     fn csv_quotes_what_needs_quoting() {

@@ -6,6 +6,7 @@
 //! [`Output`] says.
 
 mod copy;
+mod copy_in;
 mod ddl;
 mod discovery;
 mod error;
@@ -23,7 +24,8 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use quiver_catalog::Catalog;
 use quiver_storage::OfflineStore;
 
-pub use copy::{CopyFormat, CopyIn};
+pub use copy::CopyFormat;
+pub use copy_in::CopyIn;
 pub use error::{SqlError, SqlResult};
 pub use parser::{Statement, parse};
 pub use session::{CommandTag, Output, Prepared, Session};

@@ -22,7 +22,8 @@ use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
 
 use crate::Engine;
-use crate::copy::{self, CopyIn};
+use crate::copy;
+use crate::copy_in::CopyIn;
 use crate::ddl;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::Statement;
