@@ -105,3 +105,43 @@ def test_large_csv_copy_spans_chunks_with_quoted_newlines(quiver):
             assert cur.rowcount == rows
         assert conn.execute("SELECT count(*), sum(score) FROM notes").fetchone() == (rows, sum(i * 0.25 for i in range(rows)))
         assert conn.execute("SELECT note FROM notes WHERE id = 399000").fetchone() == ("line one\nline two of 399000",)
+
+
+def test_binary_copy_both_ways(quiver):
+    types = ["bigint", "boolean", "smallint", "integer", "real", "double precision", "text", "bytea",
+             "date", "timestamp", "timestamptz", "real[]", "bigint[]"]
+    row = (7, True, 3, -9, 1.5, 2.25, "héllo", b"\x00\xff", datetime.date(2026, 6, 1),
+           datetime.datetime(2026, 6, 1, 12, 30, 0, 250000),
+           datetime.datetime(2026, 6, 1, 10, 0, tzinfo=datetime.timezone.utc), [0.5, None, 1.0], [1, 2])
+    empty = (8,) + (None,) * (len(types) - 1)
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE everything (id BIGINT, b BOOLEAN, s SMALLINT, i INTEGER, r REAL, d DOUBLE PRECISION, "
+            "t TEXT, y BYTEA, dt DATE, ts TIMESTAMP, tz TIMESTAMPTZ, ar REAL[], al BIGINT[])"
+        )
+        with conn.cursor() as cur:
+            with cur.copy("COPY everything FROM STDIN WITH (FORMAT binary)") as copy:
+                copy.set_types(types)
+                copy.write_row(row)
+                copy.write_row(empty)
+            assert cur.rowcount == 2
+            got = []
+            with cur.copy("COPY (SELECT * FROM everything ORDER BY id) TO STDOUT WITH (FORMAT binary)") as copy:
+                copy.set_types(types)
+                got = list(copy.rows())
+        assert got[0][:6] == row[:6]
+        assert got[0][6:] == row[6:]
+        assert got[1] == empty
+        # Text results agree with what binary COPY stored.
+        assert conn.execute("SELECT t, y, ar FROM everything WHERE id = 7").fetchone() == ("héllo", b"\x00\xff", [0.5, None, 1.0])
+
+
+def test_copy_to_with_header_counts_rows_not_the_header(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("CREATE TABLE small (id BIGINT)")
+        conn.execute("INSERT INTO small VALUES (1), (2), (3)")
+        with conn.cursor() as cur:
+            with cur.copy("COPY small TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+                data = b"".join(bytes(chunk) for chunk in copy)
+            assert data.decode().splitlines()[0] == "id"
+            assert cur.rowcount == 3

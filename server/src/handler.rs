@@ -27,7 +27,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use quiver_sql::{CommandTag, CopyIn, Engine, Output, Prepared, Session, SqlError};
+use quiver_sql::{CommandTag, CopyFormat, CopyIn, Engine, Output, Prepared, Session, SqlError};
 use tokio::sync::Mutex;
 
 use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
@@ -327,20 +327,37 @@ impl QueryHandler {
             Output::Command(tag) => Response::Execution(command_tag(&tag)),
             Output::CopyIn(copy) => {
                 let columns = copy.columns();
+                let copy_format = wire_format(copy.format());
                 let pending = client
                     .session_extensions()
                     .get_or_insert_with(PendingCopy::default);
                 *pending.lock() = Some(copy);
-                Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty()))
+                Response::CopyIn(CopyResponse::new(
+                    copy_format,
+                    columns,
+                    futures::stream::empty(),
+                ))
             }
-            Output::CopyOut { columns, lines } => {
+            Output::CopyOut {
+                columns,
+                format: copy_format,
+                lines,
+            } => {
                 let data = cancellable(lines, cancel_receiver(client)?).map(|line| match line {
                     Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
                     Err(e) => Err(to_pgwire(e)),
                 });
-                Response::CopyOut(CopyResponse::new(0, columns, data))
+                Response::CopyOut(CopyResponse::new(wire_format(copy_format), columns, data))
             }
         })
+    }
+}
+
+/// The overall format code of CopyInResponse/CopyOutResponse: 0 for text and CSV, 1 for binary.
+fn wire_format(format: CopyFormat) -> i8 {
+    match format {
+        CopyFormat::Binary => 1,
+        CopyFormat::Text | CopyFormat::Csv => 0,
     }
 }
 

@@ -11,6 +11,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 use futures::StreamExt;
 
+use crate::binary_copy;
 use crate::copy_in::CopyIn;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{normalize_ident, object_name_to_string};
@@ -21,6 +22,8 @@ use crate::session::{Output, Session};
 pub enum CopyFormat {
     Text,
     Csv,
+    /// PostgreSQL's binary COPY format (`PGCOPY` signature, length-prefixed binary values).
+    Binary,
 }
 
 /// The options of one COPY.
@@ -58,12 +61,7 @@ impl CopyOptions {
                     format = match ident.value.to_lowercase().as_str() {
                         "text" => CopyFormat::Text,
                         "csv" => CopyFormat::Csv,
-                        "binary" => {
-                            return Err(SqlError::NotSupported(
-                                "COPY FORMAT binary is not supported yet; use FORMAT csv or text"
-                                    .into(),
-                            ));
-                        }
+                        "binary" => CopyFormat::Binary,
                         other => {
                             return Err(SqlError::InvalidParameter(format!(
                                 "COPY format \"{other}\" not recognized"
@@ -89,11 +87,7 @@ impl CopyOptions {
                 CopyLegacyOption::Header => header = true,
                 CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte("delimiter", *c)?),
                 CopyLegacyOption::Null(s) => null = Some(s.clone()),
-                CopyLegacyOption::Binary => {
-                    return Err(SqlError::NotSupported(
-                        "COPY BINARY is not supported yet; use FORMAT csv or text".into(),
-                    ));
-                }
+                CopyLegacyOption::Binary => format = CopyFormat::Binary,
                 other => {
                     return Err(SqlError::NotSupported(format!(
                         "COPY option {other} is not supported"
@@ -101,13 +95,13 @@ impl CopyOptions {
                 }
             }
         }
-        if header && format == CopyFormat::Text {
+        if header && format != CopyFormat::Csv {
             return Err(SqlError::NotSupported(
                 "COPY HEADER is available only in CSV mode".into(),
             ));
         }
         let (default_delimiter, default_null) = match format {
-            CopyFormat::Text => (b'\t', "\\N"),
+            CopyFormat::Text | CopyFormat::Binary => (b'\t', "\\N"),
             CopyFormat::Csv => (b',', ""),
         };
         Ok(CopyOptions {
@@ -217,29 +211,67 @@ pub async fn start(
     };
     let stream = session.query_stream(statement).await?;
     let columns = stream.schema().fields().len();
-    let header = options.header.then(|| {
-        let names: Vec<String> = stream
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        encode_fields(names.iter().map(|n| Some(n.as_str())), &options)
-    });
+    // pgwire counts every CopyData message but the binary trailer as a row, so the CSV header
+    // and the binary signature travel in the first row's message.
+    let prefix = match options.format {
+        CopyFormat::Binary => Some(binary_copy::SIGNATURE_AND_HEADER.to_vec()),
+        _ if options.header => {
+            let names: Vec<String> = stream
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            Some(encode_fields(
+                names.iter().map(|n| Some(n.as_str())),
+                &options,
+            ))
+        }
+        _ => None,
+    };
+    let format = options.format;
     let rows = stream.flat_map(move |batch| {
         let lines: Vec<SqlResult<Vec<u8>>> = match batch {
-            Ok(batch) => match encode_batch(&batch, &options) {
-                Ok(lines) => lines.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
+            Ok(batch) => {
+                let encoded = match format {
+                    CopyFormat::Binary => binary_copy::encode_batch(&batch),
+                    _ => encode_batch(&batch, &options),
+                };
+                match encoded {
+                    Ok(lines) => lines.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                }
+            }
             Err(e) => vec![Err(SqlError::from(e))],
         };
         futures::stream::iter(lines)
     });
-    let lines = futures::stream::iter(header.into_iter().map(Ok))
-        .chain(rows)
-        .boxed();
-    Ok(Output::CopyOut { columns, lines })
+    // The binary trailer is appended by the protocol layer (pgwire's CopyResponse).
+    let lines = prefix_first(rows, prefix);
+    Ok(Output::CopyOut {
+        columns,
+        format,
+        lines,
+    })
+}
+
+/// Puts `prefix` in front of the first item, or emits it alone if there is none.
+fn prefix_first(
+    rows: impl futures::Stream<Item = SqlResult<Vec<u8>>> + Send + 'static,
+    prefix: Option<Vec<u8>>,
+) -> futures::stream::BoxStream<'static, SqlResult<Vec<u8>>> {
+    futures::stream::unfold((rows.boxed(), prefix), |(mut rows, prefix)| async move {
+        match (rows.next().await, prefix) {
+            (Some(Ok(mut line)), Some(mut prefix)) => {
+                prefix.append(&mut line);
+                Some((Ok(prefix), (rows, None)))
+            }
+            (None, Some(prefix)) => Some((Ok(prefix), (rows, None))),
+            (Some(item), None) | (Some(item @ Err(_)), Some(_)) => Some((item, (rows, None))),
+            (None, None) => None,
+        }
+    })
+    .boxed()
 }
 
 impl From<datafusion::sql::sqlparser::parser::ParserError> for SqlError {
@@ -276,7 +308,7 @@ fn encode_fields<'a>(
         }
         match (field, options.format) {
             (None, _) => line.push_str(&options.null),
-            (Some(text), CopyFormat::Text) => {
+            (Some(text), CopyFormat::Text | CopyFormat::Binary) => {
                 for c in text.chars() {
                     match c {
                         '\\' => line.push_str("\\\\"),

@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::{
 use quiver_catalog::{ColumnType, Relation};
 
 use crate::Engine;
+use crate::binary_copy::BinaryReader;
 use crate::copy::{CopyFormat, CopyOptions};
 use crate::error::{SqlError, SqlResult};
 use crate::relation::RelationSink;
@@ -45,6 +46,7 @@ pub struct CopyIn {
     /// The end-of-data marker `\.` was seen: later data is ignored, as in PostgreSQL.
     ended: bool,
     failure: Option<SqlError>,
+    binary: BinaryReader,
 }
 
 impl CopyIn {
@@ -65,6 +67,7 @@ impl CopyIn {
             rows: 0,
             ended: false,
             failure: None,
+            binary: BinaryReader::default(),
         }
     }
 
@@ -84,23 +87,24 @@ impl CopyIn {
             return;
         }
         self.pending.extend_from_slice(chunk);
-        if self.pending.len() >= CHUNK_BYTES {
-            let split = match self.options.format {
-                CopyFormat::Text => self
-                    .pending
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map(|i| i + 1),
-                CopyFormat::Csv => last_csv_record_end(&self.pending, &self.options),
-            };
-            if let Some(split) = split {
-                let rest = self.pending.split_off(split);
-                let complete = std::mem::replace(&mut self.pending, rest);
-                if let Err(e) = self.parse(&complete) {
-                    self.failure = Some(e);
-                    self.pending = Vec::new();
-                }
-            }
+        if self.pending.len() < CHUNK_BYTES {
+            return;
+        }
+        let split = match self.options.format {
+            CopyFormat::Text => self
+                .pending
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1),
+            CopyFormat::Csv => last_csv_record_end(&self.pending, &self.options),
+            // The binary reader stops at the last complete tuple by itself.
+            CopyFormat::Binary => Some(self.pending.len()),
+        };
+        let Some(split) = split else { return };
+        let pending = std::mem::take(&mut self.pending);
+        match self.parse(&pending[..split]) {
+            Ok(consumed) => self.pending = pending[consumed..].to_vec(),
+            Err(e) => self.failure = Some(e),
         }
     }
 
@@ -111,7 +115,14 @@ impl CopyIn {
         }
         let rest = std::mem::take(&mut self.pending);
         if !rest.is_empty() && !self.ended {
-            self.parse(&rest)?;
+            let consumed = self.parse(&rest)?;
+            if consumed < rest.len() && !self.ended {
+                return Err(SqlError::Data(format!(
+                    "COPY into \"{}\": the data ends in the middle of row {}",
+                    self.relation.qualified_name(),
+                    self.rows + 1
+                )));
+            }
         }
         let written =
             RelationSink::write_batches(&self.relation, &self.engine.offline, self.batches).await?;
@@ -122,17 +133,28 @@ impl CopyIn {
         })
     }
 
-    /// Parses complete records into one batch.
-    fn parse(&mut self, data: &[u8]) -> SqlResult<()> {
+    /// Parses the complete records at the start of `data` into one batch; returns how many bytes
+    /// were consumed (all of them but for a binary tuple cut off at the end).
+    fn parse(&mut self, data: &[u8]) -> SqlResult<usize> {
         let mut columns: Vec<StringBuilder> =
             self.targets.iter().map(|_| StringBuilder::new()).collect();
         let first_row = self.rows;
-        let records = match self.options.format {
-            CopyFormat::Text => self.split_text(data, &mut columns, first_row)?,
-            CopyFormat::Csv => self.split_csv(data, &mut columns, first_row)?,
+        let (consumed, records) = match self.options.format {
+            CopyFormat::Text => (data.len(), self.split_text(data, &mut columns, first_row)?),
+            CopyFormat::Csv => (data.len(), self.split_csv(data, &mut columns, first_row)?),
+            CopyFormat::Binary => {
+                let types: Vec<&ColumnType> = self
+                    .targets
+                    .iter()
+                    .map(|&i| &self.relation.columns[i].data_type)
+                    .collect();
+                let read = self.binary.read(data, &types, &mut columns, first_row)?;
+                self.ended = self.binary.ended;
+                read
+            }
         };
         if records == 0 {
-            return Ok(());
+            return Ok(consumed);
         }
         let relation = &self.relation;
         let mut arrays: Vec<Option<ArrayRef>> = vec![None; relation.columns.len()];
@@ -169,7 +191,7 @@ impl CopyIn {
             RecordBatch::try_new(schema, arrays).map_err(|e| SqlError::Internal(e.to_string()))?;
         self.batches.push(batch);
         self.rows += records;
-        Ok(())
+        Ok(consumed)
     }
 
     fn wrong_width(&self, row: usize, found: usize) -> SqlError {

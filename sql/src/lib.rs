@@ -5,6 +5,7 @@
 //! knows nothing of the wire protocol. The server hands it statements and streams back what
 //! [`Output`] says.
 
+mod binary_copy;
 mod copy;
 mod copy_in;
 mod ddl;

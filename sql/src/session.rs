@@ -38,9 +38,10 @@ pub enum Output {
     Command(CommandTag),
     /// The server must now receive COPY data and hand it to [`CopyIn`].
     CopyIn(CopyIn),
-    /// Rows already encoded as COPY text lines, one per row.
+    /// Rows already encoded in the COPY format, one message per row.
     CopyOut {
         columns: usize,
+        format: copy::CopyFormat,
         lines: futures::stream::BoxStream<'static, SqlResult<Vec<u8>>>,
     },
 }
