@@ -37,7 +37,7 @@ pub async fn execute(
             name,
             version,
             action,
-        } => alter_feature_group(engine, project, name, *version, action),
+        } => alter_feature_group(engine, project, name, *version, action).await,
         Statement::DropFeatureGroup {
             name,
             version,
@@ -350,7 +350,7 @@ pub fn parse_duration(text: &str) -> SqlResult<i64> {
     Ok(total)
 }
 
-fn alter_feature_group(
+async fn alter_feature_group(
     engine: &Engine,
     project: &str,
     name: &str,
@@ -370,11 +370,35 @@ fn alter_feature_group(
                 patch,
             })?;
         }
-        AlterFeatureGroupAction::AddColumn(_) => {
-            return Err(SqlError::NotSupported(
-                "ALTER FEATURE GROUP ... ADD COLUMN is not supported yet; create a new VERSION with the column"
-                    .into(),
-            ));
+        AlterFeatureGroupAction::AddColumn(definition) => {
+            let mut columns = convert_columns(name, std::slice::from_ref(definition), &[])?;
+            let column = columns.remove(0);
+            if !column.nullable {
+                return Err(SqlError::NotSupported(format!(
+                    "column \"{}\": an added column must be nullable, since rows written before it have no value",
+                    column.name
+                )));
+            }
+            if group.column(&column.name).is_some() {
+                return Err(SqlError::Duplicate(format!(
+                    "column \"{}\" of feature group \"{name}\" version {version} already exists",
+                    column.name
+                )));
+            }
+            // Storage first: a crash before the catalog change leaves an extra column that scans
+            // never read (they project the catalog's columns) and a retry accepts.
+            let field = datafusion::arrow::datatypes::Field::new(
+                &column.name,
+                crate::types::arrow_type(&column.data_type),
+                true,
+            );
+            engine.offline.add_column(group.oid, field).await?;
+            engine.catalog.execute(CatalogCommand::AddColumn {
+                project: project.to_string(),
+                name: name.to_string(),
+                version,
+                column,
+            })?;
         }
     }
     Ok(CommandTag::new("ALTER FEATURE GROUP"))

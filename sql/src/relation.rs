@@ -81,7 +81,17 @@ impl TableProvider for RelationTable {
             .table_provider(self.relation.oid)
             .await
             .map_err(external)?;
-        offline_scan.scan(state, projection, filters, limit).await
+        // Always project: the stored table may have a column the catalog does not (yet) know,
+        // left by an ADD COLUMN interrupted between storage and catalog.
+        let all_columns: Vec<usize> = (0..self.relation.columns.len()).collect();
+        offline_scan
+            .scan(
+                state,
+                Some(projection.unwrap_or(&all_columns)),
+                filters,
+                limit,
+            )
+            .await
     }
 
     /// Filters reach the offline scan, which skips files and row groups by their statistics; the

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Field;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
-use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::{StructField, StructType};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use tokio::sync::Mutex;
@@ -163,6 +164,29 @@ impl OfflineStore {
             tokio::spawn(compact(handle, self.table_dir(id)));
         }
         Ok(Commit { version, rows })
+    }
+
+    /// Adds a nullable column at the end of table `id`'s schema; rows written before read it as
+    /// NULL. Adding a column the table already has with the same type does nothing, so a retry
+    /// after a crash between this and the catalog change succeeds.
+    pub async fn add_column(&self, id: TableId, field: Field) -> StorageResult<()> {
+        let handle = self.table(id).await?;
+        let mut table = handle.lock().await;
+        let column =
+            StructField::try_from_arrow(&field).map_err(|e| StorageError::Schema(e.to_string()))?;
+        if let Some(existing) = table.snapshot()?.schema().field(field.name()) {
+            if existing.data_type() == column.data_type() {
+                return Ok(());
+            }
+            return Err(StorageError::Schema(format!(
+                "column \"{}\" exists with another type",
+                field.name()
+            )));
+        }
+        let altered = table.clone().add_columns().with_fields([column]).await?;
+        sync_commit(&self.table_dir(id), altered.version().unwrap_or(0)).await?;
+        *table = altered;
+        Ok(())
     }
 
     /// A DataFusion provider over the table's current version.
