@@ -19,8 +19,9 @@ use crate::parser::{
     AlterFeatureGroupAction, CreateFeatureGroup, OptionEntry, OptionValue, Statement,
     column_is_inline_primary_key, normalize_ident, object_name_to_string,
 };
+use crate::partitioning::{Partitioning, stored_schema};
 use crate::session::CommandTag;
-use crate::types::{arrow_schema, column_type};
+use crate::types::column_type;
 
 /// Executes one of Quiver's own DDL statements.
 pub async fn execute(
@@ -125,6 +126,9 @@ async fn create_feature_group(
     }
     let mut options = FeatureGroupOptions::default();
     apply_create_options(&mut options, &create.options)?;
+    if let Some(spec) = &options.partition_by {
+        Partitioning::parse(spec, event_time.as_deref(), &columns)?;
+    }
     let command = CatalogCommand::CreateRelation {
         project: project.to_string(),
         name: create.name.clone(),
@@ -154,9 +158,10 @@ async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<
     let relation = snapshot
         .relation(oid)
         .ok_or_else(|| SqlError::Internal(format!("relation {oid} vanished after creation")))?;
+    let (schema, partition_columns) = stored_schema(relation);
     if let Err(e) = engine
         .offline
-        .create_table(oid, arrow_schema(&relation.columns))
+        .create_table(oid, schema, &partition_columns)
         .await
     {
         engine
@@ -220,11 +225,18 @@ fn apply_create_options(
 ) -> SqlResult<()> {
     let patch = options_patch(entries, true)?;
     options.apply(&patch);
-    for entry in entries {
-        if entry.key == "partition_by" {
-            return Err(SqlError::NotSupported(
-                "partition_by is not supported yet: scans already skip files by their event-time statistics".into(),
-            ));
+    for OptionEntry { key, value } in entries {
+        if key == "partition_by" {
+            match value {
+                OptionValue::String(spec) => {
+                    options.partition_by = Some(spec.trim().to_lowercase())
+                }
+                other => {
+                    return Err(SqlError::InvalidParameter(format!(
+                        "partition_by must be a string such as 'day(ts)', found {other}"
+                    )));
+                }
+            }
         }
     }
     Ok(())

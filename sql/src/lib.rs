@@ -12,6 +12,7 @@ mod ddl;
 mod discovery;
 mod error;
 pub mod parser;
+pub mod partitioning;
 mod project_catalog;
 mod relation;
 mod session;
@@ -60,9 +61,12 @@ impl Engine {
         for relation in snapshot.all_relations() {
             if !offline.has_table(relation.oid).await {
                 tracing::info!(relation = %relation.qualified_name(), "creating the missing offline table");
-                offline
-                    .create_table(relation.oid, types::arrow_schema(&relation.columns))
-                    .await?;
+                {
+                    let (schema, partition_columns) = partitioning::stored_schema(relation);
+                    offline
+                        .create_table(relation.oid, schema, &partition_columns)
+                        .await?;
+                }
             }
         }
         let runtime = RuntimeEnvBuilder::new()

@@ -21,6 +21,7 @@ use quiver_catalog::{ColumnType, Relation};
 use quiver_storage::OfflineStore;
 
 use crate::error::SqlError;
+use crate::partitioning::{Partitioning, stored_schema};
 use crate::types::arrow_schema;
 
 /// A relation of the offline store, readable and insertable.
@@ -81,16 +82,36 @@ impl TableProvider for RelationTable {
             .table_provider(self.relation.oid)
             .await
             .map_err(external)?;
-        // Always project: the stored table may have a column the catalog does not (yet) know,
-        // left by an ADD COLUMN interrupted between storage and catalog.
-        let all_columns: Vec<usize> = (0..self.relation.columns.len()).collect();
+        // Stored columns are found by name: the stored table may also hold the hidden partition
+        // column, and a column the catalog does not know yet (an ADD COLUMN interrupted between
+        // storage and catalog); neither is ever read here.
+        let stored = offline_scan.schema();
+        let wanted: Vec<usize> = match projection {
+            Some(indices) => indices.clone(),
+            None => (0..self.relation.columns.len()).collect(),
+        };
+        let stored_projection = wanted
+            .iter()
+            .map(|&i| {
+                let name = &self.relation.columns[i].name;
+                stored.index_of(name).map_err(|_| {
+                    DataFusionError::External(Box::new(SqlError::Internal(format!(
+                        "column \"{name}\" of \"{}\" is missing from its offline table",
+                        self.relation.qualified_name()
+                    ))))
+                })
+            })
+            .collect::<DfResult<Vec<usize>>>()?;
+        let mut filters = filters.to_vec();
+        if let Some(partitioning) = Partitioning::of(&self.relation) {
+            let derived: Vec<Expr> = filters
+                .iter()
+                .filter_map(|f| partitioning.derived_filter(f))
+                .collect();
+            filters.extend(derived);
+        }
         offline_scan
-            .scan(
-                state,
-                Some(projection.unwrap_or(&all_columns)),
-                filters,
-                limit,
-            )
+            .scan(state, Some(&stored_projection), &filters, limit)
             .await
     }
 
@@ -143,11 +164,28 @@ impl RelationSink {
         batches: Vec<RecordBatch>,
     ) -> Result<u64, SqlError> {
         let schema = arrow_schema(&relation.columns);
+        let partitioning = Partitioning::of(relation);
+        let (stored, _) = stored_schema(relation);
         let mut checked = Vec::with_capacity(batches.len());
         let mut first_row = 1;
         for batch in batches {
-            checked.push(conform_batch(relation, &schema, &batch, first_row)?);
+            let conformed = conform_batch(relation, &schema, &batch, first_row)?;
             first_row += batch.num_rows();
+            checked.push(match &partitioning {
+                None => conformed,
+                Some(partitioning) => {
+                    let event_time =
+                        conformed
+                            .column_by_name(&partitioning.column)
+                            .ok_or_else(|| {
+                                SqlError::Internal("the partitioning column is missing".into())
+                            })?;
+                    let mut columns = conformed.columns().to_vec();
+                    columns.push(partitioning.partition_values(event_time)?);
+                    RecordBatch::try_new(stored.clone(), columns)
+                        .map_err(|e| SqlError::Internal(e.to_string()))?
+                }
+            });
         }
         let commit = offline.append(relation.oid, checked).await?;
         Ok(commit.rows)

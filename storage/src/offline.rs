@@ -90,8 +90,14 @@ impl OfflineStore {
             .map_err(|()| StorageError::InvalidLocation(dir.display().to_string()))
     }
 
-    /// Creates the empty table `id` with this schema. Creating over an existing table fails.
-    pub async fn create_table(&self, id: TableId, schema: SchemaRef) -> StorageResult<()> {
+    /// Creates the empty table `id` with this schema, partitioned by `partition_columns` (which
+    /// are columns of the schema). Creating over an existing table fails.
+    pub async fn create_table(
+        &self,
+        id: TableId,
+        schema: SchemaRef,
+        partition_columns: &[String],
+    ) -> StorageResult<()> {
         let dir = self.table_dir(id);
         tokio::fs::create_dir_all(&dir)
             .await
@@ -103,6 +109,7 @@ impl OfflineStore {
         let table = table
             .create()
             .with_columns(columns.fields().cloned())
+            .with_partition_columns(partition_columns.to_vec())
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
         sync_commit(&dir, table.version().unwrap_or(0)).await?;

@@ -265,3 +265,38 @@ async fn cancel_request_stops_a_running_query() {
     let row = client.query_one("SELECT 42", &[]).await.unwrap();
     assert_eq!(row.get::<_, i64>(0), 42);
 }
+
+#[tokio::test]
+async fn explain_shows_event_time_filters_skipping_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE FEATURE GROUP clicks (user_id BIGINT, ts TIMESTAMP, PRIMARY KEY (user_id), EVENT TIME ts) \
+             WITH (partition_by = 'day(ts)'); \
+             INSERT INTO clicks VALUES (1, '2026-06-01 10:00:00'), (2, '2026-06-02 10:00:00'), (3, '2026-06-03 10:00:00')",
+        )
+        .await
+        .unwrap();
+    let plan = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client.query(sql, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| r.get::<_, String>(1))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let everything = plan("EXPLAIN SELECT * FROM clicks").await;
+    assert_eq!(everything.matches(".parquet").count(), 3, "{everything}");
+    let one_day = plan("EXPLAIN SELECT * FROM clicks WHERE ts >= '2026-06-03 00:00:00'").await;
+    assert_eq!(one_day.matches(".parquet").count(), 1, "{one_day}");
+    assert!(
+        one_day.contains("__quiver_partition=2026-06-03"),
+        "{one_day}"
+    );
+    // The predicate is also pushed into the Parquet reader (row-group pruning).
+    assert!(one_day.contains("pruning_predicate="), "{one_day}");
+}

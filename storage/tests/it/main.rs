@@ -20,7 +20,7 @@ async fn many_small_commits_are_compacted_without_losing_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = OfflineStore::open(dir.path()).unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    store.create_table(7, schema.clone()).await.unwrap();
+    store.create_table(7, schema.clone(), &[]).await.unwrap();
     for id in 0..40 {
         let commit = store.append(7, vec![batch(&schema, &[id])]).await.unwrap();
         assert_eq!(commit.rows, 1);
@@ -41,8 +41,8 @@ async fn empty_appends_commit_nothing_and_orphans_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let store = OfflineStore::open(dir.path()).unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    store.create_table(1, schema.clone()).await.unwrap();
-    store.create_table(2, schema.clone()).await.unwrap();
+    store.create_table(1, schema.clone(), &[]).await.unwrap();
+    store.create_table(2, schema.clone(), &[]).await.unwrap();
     let before = store
         .append(1, vec![batch(&schema, &[1, 2])])
         .await
@@ -50,7 +50,7 @@ async fn empty_appends_commit_nothing_and_orphans_are_removed() {
     let empty = store.append(1, vec![]).await.unwrap();
     assert_eq!(empty.version, before.version);
     assert!(
-        store.create_table(1, schema.clone()).await.is_err(),
+        store.create_table(1, schema.clone(), &[]).await.is_err(),
         "a table was created twice"
     );
     let removed = store.remove_orphans(|id| id == 1).await.unwrap();
