@@ -38,10 +38,10 @@ struct SessionSlot(Arc<Mutex<Session>>);
 
 /// A COPY FROM STDIN waiting for its data, kept in the connection's extensions.
 #[derive(Default)]
-struct PendingCopy(std::sync::Mutex<Option<CopyIn>>);
+struct PendingCopy(std::sync::Mutex<Option<Box<CopyIn>>>);
 
 impl PendingCopy {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CopyIn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<CopyIn>>> {
         match self.0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

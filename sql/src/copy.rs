@@ -168,12 +168,12 @@ pub async fn start(
             }
             targets
         };
-        return Ok(Output::CopyIn(CopyIn::new(
+        return Ok(Output::CopyIn(Box::new(CopyIn::new(
             session.engine().clone(),
             relation,
             targets,
             options,
-        )));
+        ))));
     }
     if !matches!(target, CopyTarget::Stdout) {
         return Err(SqlError::NotSupported(

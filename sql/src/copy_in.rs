@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{
-    Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema,
+    Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
 };
 use quiver_catalog::{ColumnType, Relation};
 
@@ -23,7 +23,7 @@ use crate::copy::{CopyFormat, CopyOptions};
 use crate::error::{SqlError, SqlResult};
 use crate::relation::RelationSink;
 use crate::session::CommandTag;
-use crate::types::{arrow_schema, arrow_type};
+use crate::types::{arrow_type, planning_schema};
 
 /// How much text is buffered before the complete records in it are parsed.
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
@@ -180,13 +180,7 @@ impl CopyIn {
             })
             .collect();
         // NOT NULL is checked when the batches are written, with the row named there.
-        let schema = Arc::new(Schema::new(
-            arrow_schema(&relation.columns)
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
+        let schema = planning_schema(&relation.columns);
         let batch =
             RecordBatch::try_new(schema, arrays).map_err(|e| SqlError::Internal(e.to_string()))?;
         self.batches.push(batch);

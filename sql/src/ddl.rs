@@ -337,7 +337,7 @@ pub fn parse_duration(text: &str) -> SqlResult<i64> {
             .filter(|s| *s > 0)
             .ok_or_else(invalid);
     }
-    if words.is_empty() || words.len() % 2 != 0 {
+    if words.is_empty() || !words.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let mut total: i64 = 0;

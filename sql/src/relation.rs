@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::TableType;
@@ -22,7 +22,7 @@ use quiver_storage::OfflineStore;
 
 use crate::error::SqlError;
 use crate::partitioning::{Partitioning, stored_schema};
-use crate::types::arrow_schema;
+use crate::types::{arrow_schema, planning_schema};
 
 /// A relation of the offline store, readable and insertable.
 ///
@@ -40,13 +40,7 @@ pub struct RelationTable {
 impl RelationTable {
     /// The relation as a DataFusion table.
     pub fn new(relation: Relation, offline: Arc<OfflineStore>) -> Self {
-        let planning_schema = Arc::new(Schema::new(
-            arrow_schema(&relation.columns)
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
+        let planning_schema = planning_schema(&relation.columns);
         RelationTable {
             relation,
             planning_schema,

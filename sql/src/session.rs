@@ -37,7 +37,7 @@ pub enum Output {
     /// A command's completion tag, e.g. `CREATE FEATURE GROUP` or `INSERT 0 3`.
     Command(CommandTag),
     /// The server must now receive COPY data and hand it to [`CopyIn`].
-    CopyIn(CopyIn),
+    CopyIn(Box<CopyIn>),
     /// Rows already encoded in the COPY format, one message per row.
     CopyOut {
         columns: usize,

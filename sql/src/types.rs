@@ -95,6 +95,17 @@ pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
     ))
 }
 
+/// The schema queries and writes are planned with: the relation's columns, all nullable, so that
+/// NULLs in NOT NULL columns reach Quiver's validation, which names the row and the column.
+pub fn planning_schema(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(&c.data_type), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

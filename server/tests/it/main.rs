@@ -147,7 +147,7 @@ async fn acknowledged_writes_survive_kill_9_exactly_once() {
         .await
         .unwrap();
     let counts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let acknowledged = acknowledged.lock().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(
         !acknowledged.is_empty(),
         "the writer never got an acknowledgement"
