@@ -25,7 +25,7 @@ trap cleanup EXIT
 # PostgreSQL 15 on loopback, as the postgres user (it refuses to run as root).
 mkdir -p "$work/pg" && chown postgres "$work/pg"
 runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$work/pg" -A trust -U postgres >/dev/null
-runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -o "-p 5497 -k $work -c listen_addresses=127.0.0.1" -l "$work/pg.log" start >/dev/null
+runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -o "-p 5497 -k $work/pg -c listen_addresses=127.0.0.1" -l "$work/pg/server.log" start >/dev/null
 
 "$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:5498 --data-dir "$work/quiver" 2>"$work/quiver.log" &
 quiver_pid=$!

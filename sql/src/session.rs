@@ -318,7 +318,7 @@ impl Session {
             }
             S::ShowVariable { variable } => {
                 let name = Settings::display_name(variable);
-                let value = self.settings.show(variable)?;
+                let value = self.settings.show(variable, &self.context)?;
                 let batch = RecordBatch::try_new(
                     single_text_column(&name),
                     vec![Arc::new(StringArray::from(vec![value]))],

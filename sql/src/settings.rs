@@ -174,9 +174,20 @@ impl Settings {
         Ok(())
     }
 
-    /// The value `SHOW name` prints.
-    pub fn show(&self, variable: &[Ident]) -> SqlResult<String> {
+    /// The value `SHOW name` prints; `datafusion.*` names are read from the session's engine.
+    pub fn show(&self, variable: &[Ident], context: &SessionContext) -> SqlResult<String> {
         let name = Settings::display_name(variable);
+        if name.starts_with("datafusion.") {
+            return context
+                .state()
+                .config()
+                .options()
+                .entries()
+                .into_iter()
+                .find(|entry| entry.key == name)
+                .map(|entry| entry.value.unwrap_or_default())
+                .ok_or_else(|| unrecognized(&name));
+        }
         self.values
             .get(&name.to_lowercase())
             .map(|(_, v)| v.clone())
@@ -190,17 +201,14 @@ impl Settings {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The column name `SHOW` uses: the variable as written, lower-cased.
+    /// The column name `SHOW` uses: the variable as written, lower-cased. sqlparser hands over
+    /// the words of `SHOW TIME ZONE` and the parts of `SHOW datafusion.execution.batch_size` alike.
     pub fn display_name(variable: &[Ident]) -> String {
-        let joined = variable
-            .iter()
-            .map(|i| i.value.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        match joined.to_lowercase().as_str() {
+        let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+        match words.join(" ").as_str() {
             "time zone" => "TimeZone".into(),
             "transaction isolation level" => "transaction_isolation".into(),
-            _ => joined.to_lowercase(),
+            _ => words.join("."),
         }
     }
 }
@@ -223,13 +231,8 @@ fn expr_text(expr: &Expr) -> String {
         Expr::Value(value) => match &value.value {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
             Value::Number(n, _) => n.to_string(),
-            Value::Boolean(b) => {
-                if *b {
-                    "on".into()
-                } else {
-                    "off".into()
-                }
-            }
+            // `true`/`false` as written: DataFusion's options parse these, not `on`/`off`.
+            Value::Boolean(b) => b.to_string(),
             other => other.to_string(),
         },
         Expr::Identifier(ident) => ident.value.clone(),
