@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::Utc;
 
 pub use error::{CatalogError, CatalogResult};
-pub use log::sync_dir;
 pub use model::*;
 pub use state::{Applied, CatalogCommand, CatalogState};
 

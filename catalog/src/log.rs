@@ -115,6 +115,6 @@ impl CommandLog {
 }
 
 /// Fsyncs a directory so that a file created or renamed in it survives a crash.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -48,7 +48,7 @@ pub async fn execute(
             name,
             options,
             if_not_exists,
-        } => create_project(engine, user, name, options, *if_not_exists),
+        } => create_project(engine, user, name, options, *if_not_exists).await,
         Statement::DropProject {
             name,
             if_exists,
@@ -149,7 +149,7 @@ async fn create_feature_group(
 /// Creates a relation in the catalog, then its offline table; undoes the catalog entry if the
 /// table cannot be created.
 async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<()> {
-    let Applied::Relation(oid) = engine.catalog.execute(command)? else {
+    let Applied::Relation(oid) = engine.change_catalog(command).await? else {
         return Err(SqlError::Internal(
             "creating a relation applied nothing".into(),
         ));
@@ -165,8 +165,8 @@ async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<
         .await
     {
         engine
-            .catalog
-            .execute(CatalogCommand::DropRelations { oids: vec![oid] })?;
+            .change_catalog(CatalogCommand::DropRelations { oids: vec![oid] })
+            .await?;
         return Err(e.into());
     }
     Ok(())
@@ -375,12 +375,14 @@ async fn alter_feature_group(
     match action {
         AlterFeatureGroupAction::Set(entries) => {
             let patch = options_patch(entries, false)?;
-            engine.catalog.execute(CatalogCommand::AlterFeatureGroup {
-                project: project.to_string(),
-                name: name.to_string(),
-                version,
-                patch,
-            })?;
+            engine
+                .change_catalog(CatalogCommand::AlterFeatureGroup {
+                    project: project.to_string(),
+                    name: name.to_string(),
+                    version,
+                    patch,
+                })
+                .await?;
         }
         AlterFeatureGroupAction::AddColumn(definition) => {
             let mut columns = convert_columns(name, std::slice::from_ref(definition), &[])?;
@@ -405,12 +407,14 @@ async fn alter_feature_group(
                 true,
             );
             engine.offline.add_column(group.oid, field).await?;
-            engine.catalog.execute(CatalogCommand::AddColumn {
-                project: project.to_string(),
-                name: name.to_string(),
-                version,
-                column,
-            })?;
+            engine
+                .change_catalog(CatalogCommand::AddColumn {
+                    project: project.to_string(),
+                    name: name.to_string(),
+                    version,
+                    column,
+                })
+                .await?;
         }
     }
     Ok(CommandTag::new("ALTER FEATURE GROUP"))
@@ -448,8 +452,8 @@ async fn drop_feature_group(
 
 async fn drop_relations(engine: &Engine, oids: Vec<u32>) -> SqlResult<()> {
     if let Applied::Dropped(relations) = engine
-        .catalog
-        .execute(CatalogCommand::DropRelations { oids })?
+        .change_catalog(CatalogCommand::DropRelations { oids })
+        .await?
     {
         remove_storage(engine, &relations).await?;
     }
@@ -583,7 +587,7 @@ pub async fn drop_objects(
     Ok(CommandTag::new("DROP TABLE"))
 }
 
-fn create_project(
+async fn create_project(
     engine: &Engine,
     user: &str,
     name: &str,
@@ -610,12 +614,14 @@ fn create_project(
             }
         }
     }
-    engine.catalog.execute(CatalogCommand::CreateProject {
-        name: name.to_string(),
-        description,
-        owner: user.to_string(),
-        created_at: Utc::now(),
-    })?;
+    engine
+        .change_catalog(CatalogCommand::CreateProject {
+            name: name.to_string(),
+            description,
+            owner: user.to_string(),
+            created_at: Utc::now(),
+        })
+        .await?;
     Ok(tag)
 }
 
@@ -640,10 +646,12 @@ async fn drop_project(
             "cannot drop the currently open project \"{name}\"; connect to another project first"
         )));
     }
-    let applied = engine.catalog.execute(CatalogCommand::DropProject {
-        name: name.to_string(),
-        cascade,
-    })?;
+    let applied = engine
+        .change_catalog(CatalogCommand::DropProject {
+            name: name.to_string(),
+            cascade,
+        })
+        .await?;
     if let Applied::Dropped(relations) = applied {
         remove_storage(engine, &relations).await?;
     }

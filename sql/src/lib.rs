@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use quiver_catalog::Catalog;
+use quiver_catalog::{Applied, Catalog, CatalogCommand};
 use quiver_storage::OfflineStore;
 
 pub use copy::CopyFormat;
@@ -87,6 +87,15 @@ impl Engine {
     /// The query runtime shared by all sessions.
     pub fn runtime(&self) -> Arc<RuntimeEnv> {
         self.runtime.clone()
+    }
+
+    /// Applies a catalog command off the async runtime: it waits for an fsync of the catalog log.
+    pub async fn change_catalog(&self, command: CatalogCommand) -> SqlResult<Applied> {
+        let catalog = self.catalog.clone();
+        tokio::task::spawn_blocking(move || catalog.execute(command))
+            .await
+            .map_err(|e| SqlError::Internal(format!("catalog task failed: {e}")))?
+            .map_err(SqlError::from)
     }
 
     /// The runtime that executes queries.
