@@ -31,7 +31,7 @@ use quiver_sql::{CommandTag, CopyFormat, CopyIn, Engine, Output, Prepared, Sessi
 use tokio::sync::Mutex;
 
 use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
-use crate::errors::{error_info, error_response, sqlstate, to_pgwire};
+use crate::errors::{error_response, sqlstate, to_pgwire};
 
 /// The session of one connection, kept in the connection's extensions.
 struct SessionSlot(Arc<Mutex<Session>>);
@@ -399,11 +399,11 @@ impl SimpleQueryHandler for QueryHandler {
         let session = session_of(client)?;
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            let output = session.lock().await.run(statement).await;
-            match output.and_then(|output| {
-                self.respond(client, output, &Format::UnifiedText)
-                    .map_err(from_protocol)
-            }) {
+            let response = match session.lock().await.run(statement).await {
+                Ok(output) => self.respond(client, output, &Format::UnifiedText),
+                Err(error) => Err(to_pgwire(error)),
+            };
+            match response {
                 Ok(response) => {
                     let is_copy_in = matches!(response, Response::CopyIn(_));
                     responses.push(response);
@@ -413,19 +413,16 @@ impl SimpleQueryHandler for QueryHandler {
                         break;
                     }
                 }
-                Err(error) => {
-                    // The first failing statement ends the query string, as in PostgreSQL.
-                    responses.push(Response::Error(Box::new(error_info(error))));
+                // The first failing statement ends the query string, as in PostgreSQL.
+                Err(PgWireError::UserError(info)) => {
+                    responses.push(Response::Error(info));
                     break;
                 }
+                Err(other) => return Err(other),
             }
         }
         Ok(responses)
     }
-}
-
-fn from_protocol(error: PgWireError) -> SqlError {
-    SqlError::Internal(error.to_string())
 }
 
 #[async_trait]
