@@ -67,6 +67,12 @@ SELECT id, body, embedding FROM docs ORDER BY id;
     assert 'row 2, column "id"' in failed.stderr
     count = psql(quiver, "SELECT count(*) FROM docs;")
     assert count.stdout.strip() == "2", "a failed COPY must write nothing"
+    narrow = tmp_path / "narrow.tsv"
+    narrow.write_text("5\tonly two columns\n")
+    failed = psql(quiver, f"\\copy docs FROM '{narrow}'\n", "-v", "VERBOSITY=verbose")
+    assert failed.returncode != 0
+    assert "22P04" in failed.stderr
+    assert "row 1 has 2 columns, expected 3" in failed.stderr
 
 
 def test_errors_carry_sqlstate(quiver):

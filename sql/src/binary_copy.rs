@@ -68,7 +68,9 @@ impl BinaryReader {
                 return Ok((0, 0));
             }
             if &data[..SIGNATURE.len()] != SIGNATURE {
-                return Err(SqlError::Data("COPY file signature not recognized".into()));
+                return Err(SqlError::BadCopyFormat(
+                    "COPY file signature not recognized".into(),
+                ));
             }
             let extension = read_i32(data, SIGNATURE.len() + 4).unwrap_or(0).max(0) as usize;
             position = SIGNATURE.len() + 8 + extension;
@@ -91,7 +93,7 @@ impl BinaryReader {
             }
             let row = first_row + tuples + 1;
             if count as usize != columns.len() {
-                return Err(SqlError::Data(format!(
+                return Err(SqlError::BadCopyFormat(format!(
                     "binary COPY row {row} has {count} fields, expected {}",
                     columns.len()
                 )));

@@ -117,7 +117,7 @@ impl CopyIn {
         if !rest.is_empty() && !self.ended {
             let consumed = self.parse(&rest)?;
             if consumed < rest.len() && !self.ended {
-                return Err(SqlError::Data(format!(
+                return Err(SqlError::BadCopyFormat(format!(
                     "COPY into \"{}\": the data ends in the middle of row {}",
                     self.relation.qualified_name(),
                     self.rows + 1
@@ -189,7 +189,7 @@ impl CopyIn {
     }
 
     fn wrong_width(&self, row: usize, found: usize) -> SqlError {
-        SqlError::Data(format!(
+        SqlError::BadCopyFormat(format!(
             "COPY into \"{}\": row {row} has {found} columns, expected {}",
             self.relation.qualified_name(),
             self.targets.len()

@@ -35,6 +35,16 @@ pub enum SqlError {
     /// 23502: NULL in a NOT NULL column.
     #[error("{0}")]
     NotNull(String),
+    /// 42883: an unknown function, or no function of that name takes these argument types.
+    #[error("{0}")]
+    UndefinedFunction(String),
+    /// 22012: division by zero.
+    #[error("division by zero")]
+    DivisionByZero,
+    /// 22P04: COPY data that is not in the announced format (wrong column count, bad signature,
+    /// data ending inside a row).
+    #[error("{0}")]
+    BadCopyFormat(String),
     /// 42704: an unknown configuration parameter.
     #[error("{0}")]
     UndefinedSetting(String),
@@ -107,7 +117,7 @@ fn classify_datafusion(error: DataFusionError) -> SqlError {
             ArrowError::CastError(message) | ArrowError::ParseError(message) => {
                 SqlError::InvalidText(message)
             }
-            ArrowError::DivideByZero => SqlError::Data("division by zero".into()),
+            ArrowError::DivideByZero => SqlError::DivisionByZero,
             ArrowError::ExternalError(external) => match external.downcast::<SqlError>() {
                 Ok(sql_error) => *sql_error,
                 Err(other) => SqlError::Internal(other.to_string()),
@@ -141,7 +151,7 @@ fn classify_plan_message(message: String) -> SqlError {
     {
         SqlError::Syntax(message)
     } else if message.contains("No function matches") || message.contains("Invalid function") {
-        SqlError::UndefinedColumn(message)
+        SqlError::UndefinedFunction(message)
     } else {
         SqlError::DatatypeMismatch(message)
     }
@@ -151,7 +161,7 @@ fn classify_execution_message(message: String) -> SqlError {
     if message.contains("Cannot cast") || message.contains("Cannot parse") {
         SqlError::InvalidText(message)
     } else if message.contains("Divide by zero") || message.contains("division by zero") {
-        SqlError::Data("division by zero".into())
+        SqlError::DivisionByZero
     } else {
         SqlError::Data(message)
     }

@@ -67,13 +67,9 @@ impl TableProvider for RelationTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let external = |e| DataFusionError::External(Box::new(SqlError::from(e)));
-        self.offline
-            .prepare_session(self.relation.oid, state)
-            .await
-            .map_err(external)?;
         let offline_scan = self
             .offline
-            .table_provider(self.relation.oid)
+            .table_provider(self.relation.oid, state)
             .await
             .map_err(external)?;
         // Stored columns are found by name: the stored table may also hold the hidden partition

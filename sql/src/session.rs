@@ -32,7 +32,7 @@ use crate::settings::Settings;
 
 /// What executing a statement produced.
 pub enum Output {
-    /// Rows to stream to the client, with the command tag to end them (`SELECT`, `SHOW`, ...).
+    /// Rows to stream to the client; the protocol layer ends them with `SELECT n`.
     Rows { stream: SendableRecordBatchStream },
     /// A command's completion tag, e.g. `CREATE FEATURE GROUP` or `INSERT 0 3`.
     Command(CommandTag),

@@ -199,21 +199,16 @@ impl OfflineStore {
         Ok(())
     }
 
-    /// A DataFusion provider over the table's current version.
-    pub async fn table_provider(&self, id: TableId) -> StorageResult<Arc<dyn TableProvider>> {
-        let table = self.table(id).await?.lock().await.clone();
-        Ok(table.table_provider().await?)
-    }
-
-    /// Registers the object store of table `id` with a DataFusion session, so its scans can run.
-    pub async fn prepare_session(
+    /// A DataFusion provider over table `id`'s current version, with the table's object store
+    /// registered in `session` so the provider's scans can run there.
+    pub async fn table_provider(
         &self,
         id: TableId,
         session: &dyn datafusion::catalog::Session,
-    ) -> StorageResult<()> {
+    ) -> StorageResult<Arc<dyn TableProvider>> {
         let table = self.table(id).await?.lock().await.clone();
         table.update_datafusion_session(session)?;
-        Ok(())
+        Ok(table.table_provider().await?)
     }
 
     /// The number of live data files of table `id`.
