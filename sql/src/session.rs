@@ -330,7 +330,9 @@ impl Session {
                     stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
                 })
             }
-            S::Reset(reset) => Ok(Output::Command(self.settings.apply_reset(reset)?)),
+            S::Reset(reset) => Ok(Output::Command(
+                self.settings.apply_reset(reset, &self.context)?,
+            )),
             // Until transaction blocks arrive, every statement commits on its own (autocommit);
             // BEGIN/COMMIT are accepted so drivers that wrap statements in them keep working.
             S::StartTransaction { .. } => Ok(Output::Command(CommandTag::new("BEGIN"))),

@@ -124,7 +124,7 @@ impl Settings {
                 .map_err(|e| SqlError::InvalidParameter(e.to_string()));
         }
         if value.eq_ignore_ascii_case("default") {
-            return self.reset_one(name);
+            return self.reset_one(name, context);
         }
         match key.as_str() {
             "client_encoding"
@@ -153,18 +153,28 @@ impl Settings {
     }
 
     /// Applies a `RESET` statement.
-    pub fn apply_reset(&mut self, reset: &ast::ResetStatement) -> SqlResult<CommandTag> {
+    pub fn apply_reset(
+        &mut self,
+        reset: &ast::ResetStatement,
+        context: &SessionContext,
+    ) -> SqlResult<CommandTag> {
         match &reset.reset {
             ast::Reset::ALL => {
                 *self = Settings::default();
+                reset_engine_time_zone(context);
             }
-            ast::Reset::ConfigurationParameter(name) => self.reset_one(&object_name(name))?,
+            ast::Reset::ConfigurationParameter(name) => {
+                self.reset_one(&object_name(name), context)?
+            }
         }
         Ok(CommandTag::new("RESET"))
     }
 
-    fn reset_one(&mut self, name: &str) -> SqlResult<()> {
+    fn reset_one(&mut self, name: &str, context: &SessionContext) -> SqlResult<()> {
         let key = name.to_lowercase();
+        if key == "timezone" {
+            reset_engine_time_zone(context);
+        }
         let (canonical, default) = DEFAULTS
             .iter()
             .find(|(n, _, _)| n.to_lowercase() == key)
@@ -211,6 +221,14 @@ impl Settings {
             _ => words.join("."),
         }
     }
+}
+
+/// The query engine's time zone follows `TimeZone`; its default is unset, which DataFusion reads
+/// as UTC, matching `TimeZone`'s default.
+fn reset_engine_time_zone(context: &SessionContext) {
+    let state = context.state_ref();
+    let mut state = state.write();
+    state.config_mut().options_mut().execution.time_zone = None;
 }
 
 fn unrecognized(name: &str) -> SqlError {
