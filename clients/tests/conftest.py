@@ -1,4 +1,4 @@
-"""Starts a `quiver serve` on a fresh data directory for the client tests."""
+"""Starts `quiver serve` on a fresh data directory for the client tests."""
 
 import os
 import socket
@@ -8,38 +8,59 @@ import time
 import pytest
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def quiver(tmp_path):
-    """A running server; yields its port."""
-    binary = os.environ.get("QUIVER_BIN")
-    if not binary:
-        pytest.fail("set QUIVER_BIN to the quiver binary")
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")],
-        env={**os.environ, "QUIVER_LOG": "warn,buoyant_kernel=error,deltalake_core=error"},
-    )
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
     deadline = time.time() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return
         except OSError:
             if time.time() > deadline or process.poll() is not None:
                 process.kill()
-                pytest.fail("quiver did not start")
+                pytest.fail(f"{what} did not start")
             time.sleep(0.05)
-    yield port
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("quiver did not stop on SIGTERM")
-    assert process.returncode == 0, f"quiver exited with {process.returncode} on SIGTERM"
+
+
+class QuiverServer:
+    """One `quiver serve` process; `start` and `stop` may be called again to restart it."""
+
+    def __init__(self, data_dir, args=(), env=None):
+        self.binary = os.environ.get("QUIVER_BIN")
+        if not self.binary:
+            pytest.fail("set QUIVER_BIN to the quiver binary")
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = {**os.environ, "QUIVER_LOG": "warn,buoyant_kernel=error,deltalake_core=error", **(env or {})}
+        self.port = free_port()
+        self.process = None
+
+    def command(self):
+        return [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), *self.args]
+
+    def start(self):
+        self.process = subprocess.Popen(self.command(), env=self.env)
+        wait_for_port(self.port, self.process, "quiver")
+        return self.port
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail("quiver did not stop on SIGTERM")
+        assert self.process.returncode == 0, f"quiver exited with {self.process.returncode} on SIGTERM"
+
+
+@pytest.fixture()
+def quiver(tmp_path):
+    """A running server; yields its port."""
+    server = QuiverServer(tmp_path / "data")
+    yield server.start()
+    server.stop()

@@ -36,9 +36,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:5433", env = "QUIVER_LISTEN")]
         listen: SocketAddr,
-        /// Directory that holds the catalog and the offline store.
+        /// Directory that holds the catalog and, unless --offline-store says otherwise, the
+        /// offline store.
         #[arg(long, default_value = "./quiver-data", env = "QUIVER_DATA_DIR")]
         data_dir: PathBuf,
+        /// Where the offline store's Delta tables live: a directory, a file:// URL, or
+        /// s3://bucket/prefix (credentials, region and endpoint from the AWS_* environment
+        /// variables). Default: <data-dir>/offline.
+        #[arg(long, env = "QUIVER_OFFLINE_STORE")]
+        offline_store: Option<String>,
     },
 }
 
@@ -75,9 +81,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { listen, data_dir } => {
-            runtime.block_on(serve(listen, data_dir, executor.handle().clone()))
-        }
+        Command::Serve {
+            listen,
+            data_dir,
+            offline_store,
+        } => runtime.block_on(serve(
+            listen,
+            data_dir,
+            offline_store,
+            executor.handle().clone(),
+        )),
     };
     executor.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
@@ -92,15 +105,20 @@ fn main() -> std::process::ExitCode {
 async fn serve(
     listen: SocketAddr,
     data_dir: PathBuf,
+    offline_store: Option<String>,
     executor: tokio::runtime::Handle,
 ) -> Result<(), String> {
-    let engine = quiver_sql::Engine::open(&data_dir, executor)
+    let offline_location = offline_store
+        .map(|text| quiver_sql::StoreLocation::parse(&text))
+        .transpose()
+        .map_err(|e| format!("--offline-store: {e}"))?;
+    let engine = quiver_sql::Engine::open(&data_dir, offline_location.as_ref(), executor)
         .await
         .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, data_dir = %data_dir.display(), "quiver is ready to accept connections");
+    tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), "quiver is ready to accept connections");
     let handlers = Arc::new(QuiverHandlers::new(engine));
     let mut connections = JoinSet::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

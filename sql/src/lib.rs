@@ -25,6 +25,7 @@ use std::sync::Arc;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use quiver_catalog::{Applied, Catalog, CatalogCommand};
 use quiver_storage::OfflineStore;
+pub use quiver_storage::StoreLocation;
 
 pub use copy::CopyFormat;
 pub use copy_in::CopyIn;
@@ -46,11 +47,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the data directory: the catalog under `catalog/`, the offline store under `offline/`.
-    /// Storage is reconciled with the catalog first (see `ddl`'s order of effects).
-    pub async fn open(data_dir: &Path, executor: tokio::runtime::Handle) -> SqlResult<Arc<Engine>> {
+    /// Opens the data directory: the catalog under `catalog/`, the offline store under `offline/`
+    /// unless `offline_location` puts it elsewhere (another directory or S3). Storage is
+    /// reconciled with the catalog first (see `ddl`'s order of effects).
+    pub async fn open(
+        data_dir: &Path,
+        offline_location: Option<&StoreLocation>,
+        executor: tokio::runtime::Handle,
+    ) -> SqlResult<Arc<Engine>> {
         let catalog = Catalog::open(&data_dir.join("catalog"))?;
-        let offline = OfflineStore::open(&data_dir.join("offline"))?;
+        let offline = match offline_location {
+            Some(location) => OfflineStore::open(location).await?,
+            None => OfflineStore::open(&StoreLocation::local(&data_dir.join("offline"))).await?,
+        };
         let snapshot = catalog.snapshot();
         let removed = offline
             .remove_orphans(|id| snapshot.relation(id).is_some())
@@ -59,7 +68,7 @@ impl Engine {
             tracing::info!(?removed, "removed offline tables the catalog does not know");
         }
         for relation in snapshot.all_relations() {
-            if !offline.has_table(relation.oid).await {
+            if !offline.has_table(relation.oid).await? {
                 tracing::info!(relation = %relation.qualified_name(), "creating the missing offline table");
                 {
                     let (schema, partition_columns) = partitioning::stored_schema(relation);

@@ -20,6 +20,8 @@ pub enum StorageError {
     #[error("offline store: {0}")]
     Delta(#[from] deltalake::DeltaTableError),
     #[error("offline store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("offline store: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
     #[error("offline store: {0}")]
     Internal(String),

@@ -5,8 +5,9 @@
 //! training datasets), file statistics let scans skip files by event time, and any Delta reader
 //! (Spark, DuckDB, polars, pyarrow) reads the tables without Quiver.
 //!
-//! What Delta (through object_store) does not do is fsync. A commit here is acknowledged only after
-//! its data files, its log entry and their directories are synced, so an acknowledged write
+//! The store lives in a local directory or under an S3 prefix (see `location`). What Delta
+//! (through object_store) does not do on a local disk is fsync: a commit here is acknowledged only
+//! after its data files, its log entry and their directories are synced, so an acknowledged write
 //! survives a crash of the machine, not only of the process.
 
 use std::collections::HashMap;
@@ -23,10 +24,14 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::Mutex;
 use url::Url;
 
 use crate::error::{StorageError, StorageResult};
+use crate::location::StoreLocation;
 
 /// Identifies one table of the offline store; the catalog's OID of the relation.
 pub type TableId = u32;
@@ -40,7 +45,7 @@ const COMPACTION_TARGET_BYTES: u64 = 128 * 1024 * 1024;
 
 /// The offline store of one node.
 pub struct OfflineStore {
-    root: PathBuf,
+    location: StoreLocation,
     /// The open tables. Each mutex serialises the writers of one table, so commit order within the
     /// process is the order writers took the lock, and holds the table's newest state.
     tables: std::sync::Mutex<HashMap<TableId, Arc<Mutex<DeltaTable>>>>,
@@ -57,39 +62,81 @@ pub struct Commit {
 impl std::fmt::Debug for OfflineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OfflineStore")
-            .field("root", &self.root)
+            .field("location", &self.location)
             .finish()
     }
 }
 
 impl OfflineStore {
     /// Whether table `id` exists: its first commit is in place.
-    pub async fn has_table(&self, id: TableId) -> bool {
-        let first_commit = self
-            .table_dir(id)
-            .join("_delta_log")
-            .join(format!("{:020}.json", 0));
-        tokio::fs::try_exists(first_commit).await.unwrap_or(false)
+    pub async fn has_table(&self, id: TableId) -> StorageResult<bool> {
+        let first_commit = format!("{id}/_delta_log/{:020}.json", 0);
+        match &self.location {
+            StoreLocation::Local(root) => {
+                let path = root.join(first_commit);
+                tokio::fs::try_exists(&path)
+                    .await
+                    .map_err(|e| StorageError::io(&path, e))
+            }
+            StoreLocation::Remote { store, prefix, .. } => {
+                match store.head(&child(prefix, &first_commit)).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(StorageError::ObjectStore(e)),
+                }
+            }
+        }
     }
 
-    /// Opens the store rooted at `root`, creating the directory if needed.
-    pub fn open(root: &Path) -> StorageResult<OfflineStore> {
-        std::fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
-        let root = root.canonicalize().map_err(|e| StorageError::io(root, e))?;
+    /// Opens the store at `location`: creates a local directory if needed, checks that a remote
+    /// bucket answers.
+    pub async fn open(location: &StoreLocation) -> StorageResult<OfflineStore> {
+        let location = match location {
+            StoreLocation::Local(root) => {
+                std::fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
+                StoreLocation::Local(root.canonicalize().map_err(|e| StorageError::io(root, e))?)
+            }
+            StoreLocation::Remote {
+                store,
+                prefix,
+                base,
+            } => {
+                store.list_with_delimiter(Some(prefix)).await.map_err(|e| {
+                    StorageError::InvalidLocation(format!("{base} is not reachable: {e}"))
+                })?;
+                location.clone()
+            }
+        };
         Ok(OfflineStore {
-            root,
+            location,
             tables: Default::default(),
         })
     }
 
-    fn table_dir(&self, id: TableId) -> PathBuf {
-        self.root.join(id.to_string())
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Table `id`'s directory when the store is local; `None` on an object store.
+    fn local_dir(&self, id: TableId) -> Option<PathBuf> {
+        match &self.location {
+            StoreLocation::Local(root) => Some(root.join(id.to_string())),
+            StoreLocation::Remote { .. } => None,
+        }
     }
 
     fn table_url(&self, id: TableId) -> StorageResult<Url> {
-        let dir = self.table_dir(id);
-        Url::from_directory_path(&dir)
-            .map_err(|()| StorageError::InvalidLocation(dir.display().to_string()))
+        match &self.location {
+            StoreLocation::Local(root) => {
+                let dir = root.join(id.to_string());
+                Url::from_directory_path(&dir)
+                    .map_err(|()| StorageError::InvalidLocation(dir.display().to_string()))
+            }
+            StoreLocation::Remote { base, .. } => base
+                .join(&format!("{id}/"))
+                .map_err(|e| StorageError::InvalidLocation(format!("{base}{id}/: {e}"))),
+        }
     }
 
     /// Creates the empty table `id` with this schema, partitioned by `partition_columns` (which
@@ -100,10 +147,11 @@ impl OfflineStore {
         schema: SchemaRef,
         partition_columns: &[String],
     ) -> StorageResult<()> {
-        let dir = self.table_dir(id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| StorageError::io(&dir, e))?;
+        if let Some(dir) = self.local_dir(id) {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| StorageError::io(&dir, e))?;
+        }
         let columns = StructType::try_from_arrow(schema.as_ref())
             .map_err(|e| StorageError::Schema(e.to_string()))?;
         // Built without loading: the location is new, there is no log to read yet.
@@ -114,7 +162,7 @@ impl OfflineStore {
             .with_partition_columns(partition_columns.to_vec())
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
-        sync_commit(&dir, table.version().unwrap_or(0)).await?;
+        sync_commit(self.local_dir(id), table.version().unwrap_or(0)).await?;
         self.lock_table_map()
             .insert(id, Arc::new(Mutex::new(table)));
         Ok(())
@@ -163,7 +211,7 @@ impl OfflineStore {
             .with_writer_properties(parquet_properties())
             .await?;
         let version = written.version().unwrap_or(0);
-        sync_commit(&self.table_dir(id), version).await?;
+        sync_commit(self.local_dir(id), version).await?;
         let files = written
             .snapshot()
             .map(|s| s.log_data().num_files())
@@ -171,7 +219,7 @@ impl OfflineStore {
         *table = written;
         drop(table);
         if files > COMPACTION_FILE_THRESHOLD {
-            tokio::spawn(compact(handle, self.table_dir(id)));
+            tokio::spawn(compact(handle, self.local_dir(id)));
         }
         Ok(Commit { version, rows })
     }
@@ -194,7 +242,7 @@ impl OfflineStore {
             )));
         }
         let altered = table.clone().add_columns().with_fields([column]).await?;
-        sync_commit(&self.table_dir(id), altered.version().unwrap_or(0)).await?;
+        sync_commit(self.local_dir(id), altered.version().unwrap_or(0)).await?;
         *table = altered;
         Ok(())
     }
@@ -231,12 +279,53 @@ impl OfflineStore {
     /// Deletes table `id` and all its files.
     pub async fn drop_table(&self, id: TableId) -> StorageResult<()> {
         self.lock_table_map().remove(&id);
-        let dir = self.table_dir(id);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(&dir, e)),
+        match &self.location {
+            StoreLocation::Local(root) => {
+                let dir = root.join(id.to_string());
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StorageError::io(&dir, e)),
+                }
+            }
+            StoreLocation::Remote { store, prefix, .. } => {
+                let table_prefix = child(prefix, &id.to_string());
+                let objects = store
+                    .list(Some(&table_prefix))
+                    .map_ok(|meta| meta.location)
+                    .boxed();
+                store.delete_stream(objects).try_collect::<Vec<_>>().await?;
+                Ok(())
+            }
         }
+    }
+
+    /// The ids of the tables in the store, from its top-level directories.
+    async fn stored_table_ids(&self) -> StorageResult<Vec<TableId>> {
+        let names: Vec<String> = match &self.location {
+            StoreLocation::Local(root) => {
+                let mut names = Vec::new();
+                let mut entries = tokio::fs::read_dir(root)
+                    .await
+                    .map_err(|e| StorageError::io(root, e))?;
+                while let Some(entry) = entries
+                    .next_entry()
+                    .await
+                    .map_err(|e| StorageError::io(root, e))?
+                {
+                    names.extend(entry.file_name().to_str().map(str::to_owned));
+                }
+                names
+            }
+            StoreLocation::Remote { store, prefix, .. } => store
+                .list_with_delimiter(Some(prefix))
+                .await?
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_owned))
+                .collect(),
+        };
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
     /// Deletes every table directory whose id `keep` rejects: tables created by a statement that
@@ -246,21 +335,7 @@ impl OfflineStore {
         keep: impl Fn(TableId) -> bool,
     ) -> StorageResult<Vec<TableId>> {
         let mut removed = Vec::new();
-        let mut entries = tokio::fs::read_dir(&self.root)
-            .await
-            .map_err(|e| StorageError::io(&self.root, e))?;
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| StorageError::io(&self.root, e))?
-        {
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<TableId>().ok())
-            else {
-                continue;
-            };
+        for id in self.stored_table_ids().await? {
             if !keep(id) {
                 self.drop_table(id).await?;
                 removed.push(id);
@@ -281,7 +356,7 @@ fn parquet_properties() -> WriterProperties {
 
 /// Merges the small files of a table into larger ones, as one commit; readers of older versions
 /// keep their files (nothing is vacuumed), so time travel still works.
-async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: PathBuf) {
+async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: Option<PathBuf>) {
     let mut table = handle.lock().await;
     let result = table
         .clone()
@@ -294,21 +369,29 @@ async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: PathBuf) {
     match result {
         Ok((compacted, metrics)) => {
             let version = compacted.version().unwrap_or(0);
-            if let Err(e) = sync_commit(&dir, version).await {
-                tracing::warn!(dir = %dir.display(), error = %e, "compaction commit could not be synced");
+            if let Err(e) = sync_commit(dir.clone(), version).await {
+                tracing::warn!(?dir, error = %e, "compaction commit could not be synced");
                 return;
             }
-            tracing::debug!(dir = %dir.display(), files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, "compacted");
+            tracing::debug!(
+                ?dir,
+                files_removed = metrics.num_files_removed,
+                files_added = metrics.num_files_added,
+                "compacted"
+            );
             *table = compacted;
         }
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "compaction failed"),
+        Err(e) => tracing::warn!(?dir, error = %e, "compaction failed"),
     }
 }
 
-/// Fsyncs what commit `version` of the table in `dir` wrote: the data files its log entry adds,
-/// the log entry itself, and the directories holding them.
-async fn sync_commit(dir: &Path, version: u64) -> StorageResult<()> {
-    let dir = dir.to_path_buf();
+/// Fsyncs what commit `version` of the table in local directory `dir` wrote: the data files its
+/// log entry adds, the log entry itself, and the directories holding them. Nothing to do on an
+/// object store (`dir` is `None`), where an acknowledged PUT is durable.
+async fn sync_commit(dir: Option<PathBuf>, version: u64) -> StorageResult<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
     tokio::task::spawn_blocking(move || sync_commit_blocking(&dir, version))
         .await
         .map_err(|e| StorageError::Internal(format!("fsync task failed: {e}")))?
@@ -351,4 +434,10 @@ fn percent_decode(path: &str) -> String {
     percent_encoding::percent_decode_str(path)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// `prefix/name`, where `name` may hold several `/`-separated parts.
+fn child(prefix: &ObjectPath, name: &str) -> ObjectPath {
+    name.split('/')
+        .fold(prefix.clone(), |path, part| path.join(part))
 }
