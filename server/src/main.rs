@@ -15,6 +15,9 @@ use tokio::task::JoinSet;
 
 use handler::QuiverHandlers;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long a shutdown waits for open connections to finish their statements.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -63,3 +63,68 @@ async fn empty_appends_commit_nothing_and_orphans_are_removed() {
     assert!(!store.has_table(2).await.unwrap());
     assert_eq!(store.row_count(1).await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn numeric_columns_are_written_for_scan_speed() {
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use deltalake::parquet::basic::{Compression, Encoding};
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = OfflineStore::open(&StoreLocation::local(dir.path()))
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("label", DataType::Utf8, true),
+    ]));
+    // Enough unique ids to overflow the default 1 MiB dictionary page.
+    let rows = 300_000;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows)),
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|i| (i as f64).sin()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("label-{}", i % 7)),
+            )),
+        ],
+    )
+    .unwrap();
+    store.create_table(3, schema, &[]).await.unwrap();
+    store.append(3, vec![batch]).await.unwrap();
+
+    let file = std::fs::read_dir(dir.path().join("3"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a data file");
+    let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+    let row_group = reader.metadata().row_group(0);
+    let column = |name: &str| {
+        row_group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == name)
+            .unwrap()
+    };
+    // Unique ids overflow the dictionary and fall back to delta encoding, uncompressed.
+    assert_eq!(column("id").compression(), Compression::UNCOMPRESSED);
+    assert!(
+        column("id")
+            .encodings()
+            .any(|e| e == Encoding::DELTA_BINARY_PACKED),
+        "id encodings: {:?}",
+        column("id").encodings().collect::<Vec<_>>()
+    );
+    assert_eq!(column("score").compression(), Compression::UNCOMPRESSED);
+    assert_eq!(column("label").compression(), Compression::LZ4_RAW);
+    assert!(
+        column("label")
+            .encodings()
+            .any(|e| e == Encoding::RLE_DICTIONARY)
+    );
+}
