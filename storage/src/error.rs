@@ -13,6 +13,8 @@ pub enum StorageError {
     },
     #[error("offline table {0} is missing from the store")]
     MissingTable(u32),
+    #[error("table {0} has no online data")]
+    MissingOnlineTable(u32),
     #[error("invalid storage location {0}")]
     InvalidLocation(String),
     #[error("unsupported schema for the offline store: {0}")]

@@ -7,7 +7,9 @@
 mod error;
 mod location;
 mod offline;
+mod online;
 
 pub use error::{StorageError, StorageResult};
 pub use location::StoreLocation;
 pub use offline::{Commit, OfflineStore, TableId};
+pub use online::{OnlineLayout, OnlineStore};

@@ -1,0 +1,715 @@
+//! The online store: the latest row per primary key of every online feature-group version, in
+//! RocksDB, for point lookups at serving time.
+//!
+//! Layout: one column family per table (`t<id>`), so enabling and disabling a table's online
+//! data are a create and a drop; a `meta` column family records, per table, the offline commit
+//! version applied last (`v<id>`) and the number of keys (`n<id>`), written in the same atomic,
+//! synced write batch as the rows.
+//!
+//! Key: the primary key in Arrow's row format, which sorts like the key's values.
+//! Value: a fixed header (format, event time, sequence, write time, column count) followed by the
+//! whole row in Arrow's row format. The column count lets rows written before an ADD COLUMN decode
+//! (the added columns read as NULL).
+//!
+//! Which row wins: the one with the greater (event time, sequence), where the sequence is the row's
+//! position in the offline history (`commit version << 32 | row number in the commit`). That order
+//! is total and independent of the order rows are applied in, so applying a commit twice, or
+//! commits out of order, gives the same store: recovery can replay from the offline store freely.
+//!
+//! Every RocksDB call runs on tokio's blocking pool: the public methods are async and never block
+//! the runtime.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::row::{RowConverter, SortField};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
+
+use crate::error::{StorageError, StorageResult};
+use crate::offline::TableId;
+
+const META_FAMILY: &str = "meta";
+const VALUE_FORMAT: u8 = 1;
+/// format (1) + event time (8) + sequence (8) + written at (8) + column count (2).
+const HEADER_LEN: usize = 27;
+/// Rows per batch a scan yields.
+const SCAN_BATCH_ROWS: usize = 8192;
+
+/// What the online store needs to know about a table's rows: their schema, which columns are the
+/// primary key, and which is the event time.
+#[derive(Debug, Clone)]
+pub struct OnlineLayout {
+    pub schema: SchemaRef,
+    pub key_columns: Vec<usize>,
+    pub event_time_column: Option<usize>,
+}
+
+/// The online store of one node.
+pub struct OnlineStore {
+    db: Arc<DB>,
+    path: PathBuf,
+    /// Options of every table's column family; they share one block cache.
+    family_options: Options,
+}
+
+impl std::fmt::Debug for OnlineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// The header of a stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    /// Microseconds since the epoch; `i64::MIN` when the table has no event time.
+    event_time: i64,
+    sequence: i64,
+    /// When the row was applied, microseconds since the epoch: the row's age for ttl when the
+    /// table has no event time.
+    written_at: i64,
+    columns: u16,
+}
+
+impl Header {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(VALUE_FORMAT);
+        out.extend_from_slice(&self.event_time.to_be_bytes());
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&self.written_at.to_be_bytes());
+        out.extend_from_slice(&self.columns.to_be_bytes());
+    }
+
+    fn decode(value: &[u8]) -> StorageResult<Header> {
+        if value.len() < HEADER_LEN || value[0] != VALUE_FORMAT {
+            return Err(StorageError::Internal(
+                "online store: unknown value format".into(),
+            ));
+        }
+        let i64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&value[at..at + 8]);
+            i64::from_be_bytes(bytes)
+        };
+        Ok(Header {
+            event_time: i64_at(1),
+            sequence: i64_at(9),
+            written_at: i64_at(17),
+            columns: u16::from_be_bytes([value[25], value[26]]),
+        })
+    }
+
+    /// The age the ttl is measured on.
+    fn age_time(&self) -> i64 {
+        if self.event_time == i64::MIN {
+            self.written_at
+        } else {
+            self.event_time
+        }
+    }
+
+    fn wins_over(&self, other: &Header) -> bool {
+        (self.event_time, self.sequence) > (other.event_time, other.sequence)
+    }
+}
+
+fn family_name(id: TableId) -> String {
+    format!("t{id}")
+}
+
+fn applied_key(id: TableId) -> String {
+    format!("v{id}")
+}
+
+fn count_key(id: TableId) -> String {
+    format!("n{id}")
+}
+
+fn rocks(e: rocksdb::Error) -> StorageError {
+    StorageError::Internal(format!("online store: {e}"))
+}
+
+fn arrow(e: datafusion::arrow::error::ArrowError) -> StorageError {
+    StorageError::Internal(format!("online store: {e}"))
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn read_i64(value: Option<&[u8]>) -> i64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Internal(format!("online store task failed: {e}")))?
+}
+
+impl OnlineStore {
+    /// Opens (or creates) the store in directory `path` with a block cache of `cache_bytes`
+    /// shared by all tables.
+    pub async fn open(path: &Path, cache_bytes: usize) -> StorageResult<OnlineStore> {
+        let path = path.to_path_buf();
+        let db_path = path.clone();
+        let cache = Cache::new_lru_cache(cache_bytes);
+        let family_options = family_options(&cache);
+        let options_for_open = family_options.clone();
+        let db = blocking(move || {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let parallelism = std::thread::available_parallelism()
+                .map(|n| n.get() as i32)
+                .unwrap_or(2);
+            options.increase_parallelism(parallelism);
+            // A new directory has no families to list yet.
+            let mut families = DB::list_cf(&options, &db_path).unwrap_or_default();
+            if !families.iter().any(|n| n == META_FAMILY) {
+                families.push(META_FAMILY.to_owned());
+            }
+            let descriptors = families
+                .into_iter()
+                .map(|name| ColumnFamilyDescriptor::new(name, options_for_open.clone()));
+            DB::open_cf_descriptors(&options, &db_path, descriptors).map_err(rocks)
+        })
+        .await?;
+        Ok(OnlineStore {
+            db: Arc::new(db),
+            path,
+            family_options,
+        })
+    }
+
+    /// The tables the store has.
+    pub fn tables(&self) -> StorageResult<Vec<TableId>> {
+        let mut options = Options::default();
+        options.create_if_missing(false);
+        let names = DB::list_cf(&options, &self.path).map_err(rocks)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_prefix('t').and_then(|id| id.parse().ok()))
+            .filter(|id| self.db.cf_handle(&family_name(*id)).is_some())
+            .collect())
+    }
+
+    /// Whether table `id` is in the store.
+    pub fn has_table(&self, id: TableId) -> bool {
+        self.db.cf_handle(&family_name(id)).is_some()
+    }
+
+    /// Creates table `id`, empty, with nothing applied yet. Creating an existing table empties it.
+    pub async fn create_table(&self, id: TableId) -> StorageResult<()> {
+        self.drop_table(id).await?;
+        let db = self.db.clone();
+        let options = self.family_options.clone();
+        blocking(move || db.create_cf(family_name(id), &options).map_err(rocks)).await
+    }
+
+    /// Drops table `id` and its bookkeeping; dropping a missing table does nothing.
+    pub async fn drop_table(&self, id: TableId) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let meta = meta_family(&db)?;
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(&meta, applied_key(id));
+            batch.delete_cf(&meta, count_key(id));
+            db.write_opt(batch, &synced()).map_err(rocks)?;
+            if db.cf_handle(&family_name(id)).is_some() {
+                db.drop_cf(&family_name(id)).map_err(rocks)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The offline commit version applied last to table `id`, if any.
+    pub async fn applied_version(&self, id: TableId) -> StorageResult<Option<u64>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let meta = meta_family(&db)?;
+            Ok(db
+                .get_pinned_cf(&meta, applied_key(id))
+                .map_err(rocks)?
+                .map(|v| read_i64(Some(&v)) as u64))
+        })
+        .await
+    }
+
+    /// The number of keys of table `id`.
+    pub async fn row_count(&self, id: TableId) -> StorageResult<u64> {
+        let db = self.db.clone();
+        blocking(move || {
+            let meta = meta_family(&db)?;
+            let count = db.get_pinned_cf(&meta, count_key(id)).map_err(rocks)?;
+            Ok(read_i64(count.as_deref()).max(0) as u64)
+        })
+        .await
+    }
+
+    /// Applies rows of offline commit `version` to table `id`: each row replaces the stored row
+    /// of its key if its (event time, sequence) is greater. `sequences[i]` is row `i`'s sequence.
+    /// The rows and the new applied version are written in one synced batch.
+    pub async fn apply(
+        &self,
+        id: TableId,
+        layout: &OnlineLayout,
+        batch: RecordBatch,
+        sequences: Vec<i64>,
+        version: u64,
+    ) -> StorageResult<()> {
+        let db = self.db.clone();
+        let layout = layout.clone();
+        blocking(move || apply_blocking(&db, id, &layout, &batch, &sequences, version)).await
+    }
+
+    /// Records that offline commit `version` is applied to table `id` without changing rows (a
+    /// commit with nothing for the online store: compaction, a schema change).
+    pub async fn set_applied_version(&self, id: TableId, version: u64) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let meta = meta_family(&db)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
+            db.write_opt(batch, &synced()).map_err(rocks)
+        })
+        .await
+    }
+
+    /// Removes the keys (key columns of `keys`, in the layout's key order) from table `id`, as
+    /// part of offline commit `version`.
+    pub async fn delete(
+        &self,
+        id: TableId,
+        layout: &OnlineLayout,
+        keys: Vec<ArrayRef>,
+        version: u64,
+    ) -> StorageResult<u64> {
+        let db = self.db.clone();
+        let layout = layout.clone();
+        blocking(move || {
+            let family = table_family(&db, id)?;
+            let meta = meta_family(&db)?;
+            let encoded = key_converter(&layout)?
+                .convert_columns(&keys)
+                .map_err(arrow)?;
+            let mut unique: Vec<&[u8]> = encoded.iter().map(|r| r.data()).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            let existing = db.batched_multi_get_cf(&family, unique.iter().copied(), true);
+            let mut batch = WriteBatch::default();
+            let mut removed = 0u64;
+            for (key, found) in unique.iter().zip(existing) {
+                if found.map_err(rocks)?.is_some() {
+                    batch.delete_cf(&family, key);
+                    removed += 1;
+                }
+            }
+            let count = read_i64(
+                db.get_pinned_cf(&meta, count_key(id))
+                    .map_err(rocks)?
+                    .as_deref(),
+            );
+            batch.put_cf(&meta, count_key(id), (count - removed as i64).to_be_bytes());
+            batch.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
+            db.write_opt(batch, &synced()).map_err(rocks)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// The stored rows of the given keys (key columns in the layout's key order), each key once,
+    /// in the order of first request; keys without a row, or whose row is older than `min_age`
+    /// (microseconds since the epoch), are left out.
+    pub async fn get(
+        &self,
+        id: TableId,
+        layout: &OnlineLayout,
+        keys: Vec<ArrayRef>,
+        min_age: Option<i64>,
+    ) -> StorageResult<RecordBatch> {
+        let db = self.db.clone();
+        let layout = layout.clone();
+        blocking(move || {
+            let family = table_family(&db, id)?;
+            let encoded = key_converter(&layout)?
+                .convert_columns(&keys)
+                .map_err(arrow)?;
+            let mut seen = std::collections::HashSet::new();
+            let unique: Vec<&[u8]> = encoded
+                .iter()
+                .map(|r| r.data())
+                .filter(|k| seen.insert(*k))
+                .collect();
+            let mut values = Vec::with_capacity(unique.len());
+            for found in db.batched_multi_get_cf(&family, unique.iter().copied(), false) {
+                if let Some(value) = found.map_err(rocks)? {
+                    values.push(value.to_vec());
+                }
+            }
+            decode_rows(&layout, values.iter().map(|v| v.as_slice()), min_age)
+        })
+        .await
+    }
+
+    /// Every stored row of table `id` in key order, in batches, leaving out rows older than
+    /// `min_age`.
+    pub async fn scan(
+        &self,
+        id: TableId,
+        layout: &OnlineLayout,
+        min_age: Option<i64>,
+    ) -> StorageResult<Vec<RecordBatch>> {
+        let db = self.db.clone();
+        let layout = layout.clone();
+        blocking(move || {
+            let family = table_family(&db, id)?;
+            let mut batches = Vec::new();
+            let mut values: Vec<Box<[u8]>> = Vec::with_capacity(SCAN_BATCH_ROWS);
+            for item in db.iterator_cf(&family, IteratorMode::Start) {
+                let (_, value) = item.map_err(rocks)?;
+                values.push(value);
+                if values.len() == SCAN_BATCH_ROWS {
+                    batches.push(decode_rows(
+                        &layout,
+                        values.iter().map(|v| &v[..]),
+                        min_age,
+                    )?);
+                    values.clear();
+                }
+            }
+            if !values.is_empty() || batches.is_empty() {
+                batches.push(decode_rows(
+                    &layout,
+                    values.iter().map(|v| &v[..]),
+                    min_age,
+                )?);
+            }
+            Ok(batches)
+        })
+        .await
+    }
+}
+
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+fn meta_family(db: &DB) -> StorageResult<Arc<rocksdb::BoundColumnFamily<'_>>> {
+    db.cf_handle(META_FAMILY)
+        .ok_or_else(|| StorageError::Internal("online store: no meta family".into()))
+}
+
+fn table_family(db: &DB, id: TableId) -> StorageResult<Arc<rocksdb::BoundColumnFamily<'_>>> {
+    db.cf_handle(&family_name(id))
+        .ok_or(StorageError::MissingOnlineTable(id))
+}
+
+fn family_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Lookups are by whole key: a bloom filter skips files that cannot hold it.
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options
+}
+
+fn key_converter(layout: &OnlineLayout) -> StorageResult<RowConverter> {
+    RowConverter::new(
+        layout
+            .key_columns
+            .iter()
+            .map(|&i| SortField::new(layout.schema.field(i).data_type().clone()))
+            .collect(),
+    )
+    .map_err(arrow)
+}
+
+/// The converter for values with the first `columns` columns of the layout.
+fn value_converter(layout: &OnlineLayout, columns: usize) -> StorageResult<RowConverter> {
+    RowConverter::new(
+        layout
+            .schema
+            .fields()
+            .iter()
+            .take(columns)
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .map_err(arrow)
+}
+
+/// The event times of `column` in microseconds since the epoch.
+fn event_times(column: &ArrayRef) -> StorageResult<Vec<i64>> {
+    let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None)).map_err(arrow)?;
+    let micros = micros.as_primitive::<TimestampMicrosecondType>();
+    Ok((0..micros.len())
+        .map(|i| {
+            if micros.is_null(i) {
+                i64::MIN
+            } else {
+                micros.value(i)
+            }
+        })
+        .collect())
+}
+
+fn apply_blocking(
+    db: &DB,
+    id: TableId,
+    layout: &OnlineLayout,
+    batch: &RecordBatch,
+    sequences: &[i64],
+    version: u64,
+) -> StorageResult<()> {
+    let family = table_family(db, id)?;
+    let meta = meta_family(db)?;
+    let key_columns: Vec<ArrayRef> = layout
+        .key_columns
+        .iter()
+        .map(|&i| batch.column(i).clone())
+        .collect();
+    let keys = key_converter(layout)?
+        .convert_columns(&key_columns)
+        .map_err(arrow)?;
+    let times = match layout.event_time_column {
+        Some(i) => event_times(batch.column(i))?,
+        None => vec![i64::MIN; batch.num_rows()],
+    };
+    let written_at = now_micros();
+    let columns = u16::try_from(batch.num_columns())
+        .map_err(|_| StorageError::Schema("too many columns for the online store".into()))?;
+    let header = |row: usize| Header {
+        event_time: times[row],
+        sequence: sequences[row],
+        written_at,
+        columns,
+    };
+    // The winner per key within the batch.
+    let mut winners: HashMap<&[u8], usize> = HashMap::new();
+    for row in 0..batch.num_rows() {
+        let key = keys.row(row).data();
+        match winners.get(key) {
+            Some(&current) if !header(row).wins_over(&header(current)) => {}
+            _ => {
+                winners.insert(key, row);
+            }
+        }
+    }
+    let mut candidates: Vec<(&[u8], usize)> = winners.into_iter().collect();
+    candidates.sort_unstable();
+    let stored = db.batched_multi_get_cf(&family, candidates.iter().map(|(k, _)| *k), true);
+    let values = value_converter(layout, batch.num_columns())?
+        .convert_columns(batch.columns())
+        .map_err(arrow)?;
+    let mut write = WriteBatch::default();
+    let mut added = 0i64;
+    let mut value = Vec::new();
+    for ((key, row), stored) in candidates.iter().zip(stored) {
+        let incoming = header(*row);
+        match stored.map_err(rocks)? {
+            Some(old) if !incoming.wins_over(&Header::decode(&old)?) => continue,
+            Some(_) => {}
+            None => added += 1,
+        }
+        value.clear();
+        incoming.encode(&mut value);
+        value.extend_from_slice(values.row(*row).data());
+        write.put_cf(&family, key, &value);
+    }
+    let count = read_i64(
+        db.get_pinned_cf(&meta, count_key(id))
+            .map_err(rocks)?
+            .as_deref(),
+    );
+    write.put_cf(&meta, count_key(id), (count + added).to_be_bytes());
+    write.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
+    db.write_opt(write, &synced()).map_err(rocks)
+}
+
+/// Decodes stored values into a batch of the layout's schema, leaving out rows older than
+/// `min_age`.
+fn decode_rows<'a>(
+    layout: &OnlineLayout,
+    values: impl Iterator<Item = &'a [u8]>,
+    min_age: Option<i64>,
+) -> StorageResult<RecordBatch> {
+    // Values written before an ADD COLUMN have fewer columns: decode each width separately.
+    let mut by_width: Vec<(usize, Vec<&'a [u8]>)> = Vec::new();
+    for value in values {
+        let header = Header::decode(value)?;
+        if min_age.is_some_and(|min| header.age_time() < min) {
+            continue;
+        }
+        let width = usize::from(header.columns);
+        match by_width.iter_mut().find(|(w, _)| *w == width) {
+            Some((_, rows)) => rows.push(&value[HEADER_LEN..]),
+            None => by_width.push((width, vec![&value[HEADER_LEN..]])),
+        }
+    }
+    let schema = layout.schema.clone();
+    let mut batches = Vec::with_capacity(by_width.len());
+    for (width, rows) in by_width {
+        if width > schema.fields().len() {
+            return Err(StorageError::Schema(format!(
+                "online row has {width} columns, the table {}",
+                schema.fields().len()
+            )));
+        }
+        let converter = value_converter(layout, width)?;
+        let parser = converter.parser();
+        let mut columns = converter
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))
+            .map_err(arrow)?;
+        let len = rows.len();
+        for field in schema.fields().iter().skip(width) {
+            columns.push(new_null_array(field.data_type(), len));
+        }
+        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?);
+    }
+    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(arrow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn layout() -> OnlineLayout {
+        OnlineLayout {
+            schema: Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("score", DataType::Float64, true),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, None),
+                    false,
+                ),
+            ])),
+            key_columns: vec![0],
+            event_time_column: Some(2),
+        }
+    }
+
+    fn rows(layout: &OnlineLayout, ids: &[i64], scores: &[f64], ts: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            layout.schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(Float64Array::from(scores.to_vec())),
+                Arc::new(TimestampMicrosecondArray::from(ts.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn scores(batch: &RecordBatch) -> Vec<(i64, f64)> {
+        let ids = batch
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let scores = batch
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        (0..batch.num_rows())
+            .map(|i| (ids.value(i), scores.value(i)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn latest_row_per_key_whatever_the_order_of_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OnlineStore::open(dir.path(), 8 << 20).await.unwrap();
+        let layout = layout();
+        store.create_table(1).await.unwrap();
+        // Commit 1: key 1 at t=10; key 2 at t=10 twice in one statement (the later row wins).
+        let first = rows(&layout, &[1, 2, 2], &[1.0, 2.0, 2.5], &[10, 10, 10]);
+        // Commit 2: late data for key 1 (t=5) loses; key 2 at an equal time wins (later commit).
+        let second = rows(&layout, &[1, 2], &[9.0, 3.0], &[5, 10]);
+        let seq =
+            |version: i64, n: usize| (0..n as i64).map(|i| version << 32 | i).collect::<Vec<_>>();
+        store
+            .apply(1, &layout, second.clone(), seq(2, 2), 2)
+            .await
+            .unwrap();
+        store
+            .apply(1, &layout, first.clone(), seq(1, 3), 1)
+            .await
+            .unwrap();
+        // Applying a commit twice changes nothing.
+        store.apply(1, &layout, second, seq(2, 2), 2).await.unwrap();
+        let keys: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![2, 1, 3, 2]))];
+        let found = store.get(1, &layout, keys, None).await.unwrap();
+        assert_eq!(scores(&found), vec![(2, 3.0), (1, 1.0)]);
+        assert_eq!(store.row_count(1).await.unwrap(), 2);
+        assert_eq!(store.applied_version(1).await.unwrap(), Some(2));
+        // ttl: rows with an event time before 10 are too old.
+        let all = store.scan(1, &layout, Some(10)).await.unwrap();
+        assert_eq!(scores(&all[0]), vec![(1, 1.0), (2, 3.0)]);
+        let none = store.scan(1, &layout, Some(11)).await.unwrap();
+        assert_eq!(none[0].num_rows(), 0);
+
+        let removed = store
+            .delete(1, &layout, vec![Arc::new(Int64Array::from(vec![1, 7]))], 3)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(store.row_count(1).await.unwrap(), 1);
+        drop(store);
+
+        // Reopened: the rows and the bookkeeping are there.
+        let store = OnlineStore::open(dir.path(), 8 << 20).await.unwrap();
+        assert_eq!(store.tables().unwrap(), vec![1]);
+        assert_eq!(store.applied_version(1).await.unwrap(), Some(3));
+        let all = store.scan(1, &layout, None).await.unwrap();
+        assert_eq!(scores(&all[0]), vec![(2, 3.0)]);
+        store.drop_table(1).await.unwrap();
+        assert!(!store.has_table(1));
+        assert_eq!(store.applied_version(1).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_a_new_column_read_it_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OnlineStore::open(dir.path(), 8 << 20).await.unwrap();
+        let narrow = layout();
+        store.create_table(4).await.unwrap();
+        let batch = rows(&narrow, &[1], &[1.5], &[10]);
+        store
+            .apply(4, &narrow, batch, vec![1 << 32], 1)
+            .await
+            .unwrap();
+        let mut fields = narrow.schema.fields().to_vec();
+        fields.push(Arc::new(Field::new("extra", DataType::Utf8, true)));
+        let wide = OnlineLayout {
+            schema: Arc::new(Schema::new(fields)),
+            ..narrow
+        };
+        let all = store.scan(4, &wide, None).await.unwrap();
+        assert_eq!(all[0].num_columns(), 4);
+        assert!(all[0].column(3).is_null(0));
+        assert_eq!(scores(&all[0]), vec![(1, 1.5)]);
+    }
+}
