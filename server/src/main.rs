@@ -48,6 +48,9 @@ enum Command {
         /// variables). Default: <data-dir>/offline.
         #[arg(long, env = "QUIVER_OFFLINE_STORE")]
         offline_store: Option<String>,
+        /// Memory for the online store's block cache, in MiB.
+        #[arg(long, default_value_t = 256, env = "QUIVER_ONLINE_CACHE_MB")]
+        online_cache_mb: usize,
     },
 }
 
@@ -88,10 +91,12 @@ fn main() -> std::process::ExitCode {
             listen,
             data_dir,
             offline_store,
+            online_cache_mb,
         } => runtime.block_on(serve(
             listen,
             data_dir,
             offline_store,
+            online_cache_mb,
             executor.handle().clone(),
         )),
     };
@@ -109,13 +114,18 @@ async fn serve(
     listen: SocketAddr,
     data_dir: PathBuf,
     offline_store: Option<String>,
+    online_cache_mb: usize,
     executor: tokio::runtime::Handle,
 ) -> Result<(), String> {
     let offline_location = offline_store
         .map(|text| quiver_sql::StoreLocation::parse(&text))
         .transpose()
         .map_err(|e| format!("--offline-store: {e}"))?;
-    let engine = quiver_sql::Engine::open(&data_dir, offline_location.as_ref(), executor)
+    let options = quiver_sql::EngineOptions {
+        offline_location,
+        online_cache_bytes: online_cache_mb.saturating_mul(1 << 20),
+    };
+    let engine = quiver_sql::Engine::open(&data_dir, &options, executor)
         .await
         .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
     let listener = TcpListener::bind(listen)

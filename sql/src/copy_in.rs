@@ -125,7 +125,7 @@ impl CopyIn {
             }
         }
         let written =
-            RelationSink::write_batches(&self.relation, &self.engine.offline, self.batches).await?;
+            RelationSink::write_batches(&self.relation, &self.engine, self.batches).await?;
         Ok(CommandTag {
             command: "COPY".into(),
             oid: None,

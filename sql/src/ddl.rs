@@ -159,17 +159,28 @@ async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<
         .relation(oid)
         .ok_or_else(|| SqlError::Internal(format!("relation {oid} vanished after creation")))?;
     let (schema, partition_columns) = stored_schema(relation);
-    if let Err(e) = engine
+    let created = match engine
         .offline
         .create_table(oid, schema, &partition_columns)
         .await
     {
+        Ok(()) if is_online(relation) => crate::online::backfill(engine, relation).await,
+        other => other.map_err(SqlError::from),
+    };
+    if let Err(e) = created {
         engine
             .change_catalog(CatalogCommand::DropRelations { oids: vec![oid] })
             .await?;
-        return Err(e.into());
+        remove_storage(engine, std::slice::from_ref(relation)).await?;
+        return Err(e);
     }
     Ok(())
+}
+
+fn is_online(relation: &Relation) -> bool {
+    relation
+        .feature_group()
+        .is_some_and(|spec| spec.options.online)
 }
 
 fn convert_columns(
@@ -248,13 +259,7 @@ fn options_patch(entries: &[OptionEntry], creating: bool) -> SqlResult<FeatureGr
     for OptionEntry { key, value } in entries {
         match key.as_str() {
             "online" => {
-                let online = boolean_option(key, value)?;
-                if online {
-                    return Err(SqlError::NotSupported(
-                        "online = true is not supported yet: the online store is not part of this build".into(),
-                    ));
-                }
-                patch.online = Some(online);
+                patch.online = Some(boolean_option(key, value)?);
             }
             "ttl" => {
                 patch.ttl_seconds = Some(match value {
@@ -375,14 +380,24 @@ async fn alter_feature_group(
     match action {
         AlterFeatureGroupAction::Set(entries) => {
             let patch = options_patch(entries, false)?;
+            let was_online = is_online(group);
+            // Online on: the online table is filled before the catalog says so; a crash in
+            // between leaves online data the next start drops. Online off: the catalog first,
+            // then the data; a crash in between leaves data the next start drops.
+            if patch.online == Some(true) && !was_online {
+                crate::online::backfill(engine, group).await?;
+            }
             engine
                 .change_catalog(CatalogCommand::AlterFeatureGroup {
                     project: project.to_string(),
                     name: name.to_string(),
                     version,
-                    patch,
+                    patch: patch.clone(),
                 })
                 .await?;
+            if patch.online == Some(false) && was_online {
+                engine.online.drop_table(group.oid).await?;
+            }
         }
         AlterFeatureGroupAction::AddColumn(definition) => {
             let mut columns = convert_columns(name, std::slice::from_ref(definition), &[])?;
@@ -463,6 +478,7 @@ async fn drop_relations(engine: &Engine, oids: Vec<u32>) -> SqlResult<()> {
 async fn remove_storage(engine: &Engine, relations: &[Relation]) -> SqlResult<()> {
     for relation in relations {
         engine.offline.drop_table(relation.oid).await?;
+        engine.online.drop_table(relation.oid).await?;
     }
     Ok(())
 }

@@ -39,7 +39,12 @@ pub async fn table(
                 .collect();
             let mut rows = Vec::with_capacity(groups.len());
             for group in &groups {
-                rows.push(engine.offline.row_count(group.oid).await? as i64);
+                let offline = engine.offline.row_count(group.oid).await? as i64;
+                let online = match engine.online.has_table(group.oid) {
+                    true => Some(engine.online.row_count(group.oid).await? as i64),
+                    false => None,
+                };
+                rows.push((offline, online));
             }
             feature_groups(&groups, &rows)?
         }
@@ -71,7 +76,11 @@ fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> SqlResult<RecordBatch> {
         .map_err(|e| SqlError::Internal(format!("building a discovery table: {e}")))
 }
 
-fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<RecordBatch> {
+/// `row_counts`: per group, its offline rows and (when online) its online keys.
+fn feature_groups(
+    groups: &[&Relation],
+    row_counts: &[(i64, Option<i64>)],
+) -> SqlResult<RecordBatch> {
     let mut name = StringBuilder::new();
     let mut version = Int32Builder::new();
     let mut oid = Int64Builder::new();
@@ -85,7 +94,8 @@ fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<Recor
     let mut owner = StringBuilder::new();
     let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
     let mut rows = Int64Builder::new();
-    for (group, row_count) in groups.iter().zip(offline_rows) {
+    let mut online_rows = Int64Builder::new();
+    for (group, (offline_count, online_count)) in groups.iter().zip(row_counts) {
         let Some(spec) = group.feature_group() else {
             continue;
         };
@@ -105,7 +115,8 @@ fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<Recor
         partition_by.append_option(spec.options.partition_by.as_deref());
         owner.append_value(&group.owner);
         created_at.append_value(group.created_at.timestamp_micros());
-        rows.append_value(*row_count);
+        rows.append_value(*offline_count);
+        online_rows.append_option(*online_count);
     }
     batch(
         vec![
@@ -122,6 +133,7 @@ fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<Recor
             Field::new("owner", DataType::Utf8, false),
             Field::new("created_at", timestamptz(), false),
             Field::new("offline_rows", DataType::Int64, false),
+            Field::new("online_rows", DataType::Int64, true),
         ],
         vec![
             Arc::new(name.finish()),
@@ -137,6 +149,7 @@ fn feature_groups(groups: &[&Relation], offline_rows: &[i64]) -> SqlResult<Recor
             Arc::new(owner.finish()),
             Arc::new(created_at.finish()),
             Arc::new(rows.finish()),
+            Arc::new(online_rows.finish()),
         ],
     )
 }

@@ -11,6 +11,7 @@ mod copy_in;
 mod ddl;
 mod discovery;
 mod error;
+mod online;
 pub mod parser;
 pub mod partitioning;
 mod project_catalog;
@@ -24,8 +25,8 @@ use std::sync::Arc;
 
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use quiver_catalog::{Applied, Catalog, CatalogCommand};
-use quiver_storage::OfflineStore;
 pub use quiver_storage::StoreLocation;
+use quiver_storage::{OfflineStore, OnlineStore};
 
 pub use copy::CopyFormat;
 pub use copy_in::CopyIn;
@@ -34,11 +35,30 @@ pub use parser::{Statement, parse};
 pub use session::{CommandTag, Output, Prepared, Session};
 pub use settings::{SERVER_VERSION, Settings};
 
-/// Everything sessions share: the catalog, the offline store and the query runtime.
+/// Where the engine keeps its data, beyond the data directory.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The offline store's location; `<data dir>/offline` when `None`.
+    pub offline_location: Option<StoreLocation>,
+    /// The online store's block cache, shared by all online feature groups.
+    pub online_cache_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            offline_location: None,
+            online_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Everything sessions share: the catalog, the offline and online stores and the query runtime.
 #[derive(Debug)]
 pub struct Engine {
     pub catalog: Arc<Catalog>,
     pub offline: Arc<OfflineStore>,
+    pub online: Arc<OnlineStore>,
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
     /// The tokio runtime queries execute on, apart from the one serving connections, so a
@@ -47,16 +67,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the data directory: the catalog under `catalog/`, the offline store under `offline/`
-    /// unless `offline_location` puts it elsewhere (another directory or S3). Storage is
-    /// reconciled with the catalog first (see `ddl`'s order of effects).
+    /// Opens the data directory: the catalog under `catalog/`, the online store under
+    /// `online/`, the offline store under `offline/` unless the options put it elsewhere (another
+    /// directory or S3). Storage is reconciled with the catalog first (see `ddl`'s order of
+    /// effects), then the online store with the offline one (see `online::reconcile`).
     pub async fn open(
         data_dir: &Path,
-        offline_location: Option<&StoreLocation>,
+        options: &EngineOptions,
         executor: tokio::runtime::Handle,
     ) -> SqlResult<Arc<Engine>> {
         let catalog = Catalog::open(&data_dir.join("catalog"))?;
-        let offline = match offline_location {
+        let online =
+            OnlineStore::open(&data_dir.join("online"), options.online_cache_bytes).await?;
+        let offline = match &options.offline_location {
             Some(location) => OfflineStore::open(location).await?,
             None => OfflineStore::open(&StoreLocation::local(&data_dir.join("offline"))).await?,
         };
@@ -84,13 +107,16 @@ impl Engine {
         let target_partitions = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        Ok(Arc::new(Engine {
+        let engine = Engine {
             catalog: Arc::new(catalog),
             offline: Arc::new(offline),
+            online: Arc::new(online),
             runtime,
             target_partitions,
             executor,
-        }))
+        };
+        online::reconcile(&engine).await?;
+        Ok(Arc::new(engine))
     }
 
     /// The query runtime shared by all sessions.

@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRe
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, col, lit};
 use quiver_catalog::{ColumnType, Relation};
+use quiver_storage::SEQUENCE_COLUMN;
 
 use crate::error::{SqlError, SqlResult};
 use crate::types::arrow_schema;
@@ -151,18 +152,34 @@ impl Partitioning {
     }
 }
 
-/// The schema of a relation's offline table: its columns, then the partition column if any.
+/// The schema of a relation's offline table: its columns, then for a feature group the sequence
+/// column (which orders its rows for the online store; the storage layer fills it in), then the
+/// partition column if any.
 pub fn stored_schema(relation: &Relation) -> (SchemaRef, Vec<String>) {
     let schema = arrow_schema(&relation.columns);
-    if Partitioning::of(relation).is_none() {
-        return (schema, Vec::new());
-    }
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(PARTITION_COLUMN, DataType::Date32, true));
-    (
-        Arc::new(Schema::new(fields)),
-        vec![PARTITION_COLUMN.to_string()],
-    )
+    if relation.feature_group().is_some() {
+        fields.push(Field::new(SEQUENCE_COLUMN, DataType::Int64, true));
+    }
+    let mut partition_columns = Vec::new();
+    if Partitioning::of(relation).is_some() {
+        fields.push(Field::new(PARTITION_COLUMN, DataType::Date32, true));
+        partition_columns.push(PARTITION_COLUMN.to_string());
+    }
+    (Arc::new(Schema::new(fields)), partition_columns)
+}
+
+/// The schema of the batches a write hands the offline store: [`stored_schema`] without the
+/// sequence column, which the store adds.
+pub fn written_schema(relation: &Relation) -> SchemaRef {
+    let (stored, _) = stored_schema(relation);
+    let fields: Vec<Field> = stored
+        .fields()
+        .iter()
+        .filter(|f| f.name() != SEQUENCE_COLUMN)
+        .map(|f| f.as_ref().clone())
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 #[cfg(test)]

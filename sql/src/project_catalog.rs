@@ -1,5 +1,6 @@
 //! A project as DataFusion sees it: one catalog with schema `public` (feature groups and tables,
-//! resolved through the Quiver catalog at planning time) and schema `quiver` (discovery tables).
+//! resolved through the Quiver catalog at planning time), schema `online` (the online store of
+//! online feature groups) and schema `quiver` (discovery tables).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 
 use crate::Engine;
 use crate::discovery;
+use crate::online::{ONLINE_SCHEMA, OnlineTable};
 use crate::relation::RelationTable;
 
 /// The schema that holds a project's feature groups and tables.
@@ -31,12 +33,20 @@ impl ProjectCatalog {
 
 impl CatalogProvider for ProjectCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![PUBLIC_SCHEMA.into(), DISCOVERY_SCHEMA.into()]
+        vec![
+            PUBLIC_SCHEMA.into(),
+            ONLINE_SCHEMA.into(),
+            DISCOVERY_SCHEMA.into(),
+        ]
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         match name {
             PUBLIC_SCHEMA => Some(Arc::new(PublicSchema {
+                engine: self.engine.clone(),
+                project: self.project.clone(),
+            })),
+            ONLINE_SCHEMA => Some(Arc::new(OnlineSchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),
             })),
@@ -82,7 +92,7 @@ impl SchemaProvider for PublicSchema {
         };
         Ok(Some(Arc::new(RelationTable::new(
             relation,
-            self.engine.offline.clone(),
+            self.engine.clone(),
         ))))
     }
 
@@ -92,6 +102,55 @@ impl SchemaProvider for PublicSchema {
             .snapshot()
             .resolve(&self.project, name)
             .is_some()
+    }
+}
+
+/// `online.<group>`: the online feature groups of a project, by bare name (latest version) and
+/// `<name>_<version>`. Naming a group that is not online is an error that says how to enable it.
+#[derive(Debug)]
+struct OnlineSchema {
+    engine: Arc<Engine>,
+    project: String,
+}
+
+#[async_trait]
+impl SchemaProvider for OnlineSchema {
+    fn table_names(&self) -> Vec<String> {
+        let snapshot = self.engine.catalog.snapshot();
+        let mut names = Vec::new();
+        for relation in snapshot.relations(&self.project) {
+            if relation
+                .feature_group()
+                .is_some_and(|spec| spec.options.online)
+            {
+                names.push(relation.qualified_name());
+                if !names.contains(&relation.name) {
+                    names.push(relation.name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let snapshot = self.engine.catalog.snapshot();
+        let Some(relation) = snapshot.resolve(&self.project, name).cloned() else {
+            return Ok(None);
+        };
+        if relation.feature_group().is_none() {
+            return Ok(None);
+        }
+        OnlineTable::new(relation, self.engine.online.clone())
+            .map(|table| Some(Arc::new(table) as Arc<dyn TableProvider>))
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.engine
+            .catalog
+            .snapshot()
+            .resolve(&self.project, name)
+            .is_some_and(|r| r.feature_group().is_some())
     }
 }
 

@@ -18,10 +18,10 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use quiver_catalog::{ColumnType, Relation};
-use quiver_storage::OfflineStore;
 
+use crate::Engine;
 use crate::error::SqlError;
-use crate::partitioning::{Partitioning, stored_schema};
+use crate::partitioning::{Partitioning, written_schema};
 use crate::types::{arrow_schema, planning_schema};
 
 /// A relation of the offline store, readable and insertable.
@@ -34,17 +34,17 @@ pub struct RelationTable {
     /// The schema DataFusion plans with: the catalog's columns, all nullable, so that NULLs reach
     /// our validation (which names row and column) instead of a generic DataFusion check.
     planning_schema: SchemaRef,
-    offline: Arc<OfflineStore>,
+    engine: Arc<Engine>,
 }
 
 impl RelationTable {
     /// The relation as a DataFusion table.
-    pub fn new(relation: Relation, offline: Arc<OfflineStore>) -> Self {
+    pub fn new(relation: Relation, engine: Arc<Engine>) -> Self {
         let planning_schema = planning_schema(&relation.columns);
         RelationTable {
             relation,
             planning_schema,
-            offline,
+            engine,
         }
     }
 }
@@ -68,6 +68,7 @@ impl TableProvider for RelationTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let external = |e| DataFusionError::External(Box::new(SqlError::from(e)));
         let offline_scan = self
+            .engine
             .offline
             .table_provider(self.relation.oid, state)
             .await
@@ -131,7 +132,7 @@ impl TableProvider for RelationTable {
         let sink = RelationSink {
             relation: self.relation.clone(),
             schema: self.planning_schema.clone(),
-            offline: self.offline.clone(),
+            engine: self.engine.clone(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -143,19 +144,21 @@ pub struct RelationSink {
     relation: Relation,
     /// The nullable planning schema: NOT NULL is checked by [`conform_batch`], which names the row.
     schema: SchemaRef,
-    offline: Arc<OfflineStore>,
+    engine: Arc<Engine>,
 }
 
 impl RelationSink {
-    /// Validates and commits batches whose columns are the relation's, in order.
+    /// Validates and commits batches whose columns are the relation's, in order: one offline
+    /// commit, applied to the online store before the statement is acknowledged when the group
+    /// has online data (decided under the table's writer lock, see `online::backfill`).
     pub async fn write_batches(
         relation: &Relation,
-        offline: &OfflineStore,
+        engine: &Engine,
         batches: Vec<RecordBatch>,
     ) -> Result<u64, SqlError> {
         let schema = arrow_schema(&relation.columns);
         let partitioning = Partitioning::of(relation);
-        let (stored, _) = stored_schema(relation);
+        let stored = written_schema(relation);
         let mut checked = Vec::with_capacity(batches.len());
         let mut first_row = 1;
         for batch in batches {
@@ -177,7 +180,38 @@ impl RelationSink {
                 }
             });
         }
-        let commit = offline.append(relation.oid, checked).await?;
+        let oid = relation.oid;
+        let layout = crate::online::layout(relation);
+        let online_rows: Vec<RecordBatch> = match &layout {
+            Some(_) => {
+                let columns: Vec<usize> = (0..relation.columns.len()).collect();
+                checked
+                    .iter()
+                    .map(|b| b.project(&columns))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| SqlError::Internal(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let online = engine.online.clone();
+        let commit = engine
+            .offline
+            .append_then(oid, checked, |commit| async move {
+                match layout {
+                    Some(layout) if online.has_table(oid) => {
+                        crate::online::apply_commit(
+                            &online,
+                            oid,
+                            &layout,
+                            online_rows,
+                            commit.version,
+                        )
+                        .await
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .await?;
         Ok(commit.rows)
     }
 }
@@ -208,7 +242,7 @@ impl DataSink for RelationSink {
         while let Some(batch) = data.next().await {
             batches.push(batch?);
         }
-        RelationSink::write_batches(&self.relation, &self.offline, batches)
+        RelationSink::write_batches(&self.relation, &self.engine, batches)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }

@@ -125,7 +125,7 @@ impl Quiver {
         match width {
             Some(width) => Ok(DBOutput::Rows {
                 types: vec![DefaultColumnType::Any; width],
-                rows,
+                rows: split_multiline(rows),
             }),
             None => Ok(DBOutput::StatementComplete(affected)),
         }
@@ -151,9 +151,34 @@ impl Quiver {
         }
         Ok(DBOutput::Rows {
             types: vec![DefaultColumnType::Any; statement.columns().len()],
-            rows: output,
+            rows: split_multiline(output),
         })
     }
+}
+
+/// A row whose values span lines (EXPLAIN's plans) becomes one row per line, so that an .slt file
+/// can spell it out: the first line with the other values, then each further line on its own.
+fn split_multiline(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if !row.iter().any(|v| v.contains('\n')) {
+            out.push(row);
+            continue;
+        }
+        let mut continuation = Vec::new();
+        let first = row
+            .into_iter()
+            .map(|value| {
+                let mut lines = value.trim_end_matches('\n').lines();
+                let head = lines.next().unwrap_or_default().to_string();
+                continuation.extend(lines.map(|l| vec![l.to_string()]));
+                head
+            })
+            .collect();
+        out.push(first);
+        out.extend(continuation);
+    }
+    out
 }
 
 /// Canonical text of a value received in text form.

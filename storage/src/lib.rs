@@ -11,5 +11,5 @@ mod online;
 
 pub use error::{StorageError, StorageResult};
 pub use location::StoreLocation;
-pub use offline::{Commit, OfflineStore, TableId};
+pub use offline::{Commit, OfflineStore, SEQUENCE_COLUMN, TableId};
 pub use online::{OnlineLayout, OnlineStore};

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::Field;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
@@ -36,6 +36,10 @@ use crate::location::StoreLocation;
 
 /// Identifies one table of the offline store; the catalog's OID of the relation.
 pub type TableId = u32;
+
+/// The hidden column of a feature group's offline table that orders its rows: the commit version
+/// in the high 32 bits, the row's number within the commit in the low 32. Filled in by `append`.
+pub const SEQUENCE_COLUMN: &str = "__quiver_seq";
 
 /// When a table has more live files than this, a background compaction merges the small ones, so
 /// a stream of single-row INSERTs does not leave thousands of tiny files behind.
@@ -194,8 +198,25 @@ impl OfflineStore {
         Ok(self.lock_table_map().entry(id).or_insert(table).clone())
     }
 
-    /// Appends the batches as one atomic, durable commit. The batches must have the table's schema.
+    /// Appends the batches as one atomic, durable commit. The batches must have the table's schema
+    /// without [`SEQUENCE_COLUMN`], which this fills in when the table has it.
     pub async fn append(&self, id: TableId, batches: Vec<RecordBatch>) -> StorageResult<Commit> {
+        self.append_then(id, batches, |_| async { Ok(()) }).await
+    }
+
+    /// [`OfflineStore::append`], then `then` with the durable commit while the table's writer lock
+    /// is still held, so whatever `then` does (applying the rows to the online store) happens in
+    /// commit order. An error from `then` is returned, but the commit stands.
+    pub async fn append_then<F, Fut>(
+        &self,
+        id: TableId,
+        batches: Vec<RecordBatch>,
+        then: F,
+    ) -> StorageResult<Commit>
+    where
+        F: FnOnce(Commit) -> Fut,
+        Fut: std::future::Future<Output = StorageResult<()>>,
+    {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let handle = self.table(id).await?;
         let mut table = handle.lock().await;
@@ -205,6 +226,13 @@ impl OfflineStore {
                 rows,
             });
         }
+        // Single writer per table (this lock): the commit gets the next version.
+        let version = table.version().unwrap_or(0) + 1;
+        let batches = with_sequences(
+            &table.snapshot()?.snapshot().arrow_schema(),
+            batches,
+            version,
+        )?;
         let properties = parquet_properties(batches[0].schema_ref());
         let written = table
             .clone()
@@ -219,11 +247,90 @@ impl OfflineStore {
             .map(|s| s.log_data().num_files())
             .unwrap_or(0);
         *table = written;
+        let commit = Commit { version, rows };
+        let followed = then(commit).await;
         drop(table);
         if files > COMPACTION_FILE_THRESHOLD {
             tokio::spawn(compact(handle, self.local_dir(id)));
         }
-        Ok(Commit { version, rows })
+        followed.map(|()| commit)
+    }
+
+    /// Deletes the rows of table `id` matching `predicate` (over the table's columns, unqualified)
+    /// as one durable commit that rewrites the files holding them. Before deleting, the distinct
+    /// values of `key_columns` among those rows are read; `then` gets them with the commit, under
+    /// the table's writer lock. Returns the commit (its `rows` are the rows deleted).
+    pub async fn delete_then<F, Fut>(
+        &self,
+        id: TableId,
+        predicate: datafusion::prelude::Expr,
+        key_columns: &[String],
+        then: F,
+    ) -> StorageResult<Commit>
+    where
+        F: FnOnce(Commit, Vec<RecordBatch>) -> Fut,
+        Fut: std::future::Future<Output = StorageResult<()>>,
+    {
+        let handle = self.table(id).await?;
+        let mut table = handle.lock().await;
+        let context = datafusion::prelude::SessionContext::new();
+        table.update_datafusion_session(&context.state())?;
+        let provider = table.table_provider().await?;
+        let keys = context
+            .read_table(provider)?
+            .filter(predicate.clone())?
+            .select_columns(&key_columns.iter().map(String::as_str).collect::<Vec<_>>())?
+            .distinct()?
+            .collect()
+            .await?;
+        if keys.iter().all(|b| b.num_rows() == 0) {
+            return Ok(Commit {
+                version: table.version().unwrap_or(0),
+                rows: 0,
+            });
+        }
+        let (deleted, metrics) = table.clone().delete().with_predicate(predicate).await?;
+        let version = deleted.version().unwrap_or(0);
+        sync_commit(self.local_dir(id), version).await?;
+        *table = deleted;
+        let commit = Commit {
+            version,
+            rows: metrics.num_deleted_rows.unwrap_or(0) as u64,
+        };
+        then(commit, keys).await?;
+        Ok(commit)
+    }
+
+    /// The current version of table `id`.
+    pub async fn version(&self, id: TableId) -> StorageResult<u64> {
+        Ok(self.table(id).await?.lock().await.version().unwrap_or(0))
+    }
+
+    /// The operations (Delta's names: WRITE, DELETE, OPTIMIZE, ...) of the commits of table `id`
+    /// after version `after`, oldest first.
+    pub async fn operations_after(&self, id: TableId, after: u64) -> StorageResult<Vec<String>> {
+        let table = self.table(id).await?.lock().await.clone();
+        let latest = table.version().unwrap_or(0);
+        let log = table.log_store();
+        let mut operations = Vec::new();
+        for version in after + 1..=latest {
+            let Some(entry) = log.read_commit_entry(version).await? else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&entry);
+            let operation = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find_map(|action| {
+                    action
+                        .pointer("/commitInfo/operation")
+                        .and_then(|o| o.as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            operations.push(operation);
+        }
+        Ok(operations)
     }
 
     /// Adds a nullable column at the end of table `id`'s schema; rows written before read it as
@@ -476,4 +583,35 @@ fn percent_decode(path: &str) -> String {
 fn child(prefix: &ObjectPath, name: &str) -> ObjectPath {
     name.split('/')
         .fold(prefix.clone(), |path, part| path.join(part))
+}
+
+/// The batches with [`SEQUENCE_COLUMN`] inserted where `table_schema` has it (commit `version`);
+/// unchanged when the table has no such column.
+fn with_sequences(
+    table_schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    version: u64,
+) -> StorageResult<Vec<RecordBatch>> {
+    let Ok(position) = table_schema.index_of(SEQUENCE_COLUMN) else {
+        return Ok(batches);
+    };
+    let base = (version as i64) << 32;
+    let mut next = 0i64;
+    batches
+        .into_iter()
+        .map(|batch| {
+            let rows = batch.num_rows() as i64;
+            let sequences: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                (next..next + rows).map(|i| base | i),
+            ));
+            next += rows;
+            let mut columns = batch.columns().to_vec();
+            columns.insert(position, sequences);
+            // The batch's own field types (the writer reconciles them with the table's), plus ours.
+            let mut fields = batch.schema().fields().to_vec();
+            fields.insert(position, table_schema.fields()[position].clone());
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| StorageError::Schema(e.to_string()))
+        })
+        .collect()
 }

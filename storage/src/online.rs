@@ -265,20 +265,21 @@ impl OnlineStore {
         .await
     }
 
-    /// Applies rows of offline commit `version` to table `id`: each row replaces the stored row
-    /// of its key if its (event time, sequence) is greater. `sequences[i]` is row `i`'s sequence.
-    /// The rows and the new applied version are written in one synced batch.
+    /// Applies rows to table `id`: each row replaces the stored row of its key if its (event
+    /// time, sequence) is greater; `sequences[i]` is row `i`'s sequence. With `applied`, the batch
+    /// also records that offline commit as applied and is synced, which makes every earlier
+    /// unsynced batch durable too (RocksDB's log is sequential); without it, it is not synced.
     pub async fn apply(
         &self,
         id: TableId,
         layout: &OnlineLayout,
         batch: RecordBatch,
         sequences: Vec<i64>,
-        version: u64,
+        applied: Option<u64>,
     ) -> StorageResult<()> {
         let db = self.db.clone();
         let layout = layout.clone();
-        blocking(move || apply_blocking(&db, id, &layout, &batch, &sequences, version)).await
+        blocking(move || apply_blocking(&db, id, &layout, &batch, &sequences, applied)).await
     }
 
     /// Records that offline commit `version` is applied to table `id` without changing rows (a
@@ -482,7 +483,7 @@ fn apply_blocking(
     layout: &OnlineLayout,
     batch: &RecordBatch,
     sequences: &[i64],
-    version: u64,
+    applied: Option<u64>,
 ) -> StorageResult<()> {
     let family = table_family(db, id)?;
     let meta = meta_family(db)?;
@@ -545,8 +546,13 @@ fn apply_blocking(
             .as_deref(),
     );
     write.put_cf(&meta, count_key(id), (count + added).to_be_bytes());
-    write.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
-    db.write_opt(write, &synced()).map_err(rocks)
+    match applied {
+        Some(version) => {
+            write.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
+            db.write_opt(write, &synced()).map_err(rocks)
+        }
+        None => db.write(write).map_err(rocks),
+    }
 }
 
 /// Decodes stored values into a batch of the layout's schema, leaving out rows older than
@@ -651,15 +657,18 @@ mod tests {
         let seq =
             |version: i64, n: usize| (0..n as i64).map(|i| version << 32 | i).collect::<Vec<_>>();
         store
-            .apply(1, &layout, second.clone(), seq(2, 2), 2)
+            .apply(1, &layout, second.clone(), seq(2, 2), Some(2))
             .await
             .unwrap();
         store
-            .apply(1, &layout, first.clone(), seq(1, 3), 1)
+            .apply(1, &layout, first.clone(), seq(1, 3), Some(1))
             .await
             .unwrap();
         // Applying a commit twice changes nothing.
-        store.apply(1, &layout, second, seq(2, 2), 2).await.unwrap();
+        store
+            .apply(1, &layout, second, seq(2, 2), Some(2))
+            .await
+            .unwrap();
         let keys: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![2, 1, 3, 2]))];
         let found = store.get(1, &layout, keys, None).await.unwrap();
         assert_eq!(scores(&found), vec![(2, 3.0), (1, 1.0)]);
@@ -698,7 +707,7 @@ mod tests {
         store.create_table(4).await.unwrap();
         let batch = rows(&narrow, &[1], &[1.5], &[10]);
         store
-            .apply(4, &narrow, batch, vec![1 << 32], 1)
+            .apply(4, &narrow, batch, vec![1 << 32], Some(1))
             .await
             .unwrap();
         let mut fields = narrow.schema.fields().to_vec();

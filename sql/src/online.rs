@@ -1,0 +1,569 @@
+//! The online side of feature groups: applying offline commits to the online store, backfill and
+//! recovery, and `online.<group>` as a table whose key lookups are point gets.
+//!
+//! The offline Delta log is the ingestion log. A write commits to the offline store first; then,
+//! under the same table writer lock, its rows are applied to the online store together with the
+//! commit's version in one synced RocksDB batch. Which row wins per key depends only on (event
+//! time, sequence), so applying a commit again is harmless: after a crash, [`reconcile`] replays
+//! the commits the online store has not recorded. See docs/ARCHITECTURE.md, "Crash safety".
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::prelude::{SessionContext, col, lit};
+use futures::StreamExt;
+use quiver_catalog::Relation;
+use quiver_storage::{OnlineLayout, OnlineStore, SEQUENCE_COLUMN, StorageResult};
+
+use crate::Engine;
+use crate::error::{SqlError, SqlResult};
+use crate::types::arrow_schema;
+
+/// The schema that serves the online store of a project's feature groups.
+pub const ONLINE_SCHEMA: &str = "online";
+
+/// At most this many keys in one lookup (the product of the key columns' value lists); more is
+/// a scan.
+const MAX_LOOKUP_KEYS: usize = 100_000;
+
+/// How the online store sees a feature group version; `None` for a plain table.
+pub fn layout(relation: &Relation) -> Option<OnlineLayout> {
+    let spec = relation.feature_group()?;
+    let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
+    Some(OnlineLayout {
+        schema: arrow_schema(&relation.columns),
+        key_columns: relation
+            .primary_key
+            .iter()
+            .filter_map(|k| position(k))
+            .collect(),
+        event_time_column: spec.event_time.as_deref().and_then(position),
+    })
+}
+
+/// Applies the rows of offline commit `version` (batches of the relation's columns, in commit
+/// order) to the online store. Only the last batch records the version, synced: a crash before
+/// it leaves the commit unrecorded, and recovery applies it again.
+pub async fn apply_commit(
+    online: &OnlineStore,
+    oid: u32,
+    layout: &OnlineLayout,
+    batches: Vec<RecordBatch>,
+    version: u64,
+) -> StorageResult<()> {
+    let base = (version as i64) << 32;
+    let mut next = 0i64;
+    let last = batches.len().saturating_sub(1);
+    for (index, batch) in batches.into_iter().enumerate() {
+        let rows = batch.num_rows() as i64;
+        let sequences = (next..next + rows).map(|i| base | i).collect();
+        next += rows;
+        let applied = (index == last).then_some(version);
+        online.apply(oid, layout, batch, sequences, applied).await?;
+    }
+    Ok(())
+}
+
+/// Fills the online table of `relation` from its offline history: the latest row per key of the
+/// current version, and then records that version. Creates the online table first, so commits
+/// made meanwhile are applied by their writers too (applying twice is harmless).
+pub async fn backfill(engine: &Engine, relation: &Relation) -> SqlResult<()> {
+    let layout = layout(relation).ok_or_else(|| {
+        SqlError::NotSupported(format!(
+            "\"{}\" is not a feature group",
+            relation.qualified_name()
+        ))
+    })?;
+    engine.online.create_table(relation.oid).await?;
+    replay(engine, relation, &layout, None).await
+}
+
+/// Applies the offline rows of `relation` whose sequence is past commit `after` (all of them for
+/// `None`), then records the current offline version as applied.
+async fn replay(
+    engine: &Engine,
+    relation: &Relation,
+    layout: &OnlineLayout,
+    after: Option<u64>,
+) -> SqlResult<()> {
+    let oid = relation.oid;
+    let version = engine.offline.version(oid).await?;
+    let context = SessionContext::new();
+    let provider = engine.offline.table_provider(oid, &context.state()).await?;
+    let stored = provider.schema();
+    let mut frame = context.read_table(provider)?;
+    if let Some(after) = after {
+        frame = frame.filter(col(SEQUENCE_COLUMN).gt_eq(lit(((after + 1) as i64) << 32)))?;
+    }
+    let mut columns: Vec<Expr> = relation.columns.iter().map(|c| col(&c.name)).collect();
+    let has_sequence = stored.index_of(SEQUENCE_COLUMN).is_ok();
+    if has_sequence {
+        columns.push(col(SEQUENCE_COLUMN));
+    }
+    let mut stream = frame.select(columns)?.execute_stream().await?;
+    let width = relation.columns.len();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let sequences = if has_sequence {
+            batch
+                .column(width)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|s| s.unwrap_or(0))
+                .collect()
+        } else {
+            // Rows written before sequences existed: commit order is unknown, all tie.
+            vec![0; batch.num_rows()]
+        };
+        let rows = batch
+            .project(&(0..width).collect::<Vec<_>>())
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
+        engine
+            .online
+            .apply(oid, layout, rows, sequences, None)
+            .await?;
+    }
+    engine.online.set_applied_version(oid, version).await?;
+    Ok(())
+}
+
+/// Brings the online store in line with the catalog and the offline store at start: drops online
+/// tables of relations that are gone or not online, backfills online groups that have none, and
+/// replays the commits an online table has not recorded (rebuilding it when one of them is a
+/// DELETE, whose keys the offline rows no longer tell).
+pub async fn reconcile(engine: &Engine) -> SqlResult<()> {
+    let snapshot = engine.catalog.snapshot();
+    for oid in engine.online.tables()? {
+        let online = snapshot
+            .relation(oid)
+            .and_then(|r| r.feature_group())
+            .is_some_and(|spec| spec.options.online);
+        if !online {
+            tracing::info!(oid, "dropping online data of a relation that is not online");
+            engine.online.drop_table(oid).await?;
+        }
+    }
+    for relation in snapshot.all_relations() {
+        let Some(spec) = relation.feature_group() else {
+            continue;
+        };
+        if !spec.options.online {
+            continue;
+        }
+        let Some(layout) = layout(relation) else {
+            continue;
+        };
+        let applied = match engine.online.has_table(relation.oid) {
+            true => engine.online.applied_version(relation.oid).await?,
+            false => None,
+        };
+        let Some(applied) = applied else {
+            tracing::info!(relation = %relation.qualified_name(), "building the online table");
+            backfill(engine, relation).await?;
+            continue;
+        };
+        let pending = engine
+            .offline
+            .operations_after(relation.oid, applied)
+            .await?;
+        if pending.is_empty() {
+            continue;
+        }
+        if pending.iter().any(|op| op == "DELETE") {
+            tracing::info!(relation = %relation.qualified_name(), "rebuilding the online table after an interrupted DELETE");
+            backfill(engine, relation).await?;
+        } else {
+            tracing::info!(relation = %relation.qualified_name(), commits = pending.len(), "applying offline commits to the online store");
+            replay(engine, relation, &layout, Some(applied)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `online.<group>`: the latest row per key of an online feature group version.
+#[derive(Debug)]
+pub struct OnlineTable {
+    relation: Relation,
+    layout: OnlineLayout,
+    online: Arc<OnlineStore>,
+}
+
+impl OnlineTable {
+    /// The online table of `relation`, which must be an online feature group.
+    pub fn new(relation: Relation, online: Arc<OnlineStore>) -> SqlResult<Self> {
+        let name = relation.qualified_name();
+        let is_online = relation
+            .feature_group()
+            .is_some_and(|spec| spec.options.online);
+        let layout = layout(&relation).filter(|_| is_online).ok_or_else(|| {
+            SqlError::NotSupported(format!(
+                "\"{name}\" is not online; enable it with ALTER FEATURE GROUP {} SET (online = true)",
+                relation.name
+            ))
+        })?;
+        Ok(OnlineTable {
+            relation,
+            layout,
+            online,
+        })
+    }
+
+    /// The oldest event time (microseconds since the epoch) still served, by the group's ttl.
+    fn min_age(&self) -> Option<i64> {
+        let ttl = self.relation.feature_group()?.options.ttl_seconds?;
+        let now = chrono::Utc::now().timestamp_micros();
+        Some(now.saturating_sub(ttl.saturating_mul(1_000_000)))
+    }
+
+    /// The name of key column `index` of the layout.
+    fn key_name(&self, index: usize) -> &str {
+        self.layout
+            .schema
+            .field(self.layout.key_columns[index])
+            .name()
+    }
+
+    /// The keys the filters pin down, one array per key column, when every key column is
+    /// restricted to a list of values.
+    fn lookup_keys(&self, filters: &[Expr]) -> DfResult<Option<Vec<ArrayRef>>> {
+        let mut lists: Vec<Vec<ScalarValue>> = Vec::new();
+        for index in 0..self.layout.key_columns.len() {
+            let name = self.key_name(index);
+            let Some(values) = filters.iter().find_map(|f| key_values(f, name)) else {
+                return Ok(None);
+            };
+            lists.push(values);
+        }
+        let total = lists.iter().try_fold(1usize, |n, l| n.checked_mul(l.len()));
+        if total.is_none_or(|n| n > MAX_LOOKUP_KEYS) {
+            return Ok(None);
+        }
+        // The cartesian product of the lists, column by column.
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); lists.len()];
+        let mut combination = vec![0usize; lists.len()];
+        'outer: loop {
+            if lists.iter().any(|l| l.is_empty()) {
+                break;
+            }
+            for (column, &at) in combination.iter().enumerate() {
+                columns[column].push(lists[column][at].clone());
+            }
+            for position in (0..combination.len()).rev() {
+                combination[position] += 1;
+                if combination[position] < lists[position].len() {
+                    continue 'outer;
+                }
+                combination[position] = 0;
+            }
+            break;
+        }
+        let mut arrays = Vec::with_capacity(columns.len());
+        for (index, values) in columns.into_iter().enumerate() {
+            let target = self
+                .layout
+                .schema
+                .field(self.layout.key_columns[index])
+                .data_type();
+            let values = values
+                .into_iter()
+                .map(|v| v.cast_to(target))
+                .collect::<DfResult<Vec<_>>>()?;
+            arrays.push(if values.is_empty() {
+                datafusion::arrow::array::new_empty_array(target)
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
+        }
+        Ok(Some(arrays))
+    }
+}
+
+/// The values a filter restricts column `name` to: `name = v`, `name IN (v, ...)`, a disjunction
+/// of those, or `name = ANY(array)` (planned as `array_has(array, name)`). NULLs never match a
+/// key.
+fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
+    let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == name);
+    let non_null = |values: Vec<ScalarValue>| -> Vec<ScalarValue> {
+        values.into_iter().filter(|v| !v.is_null()).collect()
+    };
+    match filter {
+        // The optimizer turns short IN lists into `k = a OR k = b OR ...`.
+        Expr::BinaryExpr(binary) if binary.op == Operator::Or => {
+            let mut values = key_values(&binary.left, name)?;
+            values.extend(key_values(&binary.right, name)?);
+            Some(values)
+        }
+        Expr::BinaryExpr(binary) if binary.op == Operator::Eq => {
+            match (binary.left.as_ref(), binary.right.as_ref()) {
+                (l, Expr::Literal(v, _)) if is_key(l) => Some(non_null(vec![v.clone()])),
+                (Expr::Literal(v, _), r) if is_key(r) => Some(non_null(vec![v.clone()])),
+                _ => None,
+            }
+        }
+        Expr::InList(in_list) if !in_list.negated && is_key(&in_list.expr) => {
+            let mut values = Vec::with_capacity(in_list.list.len());
+            for item in &in_list.list {
+                let Expr::Literal(v, _) = item else {
+                    return None;
+                };
+                values.push(v.clone());
+            }
+            Some(non_null(values))
+        }
+        Expr::ScalarFunction(call) if call.name() == "array_has" && call.args.len() == 2 => {
+            if !is_key(&call.args[1]) {
+                return None;
+            }
+            let Expr::Literal(list, _) = &call.args[0] else {
+                return None;
+            };
+            let array = match list {
+                ScalarValue::List(a) => a.value(0),
+                ScalarValue::LargeList(a) => a.value(0),
+                ScalarValue::FixedSizeList(a) => a.value(0),
+                _ => return None,
+            };
+            if list.is_null() {
+                return Some(Vec::new());
+            }
+            let values = (0..array.len())
+                .map(|i| ScalarValue::try_from_array(&array, i))
+                .collect::<DfResult<Vec<_>>>()
+                .ok()?;
+            Some(non_null(values))
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for OnlineTable {
+    fn schema(&self) -> SchemaRef {
+        self.layout.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Key restrictions are answered exactly by the lookup when they cover the whole key; every
+    /// other filter is applied above the scan.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let names: Vec<&str> = (0..self.layout.key_columns.len())
+            .map(|i| self.key_name(i))
+            .collect();
+        let covered = names
+            .iter()
+            .all(|name| filters.iter().any(|f| key_values(f, name).is_some()));
+        Ok(filters
+            .iter()
+            .map(|f| {
+                let pins_a_key = names.iter().any(|name| key_values(f, name).is_some());
+                if covered && pins_a_key {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let access = match self.lookup_keys(filters)? {
+            Some(keys) => Access::Lookup(keys),
+            None => Access::Scan,
+        };
+        Ok(Arc::new(OnlineExec::new(
+            self.relation.qualified_name(),
+            self.relation.oid,
+            self.layout.clone(),
+            self.online.clone(),
+            access,
+            projection.cloned(),
+            self.min_age(),
+        )))
+    }
+}
+
+/// How [`OnlineExec`] reads.
+#[derive(Debug, Clone)]
+enum Access {
+    /// Point gets of these keys (one array per key column).
+    Lookup(Vec<ArrayRef>),
+    /// Every row, in key order.
+    Scan,
+}
+
+/// Reads the online store: point gets for a key lookup, or a scan of the table.
+#[derive(Debug)]
+pub struct OnlineExec {
+    name: String,
+    oid: u32,
+    layout: OnlineLayout,
+    online: Arc<OnlineStore>,
+    access: Access,
+    projection: Option<Vec<usize>>,
+    min_age: Option<i64>,
+    properties: Arc<PlanProperties>,
+}
+
+impl OnlineExec {
+    fn new(
+        name: String,
+        oid: u32,
+        layout: OnlineLayout,
+        online: Arc<OnlineStore>,
+        access: Access,
+        projection: Option<Vec<usize>>,
+        min_age: Option<i64>,
+    ) -> Self {
+        let schema = match &projection {
+            Some(p) => Arc::new(
+                layout
+                    .schema
+                    .project(p)
+                    .unwrap_or_else(|_| (*layout.schema).clone()),
+            ),
+            None => layout.schema.clone(),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        OnlineExec {
+            name,
+            oid,
+            layout,
+            online,
+            access,
+            projection,
+            min_age,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for OnlineExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.access {
+            Access::Lookup(keys) => write!(
+                f,
+                "OnlineLookupExec: table={}, keys={}",
+                self.name,
+                keys.first().map_or(0, |k| k.len())
+            ),
+            Access::Scan => write!(f, "OnlineScanExec: table={}", self.name),
+        }
+    }
+}
+
+impl ExecutionPlan for OnlineExec {
+    fn name(&self) -> &str {
+        match self.access {
+            Access::Lookup(_) => "OnlineLookupExec",
+            Access::Scan => "OnlineScanExec",
+        }
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "OnlineExec has no children".into(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let online = self.online.clone();
+        let layout = self.layout.clone();
+        let oid = self.oid;
+        let access = self.access.clone();
+        let projection = self.projection.clone();
+        let min_age = self.min_age;
+        let batches = async move {
+            let batches = match access {
+                Access::Lookup(keys) => vec![
+                    online
+                        .get(oid, &layout, keys, min_age)
+                        .await
+                        .map_err(storage_error)?,
+                ],
+                Access::Scan => online
+                    .scan(oid, &layout, min_age)
+                    .await
+                    .map_err(storage_error)?,
+            };
+            batches
+                .into_iter()
+                .map(|b| match &projection {
+                    Some(p) => b.project(p).map_err(DataFusionError::from),
+                    None => Ok(b),
+                })
+                .collect::<DfResult<Vec<_>>>()
+        };
+        let stream = futures::stream::once(batches)
+            .map(|result| match result {
+                Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
+                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.properties.eq_properties.schema().clone(),
+            stream,
+        )))
+    }
+}
+
+fn storage_error(e: quiver_storage::StorageError) -> DataFusionError {
+    DataFusionError::External(Box::new(SqlError::from(e)))
+}
