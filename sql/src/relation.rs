@@ -5,16 +5,22 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::PlanProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use quiver_catalog::{ColumnType, Relation};
@@ -136,6 +142,201 @@ impl TableProvider for RelationTable {
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
+
+    /// `DELETE FROM <relation> [WHERE ...]`: a real delete in the offline table format (the files
+    /// holding matching rows are rewritten without them), and for a feature group with online
+    /// data the keys are removed from the online store under the same writer lock. A feature
+    /// group's rows are deleted by key: the predicate may only name primary-key columns, so that
+    /// a key's whole history goes and the online store stays the latest row per remaining key.
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let name = self.relation.qualified_name();
+        let key_columns = match self.relation.feature_group() {
+            Some(_) => self.relation.primary_key.clone(),
+            None => Vec::new(),
+        };
+        let mut predicate: Option<Expr> = None;
+        for filter in filters {
+            let filter = unqualified(filter)?;
+            if self.relation.feature_group().is_some() {
+                for column in filter.column_refs() {
+                    if !key_columns.contains(&column.name) {
+                        return Err(DataFusionError::External(Box::new(SqlError::NotSupported(
+                            format!(
+                                "DELETE FROM feature group \"{name}\" may only filter on its primary key ({}), not on \"{}\"",
+                                key_columns.join(", "),
+                                column.name
+                            ),
+                        ))));
+                    }
+                }
+            }
+            predicate = Some(match predicate {
+                Some(p) => p.and(filter),
+                None => filter,
+            });
+        }
+        Ok(Arc::new(DeleteExec::new(
+            self.relation.clone(),
+            self.engine.clone(),
+            predicate.unwrap_or_else(|| datafusion::prelude::lit(true)),
+            key_columns,
+        )))
+    }
+}
+
+/// The filter with its columns unqualified: the offline store knows them by bare name.
+fn unqualified(filter: Expr) -> DfResult<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    filter
+        .transform(|e| match e {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            ))),
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
+/// Runs one DELETE when executed (not when planned, so EXPLAIN deletes nothing) and yields the
+/// number of rows deleted.
+#[derive(Debug)]
+struct DeleteExec {
+    relation: Relation,
+    engine: Arc<Engine>,
+    predicate: Expr,
+    key_columns: Vec<String>,
+    properties: Arc<PlanProperties>,
+}
+
+impl DeleteExec {
+    fn new(
+        relation: Relation,
+        engine: Arc<Engine>,
+        predicate: Expr,
+        key_columns: Vec<String>,
+    ) -> Self {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "count",
+            DataType::UInt64,
+            false,
+        )]));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        DeleteExec {
+            relation,
+            engine,
+            predicate,
+            key_columns,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for DeleteExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "DeleteExec: relation={}, predicate={}",
+            self.relation.qualified_name(),
+            self.predicate
+        )
+    }
+}
+
+impl ExecutionPlan for DeleteExec {
+    fn name(&self) -> &str {
+        "DeleteExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "DeleteExec has no children".into(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let relation = self.relation.clone();
+        let engine = self.engine.clone();
+        let predicate = self.predicate.clone();
+        let key_columns = self.key_columns.clone();
+        let schema = self.properties.eq_properties.schema().clone();
+        let output_schema = schema.clone();
+        let deleted = async move {
+            let rows = delete_rows(&relation, &engine, predicate, &key_columns)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
+            Ok(RecordBatch::try_new(output_schema, vec![count])?)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(deleted),
+        )))
+    }
+}
+
+async fn delete_rows(
+    relation: &Relation,
+    engine: &Engine,
+    predicate: Expr,
+    key_columns: &[String],
+) -> Result<u64, SqlError> {
+    let oid = relation.oid;
+    let layout = crate::online::layout(relation);
+    let online = engine.online.clone();
+    let commit = engine
+        .offline
+        .delete_then(oid, predicate, key_columns, |commit, keys| async move {
+            let Some(layout) = layout.filter(|_| online.has_table(oid)) else {
+                return Ok(());
+            };
+            let schema = keys
+                .first()
+                .map(|b| b.schema())
+                .ok_or_else(|| quiver_storage::StorageError::Internal("no keys".into()))?;
+            let keys = datafusion::arrow::compute::concat_batches(&schema, &keys)
+                .map_err(|e| quiver_storage::StorageError::Internal(e.to_string()))?;
+            online
+                .delete(oid, &layout, keys.columns().to_vec(), commit.version)
+                .await
+                .map(|_| ())
+        })
+        .await?;
+    Ok(commit.rows)
 }
 
 /// Receives the rows of one INSERT, checks them all, and commits them as one offline write.

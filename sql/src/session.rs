@@ -15,7 +15,7 @@ use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast;
@@ -152,6 +152,7 @@ impl Session {
             Statement::Sql(sql) => match sql.as_ref() {
                 ast::Statement::Query(_)
                 | ast::Statement::Insert(_)
+                | ast::Statement::Delete(_)
                 | ast::Statement::Explain { .. } => {
                     let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
                     let schema = match &plan {
@@ -232,19 +233,28 @@ impl Session {
     }
 
     async fn execute_plan(&self, plan: LogicalPlan) -> SqlResult<Output> {
-        let is_insert = matches!(plan, LogicalPlan::Dml(_));
+        let write = match &plan {
+            LogicalPlan::Dml(dml) => Some(dml.op.clone()),
+            _ => None,
+        };
         let frame = self.context.execute_logical_plan(plan).await?;
-        if is_insert {
+        if let Some(op) = write {
             let batches = self
                 .engine
                 .executor()
                 .spawn(frame.collect())
                 .await
-                .map_err(|e| SqlError::Internal(format!("INSERT task failed: {e}")))??;
-            let rows = inserted_rows(&batches)?;
+                .map_err(|e| SqlError::Internal(format!("{op} task failed: {e}")))??;
+            let rows = written_rows(&batches)?;
+            // PostgreSQL's tags: `INSERT 0 n` (with the legacy OID slot), `DELETE n`.
+            let (command, oid) = match op {
+                WriteOp::Delete => ("DELETE", None),
+                WriteOp::Update => ("UPDATE", None),
+                _ => ("INSERT", Some(0)),
+            };
             return Ok(Output::Command(CommandTag {
-                command: "INSERT".into(),
-                oid: Some(0),
+                command: command.into(),
+                oid,
                 rows: Some(rows),
             }));
         }
@@ -416,7 +426,7 @@ fn reject_session_local_ddl(plan: &LogicalPlan) -> SqlResult<()> {
     }
 }
 
-fn inserted_rows(batches: &[RecordBatch]) -> SqlResult<u64> {
+fn written_rows(batches: &[RecordBatch]) -> SqlResult<u64> {
     let mut rows = 0;
     for batch in batches {
         if batch.num_columns() == 0 {
@@ -425,7 +435,7 @@ fn inserted_rows(batches: &[RecordBatch]) -> SqlResult<u64> {
         let counts = batch
             .column(0)
             .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| SqlError::Internal("INSERT returned no row count".into()))?;
+            .ok_or_else(|| SqlError::Internal("a write returned no row count".into()))?;
         rows += counts.iter().flatten().sum::<u64>();
     }
     Ok(rows)

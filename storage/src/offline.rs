@@ -258,8 +258,8 @@ impl OfflineStore {
 
     /// Deletes the rows of table `id` matching `predicate` (over the table's columns, unqualified)
     /// as one durable commit that rewrites the files holding them. Before deleting, the distinct
-    /// values of `key_columns` among those rows are read; `then` gets them with the commit, under
-    /// the table's writer lock. Returns the commit (its `rows` are the rows deleted).
+    /// values of `key_columns` (if any) among those rows are read; `then` gets them with the
+    /// commit, under the table's writer lock. Returns the commit (its `rows` are the rows deleted).
     pub async fn delete_then<F, Fut>(
         &self,
         id: TableId,
@@ -273,17 +273,20 @@ impl OfflineStore {
     {
         let handle = self.table(id).await?;
         let mut table = handle.lock().await;
-        let context = datafusion::prelude::SessionContext::new();
-        table.update_datafusion_session(&context.state())?;
-        let provider = table.table_provider().await?;
-        let keys = context
-            .read_table(provider)?
-            .filter(predicate.clone())?
-            .select_columns(&key_columns.iter().map(String::as_str).collect::<Vec<_>>())?
-            .distinct()?
-            .collect()
-            .await?;
-        if keys.iter().all(|b| b.num_rows() == 0) {
+        let mut keys = Vec::new();
+        if !key_columns.is_empty() {
+            let context = datafusion::prelude::SessionContext::new();
+            table.update_datafusion_session(&context.state())?;
+            let provider = table.table_provider().await?;
+            keys = context
+                .read_table(provider)?
+                .filter(predicate.clone())?
+                .select_columns(&key_columns.iter().map(String::as_str).collect::<Vec<_>>())?
+                .distinct()?
+                .collect()
+                .await?;
+        }
+        if !key_columns.is_empty() && keys.iter().all(|b| b.num_rows() == 0) {
             return Ok(Commit {
                 version: table.version().unwrap_or(0),
                 rows: 0,
