@@ -178,6 +178,164 @@ async fn acknowledged_writes_survive_kill_9_exactly_once() {
     }
 }
 
+/// The online store must equal the latest row per key of the offline store after every crash.
+async fn assert_online_matches_offline(client: &Client) {
+    // Event times are unique, so the latest row per key is the one with the greatest time.
+    let latest = client
+        .query(
+            "SELECT key, value FROM (SELECT key, value, row_number() OVER (PARTITION BY key ORDER BY ts DESC) AS n \
+             FROM metrics) WHERE n = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let online = client
+        .query("SELECT key, value FROM online.metrics", &[])
+        .await
+        .unwrap();
+    let as_map = |rows: &[tokio_postgres::Row]| -> HashMap<i32, i64> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    assert_eq!(
+        as_map(&online),
+        as_map(&latest),
+        "the online store is not the latest row per key of the offline store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_store_is_latest_per_key_of_offline_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    // Values acknowledged for keys that are never deleted (keys below 100).
+    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
+    for round in 0..4i64 {
+        let mut server = Server::start(dir.path());
+        let client = server.connect().await;
+        if round == 0 {
+            client
+                .batch_execute(
+                    "CREATE FEATURE GROUP metrics (key INTEGER, value BIGINT, ts TIMESTAMP, \
+                     PRIMARY KEY (key), EVENT TIME ts) WITH (online = true)",
+                )
+                .await
+                .unwrap();
+        } else {
+            assert_online_matches_offline(&client).await;
+        }
+        let mut writer_seed = pseudo_random(&mut seed);
+        let writer = {
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                let insert = client
+                    .prepare("INSERT INTO metrics VALUES ($1, $2, $3)")
+                    .await
+                    .unwrap();
+                for i in 0i64.. {
+                    let value = round * 1_000_000 + i * 100;
+                    // Random keys and event times: late rows, rows that win, rows that lose.
+                    let mut row = |n: i64| {
+                        let key = (pseudo_random(&mut writer_seed) % 40) as i32;
+                        // Unique across rounds (the low bits are the round), so the latest is clear.
+                        let micros = (pseudo_random(&mut writer_seed) % 1_000_000_000_000) as i64
+                            * 4
+                            + round;
+                        let ts =
+                            chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000 + micros)
+                                .unwrap()
+                                .naive_utc();
+                        (key, value + n, ts)
+                    };
+                    let result = match i % 10 {
+                        // A COPY of several rows, in one commit.
+                        0 => {
+                            let rows: Vec<_> = (0..8).map(&mut row).collect();
+                            let text: String = rows
+                                .iter()
+                                .map(|(k, v, ts)| format!("{k},{v},{ts}\n"))
+                                .collect();
+                            let copied = async {
+                                let sink = client
+                                    .copy_in::<_, bytes::Bytes>(
+                                        "COPY metrics FROM STDIN WITH (FORMAT csv)",
+                                    )
+                                    .await?;
+                                let mut sink = Box::pin(sink);
+                                sink.send(bytes::Bytes::from(text)).await?;
+                                sink.as_mut().finish().await
+                            };
+                            copied
+                                .await
+                                .map(|_| rows.iter().map(|r| (r.0, r.1)).collect())
+                        }
+                        // A DELETE of a key of its own range.
+                        5 => client
+                            .execute(
+                                "DELETE FROM metrics WHERE key = $1",
+                                &[&(100 + (i % 7) as i32)],
+                            )
+                            .await
+                            .map(|_| Vec::new()),
+                        // Rows in the deleted range, to have something to delete.
+                        3 | 7 => {
+                            let (_, v, m) = row(0);
+                            client
+                                .execute(&insert, &[&(100 + (i % 7) as i32), &v, &m])
+                                .await
+                                .map(|_| Vec::new())
+                        }
+                        _ => {
+                            let (k, v, m) = row(0);
+                            client
+                                .execute(&insert, &[&k, &v, &m])
+                                .await
+                                .map(|_| vec![(k, v)])
+                        }
+                    };
+                    match result {
+                        Ok(rows) => acknowledged
+                            .lock()
+                            .unwrap()
+                            .extend(rows.into_iter().map(|(_, v)| v)),
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        let run_for = 300 + pseudo_random(&mut seed) % 1200;
+        tokio::time::sleep(Duration::from_millis(run_for)).await;
+        server.kill();
+        let _ = writer.await;
+    }
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    assert_online_matches_offline(&client).await;
+    let rows = client
+        .query(
+            "SELECT value, count(*) FROM metrics WHERE key < 100 GROUP BY value",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        !acknowledged.is_empty(),
+        "the writer never got an acknowledgement"
+    );
+    for value in &acknowledged {
+        assert_eq!(
+            counts.get(value),
+            Some(&1),
+            "acknowledged row {value} is not in the offline store exactly once"
+        );
+    }
+}
+
 #[tokio::test]
 async fn garbage_on_the_port_does_not_hurt_the_server() {
     let dir = tempfile::tempdir().unwrap();
