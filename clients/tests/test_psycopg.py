@@ -145,3 +145,30 @@ def test_copy_to_with_header_counts_rows_not_the_header(quiver):
                 data = b"".join(bytes(chunk) for chunk in copy)
             assert data.decode().splitlines()[0] == "id"
             assert cur.rowcount == 3
+
+
+def test_online_lookups_with_parameters_and_copy(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FEATURE GROUP profiles (user_id BIGINT, score DOUBLE PRECISION, segment TEXT, ts TIMESTAMP, "
+            "PRIMARY KEY (user_id), EVENT TIME ts) WITH (online = true)"
+        )
+        with conn.cursor() as cur:
+            with cur.copy("COPY profiles FROM STDIN WITH (FORMAT csv)") as copy:
+                for user_id in range(1, 201):
+                    copy.write(f"{user_id},{user_id / 10},s{user_id % 3},2026-01-01 00:00:00\n")
+        ts = datetime.datetime(2026, 1, 2)
+        conn.execute("INSERT INTO profiles VALUES (%s, %s, %s, %s)", (7, 99.5, "vip", ts))
+        for binary in (False, True):
+            with conn.cursor(binary=binary) as cur:
+                # Prepared and executed repeatedly, as a serving client does.
+                for _ in range(3):
+                    cur.execute("SELECT score, segment FROM online.profiles WHERE user_id = %s", (7,), prepare=True)
+                    assert cur.fetchall() == [(99.5, "vip")]
+                cur.execute("SELECT user_id, score FROM online.profiles WHERE user_id = ANY(%s) ORDER BY user_id", ([3, 7, 500],))
+                assert cur.fetchall() == [(3, 0.3), (7, 99.5)]
+                cur.execute("SELECT user_id FROM online.profiles WHERE user_id = %s", (404,))
+                assert cur.fetchall() == []
+        assert conn.execute("SELECT count(*) FROM online.profiles").fetchone() == (200,)
+        assert conn.execute("DELETE FROM profiles WHERE user_id = ANY(%s)", ([1, 2],)).rowcount == 2
+        assert conn.execute("SELECT online_rows FROM quiver.feature_groups WHERE name = 'profiles'").fetchone() == (198,)
