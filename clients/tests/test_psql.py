@@ -20,13 +20,14 @@ CREATE FEATURE GROUP transactions (
 INSERT INTO transactions VALUES (42, 12.5, 'food', '2026-06-01 10:00:00'),
                                 (42, 80.0, 'travel', '2026-06-02 09:30:00');
 CREATE FEATURE GROUP card_aggs (cc_num BIGINT, avg_amount DOUBLE PRECISION, ts TIMESTAMP,
-    PRIMARY KEY (cc_num), EVENT TIME ts);
+    PRIMARY KEY (cc_num), EVENT TIME ts) WITH (online = true);
 INSERT INTO card_aggs SELECT cc_num, avg(amount), max(ts) FROM transactions GROUP BY cc_num;
 SELECT cc_num, avg_amount FROM card_aggs;
+SELECT avg_amount FROM online.card_aggs WHERE cc_num = 42;
 SELECT name, offline_rows FROM quiver.feature_groups ORDER BY name;
 """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["42|46.25", "card_aggs|1", "transactions|2"]
+    assert result.stdout.split() == ["42|46.25", "46.25", "card_aggs|1", "transactions|2"]
 
 
 def test_copy_from_and_to_a_file(quiver, tmp_path):
