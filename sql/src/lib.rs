@@ -11,6 +11,7 @@ mod copy_in;
 mod ddl;
 mod discovery;
 mod error;
+mod lookup;
 mod online;
 pub mod parser;
 pub mod partitioning;

@@ -196,7 +196,7 @@ pub async fn reconcile(engine: &Engine) -> SqlResult<()> {
 }
 
 /// `online.<group>`: the latest row per key of an online feature group version.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OnlineTable {
     relation: Relation,
     layout: OnlineLayout,
@@ -223,8 +223,18 @@ impl OnlineTable {
         })
     }
 
+    /// The feature group version.
+    pub fn relation(&self) -> &Relation {
+        &self.relation
+    }
+
+    /// How the online store sees the group.
+    pub fn layout(&self) -> &OnlineLayout {
+        &self.layout
+    }
+
     /// The oldest event time (microseconds since the epoch) still served, by the group's ttl.
-    fn min_age(&self) -> Option<i64> {
+    pub fn min_age(&self) -> Option<i64> {
         let ttl = self.relation.feature_group()?.options.ttl_seconds?;
         let now = chrono::Utc::now().timestamp_micros();
         Some(now.saturating_sub(ttl.saturating_mul(1_000_000)))

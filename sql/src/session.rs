@@ -26,6 +26,7 @@ use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
 use crate::error::{SqlError, SqlResult};
+use crate::lookup::KeyLookup;
 use crate::parser::Statement;
 use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
 use crate::settings::Settings;
@@ -74,6 +75,8 @@ pub struct Prepared {
     plan: Option<LogicalPlan>,
     /// The columns the statement returns, when it returns rows.
     result_schema: Option<SchemaRef>,
+    /// Set when the statement is a key lookup on the online store, which then skips DataFusion.
+    lookup: Option<Arc<KeyLookup>>,
 }
 
 impl Prepared {
@@ -82,7 +85,8 @@ impl Prepared {
         let Some(plan) = &self.plan else {
             return Ok(Vec::new());
         };
-        let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+        let mut types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+        infer_any_parameters(plan, &mut types)?;
         let mut ordered = vec![None; types.len()];
         for (name, data_type) in types {
             let index = name
@@ -182,10 +186,12 @@ impl Session {
             }
             _ => (None, None),
         };
+        let lookup = plan.as_ref().and_then(KeyLookup::recognise).map(Arc::new);
         Ok(Prepared {
             statement,
             plan,
             result_schema,
+            lookup,
         })
     }
 
@@ -195,6 +201,11 @@ impl Session {
         prepared: &Prepared,
         params: Option<ParamValues>,
     ) -> SqlResult<Output> {
+        if let Some(lookup) = &prepared.lookup {
+            return Ok(Output::Rows {
+                stream: lookup.execute(&self.engine, params.as_ref()).await?,
+            });
+        }
         if let Some(plan) = &prepared.plan {
             let plan = match params {
                 Some(params) => plan.clone().with_param_values(params)?,
@@ -424,6 +435,39 @@ fn reject_session_local_ddl(plan: &LogicalPlan) -> SqlResult<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// DataFusion leaves the type of `$n` in `col = ANY($n)` (planned as `array_has($n, col)`)
+/// unknown; PostgreSQL infers an array of the column's type, and drivers that ask the server for
+/// parameter types (tokio-postgres, JDBC) need it.
+fn infer_any_parameters(
+    plan: &LogicalPlan,
+    types: &mut HashMap<String, Option<DataType>>,
+) -> SqlResult<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, ExprSchemable};
+    plan.apply(|node| {
+        let Some(input) = node.inputs().first().map(|i| i.schema().clone()) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        for expr in node.expressions() {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(call) = e
+                    && call.name() == "array_has"
+                    && call.args.len() == 2
+                    && let Expr::Placeholder(p) = &call.args[0]
+                    && matches!(types.get(&p.id), Some(None))
+                    && let Ok(element) = call.args[1].get_type(&input)
+                {
+                    let list = DataType::List(Arc::new(Field::new_list_field(element, true)));
+                    types.insert(p.id.clone(), Some(list));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
 }
 
 fn written_rows(batches: &[RecordBatch]) -> SqlResult<u64> {

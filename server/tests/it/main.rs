@@ -458,3 +458,62 @@ async fn explain_shows_event_time_filters_skipping_partitions() {
     // The predicate is also pushed into the Parquet reader (row-group pruning).
     assert!(one_day.contains("pruning_predicate="), "{one_day}");
 }
+
+#[tokio::test]
+async fn prepared_online_lookups_infer_parameter_types_and_see_catalog_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE FEATURE GROUP fv (id BIGINT, x DOUBLE PRECISION, ts TIMESTAMP, PRIMARY KEY (id), EVENT TIME ts) \
+             WITH (online = true); \
+             INSERT INTO fv VALUES (1, 1.5, '2020-01-01 00:00:00'), (2, 2.5, '2020-01-01 00:00:00'), (3, 3.5, '2020-01-02 00:00:00')",
+        )
+        .await
+        .unwrap();
+    // The server infers int8 and int8[] for the parameters, as PostgreSQL does.
+    let single = client
+        .prepare("SELECT x FROM online.fv WHERE id = $1")
+        .await
+        .unwrap();
+    assert_eq!(single.params(), &[tokio_postgres::types::Type::INT8]);
+    let batch = client
+        .prepare("SELECT id, x AS value FROM online.fv WHERE id = ANY($1)")
+        .await
+        .unwrap();
+    assert_eq!(batch.params(), &[tokio_postgres::types::Type::INT8_ARRAY]);
+    assert_eq!(batch.columns()[1].name(), "value");
+    for _ in 0..3 {
+        let row = client.query_one(&single, &[&2i64]).await.unwrap();
+        assert_eq!(row.get::<_, f64>(0), 2.5);
+    }
+    assert!(client.query(&single, &[&9i64]).await.unwrap().is_empty());
+    let rows = client.query(&batch, &[&vec![3i64, 1, 9]]).await.unwrap();
+    let mut found: Vec<(i64, f64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    found.sort_by_key(|r| r.0);
+    assert_eq!(found, vec![(1, 1.5), (3, 3.5)]);
+    // A ttl set after the statements were prepared applies to them.
+    client
+        .batch_execute("ALTER FEATURE GROUP fv SET (ttl = '1 day')")
+        .await
+        .unwrap();
+    assert!(client.query(&single, &[&2i64]).await.unwrap().is_empty());
+    assert!(
+        client
+            .query(&batch, &[&vec![1i64, 3]])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Turned off: the prepared lookup says so.
+    client
+        .batch_execute("ALTER FEATURE GROUP fv SET (online = false)")
+        .await
+        .unwrap();
+    let error = client.query(&single, &[&2i64]).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+}
