@@ -460,12 +460,7 @@ impl OnlineExec {
             ),
             None => layout.schema.clone(),
         };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        ));
+        let properties = leaf_properties(schema);
         OnlineExec {
             name,
             oid,
@@ -520,13 +515,7 @@ impl ExecutionPlan for OnlineExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "OnlineExec has no children".into(),
-            ))
-        }
+        childless(self, children)
     }
 
     fn execute(
@@ -570,6 +559,31 @@ impl ExecutionPlan for OnlineExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.properties.eq_properties.schema().clone(),
             stream,
+        )))
+    }
+}
+
+/// The properties of a plan node with no input that yields one partition, all at once.
+pub(crate) fn leaf_properties(schema: SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
+}
+
+/// `with_new_children` of a plan node that has none.
+pub(crate) fn childless(
+    plan: Arc<dyn ExecutionPlan>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if children.is_empty() {
+        Ok(plan)
+    } else {
+        Err(DataFusionError::Internal(format!(
+            "{} has no children",
+            plan.name()
         )))
     }
 }

@@ -71,7 +71,16 @@ impl Drop for Server {
     }
 }
 
-/// A small deterministic pseudo-random sequence (xorshift), seeded from the clock.
+/// A nonzero seed for [`pseudo_random`] from the clock, so each run kills at other moments.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1
+}
+
+/// A small deterministic pseudo-random sequence (xorshift).
 fn pseudo_random(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -82,11 +91,7 @@ fn pseudo_random(seed: &mut u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut seed = clock_seed();
     let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
     for round in 0..4i64 {
         let mut server = Server::start(dir.path());
@@ -206,11 +211,7 @@ async fn assert_online_matches_offline(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_store_is_latest_per_key_of_offline_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut seed = clock_seed();
     // Values acknowledged for keys that are never deleted (keys below 100).
     let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
     for round in 0..4i64 {
