@@ -3,6 +3,7 @@
 use pgwire::error::{ErrorInfo, PgWireError};
 use quiver_catalog::CatalogError;
 use quiver_sql::SqlError;
+use quiver_storage::StorageError;
 
 /// The SQLSTATE of an error from the SQL layer.
 pub fn sqlstate(error: &SqlError) -> &'static str {
@@ -26,7 +27,17 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::NotSupported(_) => "0A000",
         SqlError::Canceled => "57014",
         SqlError::Data(_) => "22000",
-        SqlError::Internal(_) | SqlError::Storage(_) => "XX000",
+        SqlError::Internal(_) => "XX000",
+        SqlError::Storage(storage) => match storage {
+            // The data of a relation the catalog still names is gone (a concurrent DROP or
+            // online = false, or a store emptied behind Quiver's back).
+            StorageError::MissingTable(_) | StorageError::MissingOnlineTable(_) => "42P01",
+            // Disk, object store or network: PostgreSQL's io_error.
+            StorageError::Io { .. } | StorageError::ObjectStore(_) => "58030",
+            StorageError::Schema(_) => "0A000",
+            StorageError::InvalidLocation(_) => "22023",
+            StorageError::Delta(_) | StorageError::Query(_) | StorageError::Internal(_) => "XX000",
+        },
         SqlError::Catalog(catalog) => match catalog {
             CatalogError::Duplicate(_) | CatalogError::DuplicateColumn { .. } => "42P07",
             CatalogError::UndefinedColumn { .. } => "42703",

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, new_empty_array};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::source_as_provider;
@@ -19,7 +19,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
-use crate::online::OnlineTable;
+use crate::online::{OnlineTable, key_arrays, list_elements};
 
 /// Where one key column's values come from.
 #[derive(Debug, Clone)]
@@ -115,49 +115,40 @@ impl KeyLookup {
         params: Option<&ParamValues>,
     ) -> SqlResult<SendableRecordBatchStream> {
         let oid = self.table.relation().oid;
-        let relation = engine
-            .catalog
-            .snapshot()
-            .relation(oid)
-            .cloned()
-            .ok_or_else(|| {
-                SqlError::UndefinedTable(format!(
-                    "relation \"{}\" does not exist",
-                    self.table.relation().qualified_name()
-                ))
-            })?;
-        let table = OnlineTable::new(relation, engine.online.clone())?;
+        let snapshot = engine.catalog.snapshot();
+        let current = snapshot.relation(oid).ok_or_else(|| {
+            SqlError::UndefinedTable(format!(
+                "relation \"{}\" does not exist",
+                self.table.relation().qualified_name()
+            ))
+        })?;
+        // The table of the prepared statement serves as long as the group is unchanged; only
+        // after an ALTER is it built again.
+        let rebuilt;
+        let table = if current == self.table.relation() {
+            &self.table
+        } else {
+            rebuilt = OnlineTable::new(current.clone(), engine.online.clone())?;
+            &rebuilt
+        };
         let layout = table.layout();
-        let mut keys: Vec<ArrayRef> = Vec::with_capacity(self.keys.len());
-        for (position, source) in self.keys.iter().enumerate() {
-            let data_type = layout
-                .schema
-                .field(layout.key_columns[position])
-                .data_type();
-            let values = match source {
+        let mut lists = Vec::with_capacity(self.keys.len());
+        for source in &self.keys {
+            lists.push(match source {
                 KeySource::Literal(value) => vec![value.clone()],
                 KeySource::Parameter(index) => vec![parameter(params, *index)?],
-                KeySource::ParameterArray(index) => array_elements(&parameter(params, *index)?)?,
-            };
-            let values = values
-                .into_iter()
-                .filter(|v| !v.is_null())
-                .map(|v| v.cast_to(data_type))
-                .collect::<datafusion::common::Result<Vec<_>>>()?;
-            keys.push(if values.is_empty() {
-                new_empty_array(data_type)
-            } else {
-                ScalarValue::iter_to_array(values)?
+                KeySource::ParameterArray(index) => {
+                    let value = parameter(params, *index)?;
+                    list_elements(&value).ok_or_else(|| {
+                        SqlError::DatatypeMismatch(format!(
+                            "= ANY expects an array, got {}",
+                            value.data_type()
+                        ))
+                    })?
+                }
             });
         }
-        // A NULL key in a multi-column lookup matches nothing: no key at all.
-        if keys.iter().any(|k| k.is_empty()) {
-            keys = layout
-                .key_columns
-                .iter()
-                .map(|&i| new_empty_array(layout.schema.field(i).data_type()))
-                .collect();
-        }
+        let keys = key_arrays(layout, lists)?;
         let found = engine
             .online
             .get(oid, layout, keys, table.min_age())
@@ -216,21 +207,4 @@ fn parameter(params: Option<&ParamValues>, index: usize) -> SqlResult<ScalarValu
     let params =
         params.ok_or_else(|| SqlError::Syntax(format!("no value was given for parameter {id}")))?;
     Ok(params.get_placeholders_with_values(&id)?.value)
-}
-
-fn array_elements(value: &ScalarValue) -> SqlResult<Vec<ScalarValue>> {
-    let array = match value {
-        ScalarValue::List(a) if !value.is_null() => a.value(0),
-        ScalarValue::LargeList(a) if !value.is_null() => a.value(0),
-        _ if value.is_null() => return Ok(Vec::new()),
-        other => {
-            return Err(SqlError::DatatypeMismatch(format!(
-                "= ANY expects an array, got {}",
-                other.data_type()
-            )));
-        }
-    };
-    (0..array.len())
-        .map(|i| ScalarValue::try_from_array(&array, i).map_err(SqlError::from))
-        .collect()
 }

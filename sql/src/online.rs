@@ -27,6 +27,7 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::{SessionContext, col, lit};
 use futures::StreamExt;
+use itertools::Itertools;
 use quiver_catalog::Relation;
 use quiver_storage::{OnlineLayout, OnlineStore, SEQUENCE_COLUMN, StorageResult};
 
@@ -148,7 +149,7 @@ async fn replay(
 /// DELETE, whose keys the offline rows no longer tell).
 pub async fn reconcile(engine: &Engine) -> SqlResult<()> {
     let snapshot = engine.catalog.snapshot();
-    for oid in engine.online.tables()? {
+    for oid in engine.online.tables().await? {
         let online = snapshot
             .relation(oid)
             .and_then(|r| r.feature_group())
@@ -263,54 +264,60 @@ impl OnlineTable {
         if total.is_none_or(|n| n > MAX_LOOKUP_KEYS) {
             return Ok(None);
         }
-        // The cartesian product of the lists, column by column.
-        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); lists.len()];
-        let mut combination = vec![0usize; lists.len()];
-        'outer: loop {
-            if lists.iter().any(|l| l.is_empty()) {
-                break;
-            }
-            for (column, &at) in combination.iter().enumerate() {
-                columns[column].push(lists[column][at].clone());
-            }
-            for position in (0..combination.len()).rev() {
-                combination[position] += 1;
-                if combination[position] < lists[position].len() {
-                    continue 'outer;
-                }
-                combination[position] = 0;
-            }
-            break;
+        key_arrays(&self.layout, lists).map(Some)
+    }
+}
+
+/// The keys to look up given the values of each key column: every combination of one value per
+/// column (NULLs never match a key), cast to the key columns' types, one array per key column.
+pub(crate) fn key_arrays(
+    layout: &OnlineLayout,
+    lists: Vec<Vec<ScalarValue>>,
+) -> DfResult<Vec<ArrayRef>> {
+    let lists: Vec<Vec<ScalarValue>> = lists
+        .into_iter()
+        .map(|values| values.into_iter().filter(|v| !v.is_null()).collect())
+        .collect();
+    let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); lists.len()];
+    for combination in lists.iter().map(|l| l.iter()).multi_cartesian_product() {
+        for (column, value) in combination.into_iter().enumerate() {
+            columns[column].push(value.clone());
         }
-        let mut arrays = Vec::with_capacity(columns.len());
-        for (index, values) in columns.into_iter().enumerate() {
-            let target = self
-                .layout
-                .schema
-                .field(self.layout.key_columns[index])
-                .data_type();
+    }
+    columns
+        .into_iter()
+        .zip(&layout.key_columns)
+        .map(|(values, &index)| {
+            let target = layout.schema.field(index).data_type();
+            if values.is_empty() {
+                return Ok(datafusion::arrow::array::new_empty_array(target));
+            }
             let values = values
                 .into_iter()
                 .map(|v| v.cast_to(target))
                 .collect::<DfResult<Vec<_>>>()?;
-            arrays.push(if values.is_empty() {
-                datafusion::arrow::array::new_empty_array(target)
-            } else {
-                ScalarValue::iter_to_array(values)?
-            });
-        }
-        Ok(Some(arrays))
+            ScalarValue::iter_to_array(values)
+        })
+        .collect()
+}
+
+/// The elements of a list value (`None` if it is not a list; no elements if it is NULL).
+pub(crate) fn list_elements(value: &ScalarValue) -> Option<Vec<ScalarValue>> {
+    if !matches!(
+        value,
+        ScalarValue::List(_) | ScalarValue::LargeList(_) | ScalarValue::FixedSizeList(_)
+    ) {
+        return None;
     }
+    let array = value.to_array().ok()?;
+    let mut rows = ScalarValue::convert_array_to_scalar_vec(array.as_ref()).ok()?;
+    Some(rows.pop().flatten().unwrap_or_default())
 }
 
 /// The values a filter restricts column `name` to: `name = v`, `name IN (v, ...)`, a disjunction
-/// of those, or `name = ANY(array)` (planned as `array_has(array, name)`). NULLs never match a
-/// key.
+/// of those, or `name = ANY(array)` (planned as `array_has(array, name)`).
 fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
     let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == name);
-    let non_null = |values: Vec<ScalarValue>| -> Vec<ScalarValue> {
-        values.into_iter().filter(|v| !v.is_null()).collect()
-    };
     match filter {
         // The optimizer turns short IN lists into `k = a OR k = b OR ...`.
         Expr::BinaryExpr(binary) if binary.op == Operator::Or => {
@@ -320,42 +327,24 @@ fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
         }
         Expr::BinaryExpr(binary) if binary.op == Operator::Eq => {
             match (binary.left.as_ref(), binary.right.as_ref()) {
-                (l, Expr::Literal(v, _)) if is_key(l) => Some(non_null(vec![v.clone()])),
-                (Expr::Literal(v, _), r) if is_key(r) => Some(non_null(vec![v.clone()])),
+                (l, Expr::Literal(v, _)) if is_key(l) => Some(vec![v.clone()]),
+                (Expr::Literal(v, _), r) if is_key(r) => Some(vec![v.clone()]),
                 _ => None,
             }
         }
-        Expr::InList(in_list) if !in_list.negated && is_key(&in_list.expr) => {
-            let mut values = Vec::with_capacity(in_list.list.len());
-            for item in &in_list.list {
-                let Expr::Literal(v, _) = item else {
-                    return None;
-                };
-                values.push(v.clone());
-            }
-            Some(non_null(values))
-        }
+        Expr::InList(in_list) if !in_list.negated && is_key(&in_list.expr) => in_list
+            .list
+            .iter()
+            .map(|item| match item {
+                Expr::Literal(v, _) => Some(v.clone()),
+                _ => None,
+            })
+            .collect(),
         Expr::ScalarFunction(call) if call.name() == "array_has" && call.args.len() == 2 => {
-            if !is_key(&call.args[1]) {
-                return None;
+            match (&call.args[0], &call.args[1]) {
+                (Expr::Literal(list, _), key) if is_key(key) => list_elements(list),
+                _ => None,
             }
-            let Expr::Literal(list, _) = &call.args[0] else {
-                return None;
-            };
-            let array = match list {
-                ScalarValue::List(a) => a.value(0),
-                ScalarValue::LargeList(a) => a.value(0),
-                ScalarValue::FixedSizeList(a) => a.value(0),
-                _ => return None,
-            };
-            if list.is_null() {
-                return Some(Vec::new());
-            }
-            let values = (0..array.len())
-                .map(|i| ScalarValue::try_from_array(&array, i))
-                .collect::<DfResult<Vec<_>>>()
-                .ok()?;
-            Some(non_null(values))
         }
         _ => None,
     }

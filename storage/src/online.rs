@@ -200,14 +200,15 @@ impl OnlineStore {
     }
 
     /// The tables the store has.
-    pub fn tables(&self) -> StorageResult<Vec<TableId>> {
-        let mut options = Options::default();
-        options.create_if_missing(false);
-        let names = DB::list_cf(&options, &self.path).map_err(rocks)?;
+    pub async fn tables(&self) -> StorageResult<Vec<TableId>> {
+        let path = self.path.clone();
+        // Listing reads the database's manifest: file IO, so off the runtime.
+        let names =
+            blocking(move || DB::list_cf(&Options::default(), &path).map_err(rocks)).await?;
         Ok(names
             .iter()
             .filter_map(|n| n.strip_prefix('t').and_then(|id| id.parse().ok()))
-            .filter(|id| self.db.cf_handle(&family_name(*id)).is_some())
+            .filter(|id| self.has_table(*id))
             .collect())
     }
 
@@ -360,13 +361,12 @@ impl OnlineStore {
                 .map(|r| r.data())
                 .filter(|k| seen.insert(*k))
                 .collect();
+            // Decoded straight from RocksDB's pinned buffers, without a copy.
             let mut values = Vec::with_capacity(unique.len());
             for found in db.batched_multi_get_cf(&family, unique.iter().copied(), false) {
-                if let Some(value) = found.map_err(rocks)? {
-                    values.push(value.to_vec());
-                }
+                values.extend(found.map_err(rocks)?);
             }
-            decode_rows(&layout, values.iter().map(|v| v.as_slice()), min_age)
+            decode_rows(&layout, values.iter().map(|v| &v[..]), min_age)
         })
         .await
     }
@@ -690,7 +690,7 @@ mod tests {
 
         // Reopened: the rows and the bookkeeping are there.
         let store = OnlineStore::open(dir.path(), 8 << 20).await.unwrap();
-        assert_eq!(store.tables().unwrap(), vec![1]);
+        assert_eq!(store.tables().await.unwrap(), vec![1]);
         assert_eq!(store.applied_version(1).await.unwrap(), Some(3));
         let all = store.scan(1, &layout, None).await.unwrap();
         assert_eq!(scores(&all[0]), vec![(2, 3.0)]);
