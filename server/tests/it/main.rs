@@ -71,6 +71,26 @@ impl Drop for Server {
     }
 }
 
+/// Four crash rounds on `dir`: start the server and hand a client to `round` (with the round's
+/// number and a random seed), which sets up or checks and returns the writer task it started;
+/// then kill the server with SIGKILL at a random moment and wait for the writer to notice.
+async fn kill_9_rounds<F, Fut>(dir: &Path, mut round: F)
+where
+    F: FnMut(i64, Client, u64) -> Fut,
+    Fut: std::future::Future<Output = tokio::task::JoinHandle<()>>,
+{
+    let mut seed = clock_seed();
+    for number in 0..4i64 {
+        let mut server = Server::start(dir);
+        let client = server.connect().await;
+        let writer = round(number, client, pseudo_random(&mut seed)).await;
+        let run_for = 300 + pseudo_random(&mut seed) % 1200;
+        tokio::time::sleep(Duration::from_millis(run_for)).await;
+        server.kill();
+        let _ = writer.await;
+    }
+}
+
 /// A nonzero seed for [`pseudo_random`] from the clock, so each run kills at other moments.
 fn clock_seed() -> u64 {
     std::time::SystemTime::now()
@@ -89,13 +109,14 @@ fn pseudo_random(seed: &mut u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Each round's setup is awaited, then yields the writer task it spawned, for the killer to await.
+#[allow(clippy::async_yields_async)]
 async fn acknowledged_writes_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seed = clock_seed();
     let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
-    for round in 0..4i64 {
-        let mut server = Server::start(dir.path());
-        let client = server.connect().await;
+    kill_9_rounds(dir.path(), |round, client, _| {
+        let acknowledged = acknowledged.clone();
+        async move {
         if round == 0 {
             client
                 .batch_execute(
@@ -105,7 +126,7 @@ async fn acknowledged_writes_survive_kill_9_exactly_once() {
                 .await
                 .unwrap();
         }
-        let writer = {
+        {
             let acknowledged = acknowledged.clone();
             tokio::spawn(async move {
                 let insert = client
@@ -139,12 +160,10 @@ async fn acknowledged_writes_survive_kill_9_exactly_once() {
                     }
                 }
             })
-        };
-        let run_for = 300 + pseudo_random(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(run_for)).await;
-        server.kill();
-        let _ = writer.await;
-    }
+        }
+        }
+    })
+    .await;
     let server = Server::start(dir.path());
     let client = server.connect().await;
     let rows = client
@@ -209,109 +228,108 @@ async fn assert_online_matches_offline(client: &Client) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::async_yields_async)] // as above
 async fn online_store_is_latest_per_key_of_offline_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seed = clock_seed();
     // Values acknowledged for keys that are never deleted (keys below 100).
     let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
-    for round in 0..4i64 {
-        let mut server = Server::start(dir.path());
-        let client = server.connect().await;
-        if round == 0 {
-            client
-                .batch_execute(
-                    "CREATE FEATURE GROUP metrics (key INTEGER, value BIGINT, ts TIMESTAMP, \
+    kill_9_rounds(dir.path(), |round, client, round_seed| {
+        let acknowledged = acknowledged.clone();
+        async move {
+            if round == 0 {
+                client
+                    .batch_execute(
+                        "CREATE FEATURE GROUP metrics (key INTEGER, value BIGINT, ts TIMESTAMP, \
                      PRIMARY KEY (key), EVENT TIME ts) WITH (online = true)",
-                )
-                .await
-                .unwrap();
-        } else {
-            assert_online_matches_offline(&client).await;
-        }
-        let mut writer_seed = pseudo_random(&mut seed);
-        let writer = {
-            let acknowledged = acknowledged.clone();
-            tokio::spawn(async move {
-                let insert = client
-                    .prepare("INSERT INTO metrics VALUES ($1, $2, $3)")
+                    )
                     .await
                     .unwrap();
-                for i in 0i64.. {
-                    let value = round * 1_000_000 + i * 100;
-                    // Random keys and event times: late rows, rows that win, rows that lose.
-                    let mut row = |n: i64| {
-                        let key = (pseudo_random(&mut writer_seed) % 40) as i32;
-                        // Unique across rounds (the low bits are the round), so the latest is clear.
-                        let micros = (pseudo_random(&mut writer_seed) % 1_000_000_000_000) as i64
-                            * 4
-                            + round;
-                        let ts =
-                            chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000 + micros)
-                                .unwrap()
-                                .naive_utc();
-                        (key, value + n, ts)
-                    };
-                    let result = match i % 10 {
-                        // A COPY of several rows, in one commit.
-                        0 => {
-                            let rows: Vec<_> = (0..8).map(&mut row).collect();
-                            let text: String = rows
-                                .iter()
-                                .map(|(k, v, ts)| format!("{k},{v},{ts}\n"))
-                                .collect();
-                            let copied = async {
-                                let sink = client
-                                    .copy_in::<_, bytes::Bytes>(
-                                        "COPY metrics FROM STDIN WITH (FORMAT csv)",
-                                    )
-                                    .await?;
-                                let mut sink = Box::pin(sink);
-                                sink.send(bytes::Bytes::from(text)).await?;
-                                sink.as_mut().finish().await
-                            };
-                            copied
-                                .await
-                                .map(|_| rows.iter().map(|r| (r.0, r.1)).collect())
-                        }
-                        // A DELETE of a key of its own range.
-                        5 => client
-                            .execute(
-                                "DELETE FROM metrics WHERE key = $1",
-                                &[&(100 + (i % 7) as i32)],
+            } else {
+                assert_online_matches_offline(&client).await;
+            }
+            let mut writer_seed = round_seed;
+            {
+                let acknowledged = acknowledged.clone();
+                tokio::spawn(async move {
+                    let insert = client
+                        .prepare("INSERT INTO metrics VALUES ($1, $2, $3)")
+                        .await
+                        .unwrap();
+                    for i in 0i64.. {
+                        let value = round * 1_000_000 + i * 100;
+                        // Random keys and event times: late rows, rows that win, rows that lose.
+                        let mut row = |n: i64| {
+                            let key = (pseudo_random(&mut writer_seed) % 40) as i32;
+                            // Unique across rounds (the low bits are the round), so the latest is clear.
+                            let micros =
+                                (pseudo_random(&mut writer_seed) % 1_000_000_000_000) as i64 * 4
+                                    + round;
+                            let ts = chrono::DateTime::from_timestamp_micros(
+                                1_767_225_600_000_000 + micros,
                             )
-                            .await
-                            .map(|_| Vec::new()),
-                        // Rows in the deleted range, to have something to delete.
-                        3 | 7 => {
-                            let (_, v, m) = row(0);
-                            client
-                                .execute(&insert, &[&(100 + (i % 7) as i32), &v, &m])
-                                .await
-                                .map(|_| Vec::new())
-                        }
-                        _ => {
-                            let (k, v, m) = row(0);
-                            client
-                                .execute(&insert, &[&k, &v, &m])
-                                .await
-                                .map(|_| vec![(k, v)])
-                        }
-                    };
-                    match result {
-                        Ok(rows) => acknowledged
-                            .lock()
                             .unwrap()
-                            .extend(rows.into_iter().map(|(_, v)| v)),
-                        Err(_) => return,
+                            .naive_utc();
+                            (key, value + n, ts)
+                        };
+                        let result = match i % 10 {
+                            // A COPY of several rows, in one commit.
+                            0 => {
+                                let rows: Vec<_> = (0..8).map(&mut row).collect();
+                                let text: String = rows
+                                    .iter()
+                                    .map(|(k, v, ts)| format!("{k},{v},{ts}\n"))
+                                    .collect();
+                                let copied = async {
+                                    let sink = client
+                                        .copy_in::<_, bytes::Bytes>(
+                                            "COPY metrics FROM STDIN WITH (FORMAT csv)",
+                                        )
+                                        .await?;
+                                    let mut sink = Box::pin(sink);
+                                    sink.send(bytes::Bytes::from(text)).await?;
+                                    sink.as_mut().finish().await
+                                };
+                                copied
+                                    .await
+                                    .map(|_| rows.iter().map(|r| (r.0, r.1)).collect())
+                            }
+                            // A DELETE of a key of its own range.
+                            5 => client
+                                .execute(
+                                    "DELETE FROM metrics WHERE key = $1",
+                                    &[&(100 + (i % 7) as i32)],
+                                )
+                                .await
+                                .map(|_| Vec::new()),
+                            // Rows in the deleted range, to have something to delete.
+                            3 | 7 => {
+                                let (_, v, m) = row(0);
+                                client
+                                    .execute(&insert, &[&(100 + (i % 7) as i32), &v, &m])
+                                    .await
+                                    .map(|_| Vec::new())
+                            }
+                            _ => {
+                                let (k, v, m) = row(0);
+                                client
+                                    .execute(&insert, &[&k, &v, &m])
+                                    .await
+                                    .map(|_| vec![(k, v)])
+                            }
+                        };
+                        match result {
+                            Ok(rows) => acknowledged
+                                .lock()
+                                .unwrap()
+                                .extend(rows.into_iter().map(|(_, v)| v)),
+                            Err(_) => return,
+                        }
                     }
-                }
-            })
-        };
-        let run_for = 300 + pseudo_random(&mut seed) % 1200;
-        tokio::time::sleep(Duration::from_millis(run_for)).await;
-        server.kill();
-        let _ = writer.await;
-    }
+                })
+            }
+        }
+    })
+    .await;
     let server = Server::start(dir.path());
     let client = server.connect().await;
     assert_online_matches_offline(&client).await;
