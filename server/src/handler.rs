@@ -24,6 +24,7 @@ use pgwire::api::{
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::extendedquery::Flush;
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -31,6 +32,7 @@ use quiver_sql::{CommandTag, CopyFormat, CopyIn, Engine, Output, Prepared, Sessi
 use tokio::sync::Mutex;
 
 use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
+use crate::connection::FlushRequest;
 use crate::errors::{error_response, sqlstate, to_pgwire};
 
 /// The session of one connection, kept in the connection's extensions.
@@ -218,6 +220,38 @@ impl StartupHandler for Startup {
 pub struct PreparedStatement {
     prepared: Arc<Prepared>,
     parameter_types: Vec<Option<DataType>>,
+    /// The row description in all-text and all-binary form, made once: a serving client
+    /// describes and executes the same statement many times.
+    result_fields: Option<ResultFields>,
+}
+
+#[derive(Debug, Clone)]
+struct ResultFields {
+    schema: SchemaRef,
+    text: Arc<Vec<FieldInfo>>,
+    binary: Arc<Vec<FieldInfo>>,
+}
+
+impl ResultFields {
+    fn new(schema: SchemaRef) -> PgWireResult<Self> {
+        Ok(ResultFields {
+            text: Arc::new(pg_fields(&schema, &Format::UnifiedText)?),
+            binary: Arc::new(pg_fields(&schema, &Format::UnifiedBinary)?),
+            schema,
+        })
+    }
+
+    /// The fields of `schema` in `format`, from the cache when they are the prepared ones.
+    fn get(&self, schema: &SchemaRef, format: &Format) -> Option<Arc<Vec<FieldInfo>>> {
+        if !Arc::ptr_eq(schema, &self.schema) && schema.fields() != self.schema.fields() {
+            return None;
+        }
+        match format {
+            Format::UnifiedText => Some(self.text.clone()),
+            Format::UnifiedBinary => Some(self.binary.clone()),
+            Format::Individual(_) => None,
+        }
+    }
 }
 
 /// Parses and plans statements for the extended protocol, in the connection's own session.
@@ -255,9 +289,14 @@ impl QueryParser for QuiverQueryParser {
             .await
             .map_err(to_pgwire)?;
         let parameter_types = prepared.parameter_types().map_err(to_pgwire)?;
+        let result_fields = prepared
+            .result_schema()
+            .map(ResultFields::new)
+            .transpose()?;
         Ok(Some(PreparedStatement {
             prepared: Arc::new(prepared),
             parameter_types,
+            result_fields,
         }))
     }
 
@@ -277,9 +316,13 @@ impl QueryParser for QuiverQueryParser {
         statement: &PreparedStatement,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        match statement.prepared.result_schema() {
-            Some(schema) => pg_fields(&schema, format.unwrap_or(&Format::UnifiedText)),
-            None => Ok(Vec::new()),
+        let Some(fields) = &statement.result_fields else {
+            return Ok(Vec::new());
+        };
+        let format = format.unwrap_or(&Format::UnifiedText);
+        match fields.get(&fields.schema, format) {
+            Some(cached) => Ok(cached.as_ref().clone()),
+            None => pg_fields(&fields.schema, format),
         }
     }
 }
@@ -300,10 +343,15 @@ impl QueryHandler {
         client: &C,
         output: Output,
         format: &Format,
+        prepared_fields: Option<&ResultFields>,
     ) -> PgWireResult<Response> {
         Ok(match output {
             Output::Rows { stream } => {
-                let fields = Arc::new(pg_fields(&stream.schema(), format)?);
+                let schema = stream.schema();
+                let fields = match prepared_fields.and_then(|f| f.get(&schema, format)) {
+                    Some(fields) => fields,
+                    None => Arc::new(pg_fields(&schema, format)?),
+                };
                 let row_fields = fields.clone();
                 let batches = cancellable(
                     stream.map(|batch| batch.map_err(SqlError::from)),
@@ -400,7 +448,7 @@ impl SimpleQueryHandler for QueryHandler {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             let response = match session.lock().await.run(statement).await {
-                Ok(output) => self.respond(client, output, &Format::UnifiedText),
+                Ok(output) => self.respond(client, output, &Format::UnifiedText, None),
                 Err(error) => Err(to_pgwire(error)),
             };
             match response {
@@ -434,6 +482,21 @@ impl ExtendedQueryHandler for QueryHandler {
         self.parser.clone()
     }
 
+    /// The client's Flush: everything answered so far goes out now, not at the next
+    /// ReadyForQuery (see `connection`).
+    async fn on_flush<C>(&self, client: &mut C, _message: Flush) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(request) = client.session_extensions().get::<Arc<FlushRequest>>() {
+            request.request();
+        }
+        client.flush().await?;
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -460,7 +523,12 @@ impl ExtendedQueryHandler for QueryHandler {
             .execute(&statement.prepared, Some(params))
             .await
             .map_err(to_pgwire)?;
-        self.respond(client, output, &portal.result_column_format)
+        self.respond(
+            client,
+            output,
+            &portal.result_column_format,
+            statement.result_fields.as_ref(),
+        )
     }
 }
 

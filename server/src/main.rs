@@ -1,6 +1,7 @@
 //! `quiver`: the Quiver feature store server.
 
 mod cancel;
+mod connection;
 mod errors;
 mod handler;
 
@@ -143,7 +144,7 @@ async fn serve(
                     let handlers = handlers.clone();
                     // Each connection is its own task: a panic in one ends that connection only.
                     connections.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = connection::serve(socket, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });

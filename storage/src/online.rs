@@ -348,27 +348,63 @@ impl OnlineStore {
         keys: Vec<ArrayRef>,
         min_age: Option<i64>,
     ) -> StorageResult<RecordBatch> {
+        let encoded = key_converter(layout)?
+            .convert_columns(&keys)
+            .map_err(arrow)?;
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<Vec<u8>> = encoded
+            .iter()
+            .map(|r| r.data())
+            .filter(|k| seen.insert(*k))
+            .map(<[u8]>::to_vec)
+            .collect();
+        // First from memory only: a read that would need the disk answers Incomplete instead
+        // of blocking, and then the whole lookup goes to the blocking pool.
+        if let Some(batch) = self.get_in_memory(id, layout, &unique, min_age)? {
+            return Ok(batch);
+        }
         let db = self.db.clone();
         let layout = layout.clone();
         blocking(move || {
             let family = table_family(&db, id)?;
-            let encoded = key_converter(&layout)?
-                .convert_columns(&keys)
-                .map_err(arrow)?;
-            let mut seen = std::collections::HashSet::new();
-            let unique: Vec<&[u8]> = encoded
-                .iter()
-                .map(|r| r.data())
-                .filter(|k| seen.insert(*k))
-                .collect();
             // Decoded straight from RocksDB's pinned buffers, without a copy.
             let mut values = Vec::with_capacity(unique.len());
-            for found in db.batched_multi_get_cf(&family, unique.iter().copied(), false) {
+            for found in db.batched_multi_get_cf(&family, unique.iter(), false) {
                 values.extend(found.map_err(rocks)?);
             }
             decode_rows(&layout, values.iter().map(|v| &v[..]), min_age)
         })
         .await
+    }
+
+    /// The rows of `keys` if every one of them is in memory (memtables or block cache), without
+    /// any I/O; `None` if one would need a read from disk.
+    fn get_in_memory(
+        &self,
+        id: TableId,
+        layout: &OnlineLayout,
+        keys: &[Vec<u8>],
+        min_age: Option<i64>,
+    ) -> StorageResult<Option<RecordBatch>> {
+        let family = table_family(&self.db, id)?;
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_read_tier(rocksdb::ReadTier::BlockCache);
+        // One key, the serving case, is a plain get: MultiGet's batch setup costs more.
+        let found = match keys {
+            [key] => vec![self.db.get_pinned_cf_opt(&family, key, &options)],
+            _ => self
+                .db
+                .batched_multi_get_cf_opt(&family, keys.iter(), false, &options),
+        };
+        let mut values = Vec::with_capacity(keys.len());
+        for found in found {
+            match found {
+                Ok(value) => values.extend(value),
+                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => return Ok(None),
+                Err(e) => return Err(rocks(e)),
+            }
+        }
+        decode_rows(layout, values.iter().map(|v| &v[..]), min_age).map(Some)
     }
 
     /// Every stored row of table `id` in key order, in batches, leaving out rows older than
@@ -595,7 +631,10 @@ fn decode_rows<'a>(
         }
         batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?);
     }
-    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(arrow)
+    match batches.len() {
+        1 => Ok(batches.remove(0)),
+        _ => datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(arrow),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ struct Args {
     /// Seconds each measurement runs (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Load and measure Quiver alone (for profiling it); no comparison is printed.
+    #[arg(long)]
+    quiver_only: bool,
 }
 
 /// Latencies of one measurement, in microseconds.
@@ -204,7 +207,7 @@ async fn main() {
     let doubles = doubles.join(", ");
 
     let quiver = connect(args.quiver_port, "quiver", "quiver").await;
-    let postgres = connect(args.postgres_port, "postgres", "postgres").await;
+
     let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", args.redis_port)).expect("redis url");
 
     println!(
@@ -217,14 +220,19 @@ async fn main() {
         &args,
     )
     .await;
-    let p = load_sql(
-        &postgres,
-        &format!("CREATE TABLE fv (id BIGINT PRIMARY KEY, {doubles})"),
-        &args,
-    )
-    .await;
-    postgres.batch_execute("VACUUM ANALYZE fv").await.expect("vacuum");
-    let r = load_redis(&redis, &args).await;
+    let (p, r) = if args.quiver_only {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        let postgres = connect(args.postgres_port, "postgres", "postgres").await;
+        let p = load_sql(
+            &postgres,
+            &format!("CREATE TABLE fv (id BIGINT PRIMARY KEY, {doubles})"),
+            &args,
+        )
+        .await;
+        postgres.batch_execute("VACUUM ANALYZE fv").await.expect("vacuum");
+        (p, load_redis(&redis, &args).await)
+    };
     println!(
         "load seconds: quiver {:.1} (offline and online), postgresql {:.1}, redis {:.1}",
         q.as_secs_f64(),
@@ -245,6 +253,9 @@ async fn main() {
             ("quiver", args.quiver_port, "quiver", quiver_single.clone()),
             ("postgresql", args.postgres_port, "postgres", postgres_single.clone()),
         ] {
+            if args.quiver_only && name != "quiver" {
+                continue;
+            }
             let sql = sql.clone();
             let m = measure(
                 &args,
@@ -266,6 +277,10 @@ async fn main() {
             )
             .await;
             results.push((name, m));
+        }
+        if args.quiver_only {
+            report(&format!("single-key lookups, {clients} connection(s)"), &results);
+            continue;
         }
         let redis = redis.clone();
         let m = measure(
@@ -297,6 +312,9 @@ async fn main() {
         ("quiver", args.quiver_port, "quiver", quiver_batch.clone()),
         ("postgresql", args.postgres_port, "postgres", postgres_batch.clone()),
     ] {
+        if args.quiver_only && name != "quiver" {
+            continue;
+        }
         let sql = sql.clone();
         let m = measure(
             &args,
@@ -318,6 +336,10 @@ async fn main() {
         )
         .await;
         results.push((name, m));
+    }
+    if args.quiver_only {
+        report("100-key batch lookups, 1 connection", &results);
+        return;
     }
     let redis_batch = redis.clone();
     let m = measure(
