@@ -185,6 +185,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TurnTakingSocket<S> {
     }
 }
 
+/// The threads that serve connections: one per core, each a single-threaded runtime with its
+/// own I/O driver. A request and its reply stay on one thread, with no hand-over between
+/// workers and no wake-up of a second one; connections are spread over the threads in turn.
+/// Queries that compute run on the engine's executor, not here.
+pub struct ConnectionThreads {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Dropping these ends the threads.
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ConnectionThreads {
+    pub fn start() -> io::Result<ConnectionThreads> {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut runtimes = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtimes.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("quiver-conn-{index}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                    runtime.shutdown_background();
+                })?;
+        }
+        Ok(ConnectionThreads {
+            runtimes,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            _stops: stops,
+        })
+    }
+
+    /// The runtime for the next connection.
+    pub fn next(&self) -> &tokio::runtime::Handle {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
+        &self.runtimes[index]
+    }
+}
+
 /// Serves one connection until the client leaves or the connection fails.
 pub async fn serve<H: PgWireServerHandlers>(tcp: TcpStream, handlers: H) -> io::Result<()> {
     let startup_deadline = tokio::time::sleep(STARTUP_TIMEOUT);

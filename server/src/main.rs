@@ -134,6 +134,8 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), "quiver is ready to accept connections");
     let handlers = Arc::new(QuiverHandlers::new(engine));
+    let connection_threads = connection::ConnectionThreads::start()
+        .map_err(|e| format!("cannot start the connection threads: {e}"))?;
     let mut connections = JoinSet::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
@@ -142,12 +144,24 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
+                    // The socket moves to the reactor of the connection thread it is served on.
+                    let socket = match socket.into_std() {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand the connection over");
+                            continue;
+                        }
+                    };
                     // Each connection is its own task: a panic in one ends that connection only.
-                    connections.spawn(async move {
-                        if let Err(e) = connection::serve(socket, handlers).await {
+                    connections.spawn_on(async move {
+                        let served = match tokio::net::TcpStream::from_std(socket) {
+                            Ok(socket) => connection::serve(socket, handlers).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
-                    });
+                    }, connection_threads.next());
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },

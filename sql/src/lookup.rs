@@ -62,7 +62,7 @@ impl KeyLookup {
         }
         let provider = source_as_provider(&scan.source).ok()?;
         let table = provider.downcast_ref::<OnlineTable>()?;
-        let schema = table.layout().schema.clone();
+        let schema = table.layout().schema().clone();
         let mut columns = Vec::with_capacity(projection.expr.len());
         for expr in &projection.expr {
             let column = match expr {
@@ -77,7 +77,7 @@ impl KeyLookup {
         }
         let key_names: Vec<&str> = table
             .layout()
-            .key_columns
+            .key_columns()
             .iter()
             .map(|&i| schema.field(i).name().as_str())
             .collect();

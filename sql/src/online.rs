@@ -43,18 +43,21 @@ pub const ONLINE_SCHEMA: &str = "online";
 const MAX_LOOKUP_KEYS: usize = 100_000;
 
 /// How the online store sees a feature group version; `None` for a plain table.
-pub fn layout(relation: &Relation) -> Option<OnlineLayout> {
-    let spec = relation.feature_group()?;
+pub fn layout(relation: &Relation) -> SqlResult<Option<OnlineLayout>> {
+    let Some(spec) = relation.feature_group() else {
+        return Ok(None);
+    };
     let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
-    Some(OnlineLayout {
-        schema: arrow_schema(&relation.columns),
-        key_columns: relation
+    let layout = OnlineLayout::new(
+        arrow_schema(&relation.columns),
+        relation
             .primary_key
             .iter()
             .filter_map(|k| position(k))
             .collect(),
-        event_time_column: spec.event_time.as_deref().and_then(position),
-    })
+        spec.event_time.as_deref().and_then(position),
+    )?;
+    Ok(Some(layout))
 }
 
 /// Applies the rows of offline commit `version` (batches of the relation's columns, in commit
@@ -84,7 +87,7 @@ pub async fn apply_commit(
 /// current version, and then records that version. Creates the online table first, so commits
 /// made meanwhile are applied by their writers too (applying twice is harmless).
 pub async fn backfill(engine: &Engine, relation: &Relation) -> SqlResult<()> {
-    let layout = layout(relation).ok_or_else(|| {
+    let layout = layout(relation)?.ok_or_else(|| {
         SqlError::NotSupported(format!(
             "\"{}\" is not a feature group",
             relation.qualified_name()
@@ -166,7 +169,7 @@ pub async fn reconcile(engine: &Engine) -> SqlResult<()> {
         if !spec.options.online {
             continue;
         }
-        let Some(layout) = layout(relation) else {
+        let Some(layout) = layout(relation)? else {
             continue;
         };
         let applied = match engine.online.has_table(relation.oid) {
@@ -211,7 +214,7 @@ impl OnlineTable {
         let is_online = relation
             .feature_group()
             .is_some_and(|spec| spec.options.online);
-        let layout = layout(&relation).filter(|_| is_online).ok_or_else(|| {
+        let layout = layout(&relation)?.filter(|_| is_online).ok_or_else(|| {
             SqlError::NotSupported(format!(
                 "\"{name}\" is not online; enable it with ALTER FEATURE GROUP {} SET (online = true)",
                 relation.name
@@ -244,8 +247,8 @@ impl OnlineTable {
     /// The name of key column `index` of the layout.
     fn key_name(&self, index: usize) -> &str {
         self.layout
-            .schema
-            .field(self.layout.key_columns[index])
+            .schema()
+            .field(self.layout.key_columns()[index])
             .name()
     }
 
@@ -253,7 +256,7 @@ impl OnlineTable {
     /// restricted to a list of values.
     fn lookup_keys(&self, filters: &[Expr]) -> DfResult<Option<Vec<ArrayRef>>> {
         let mut lists: Vec<Vec<ScalarValue>> = Vec::new();
-        for index in 0..self.layout.key_columns.len() {
+        for index in 0..self.layout.key_columns().len() {
             let name = self.key_name(index);
             let Some(values) = filters.iter().find_map(|f| key_values(f, name)) else {
                 return Ok(None);
@@ -286,9 +289,9 @@ pub(crate) fn key_arrays(
     }
     columns
         .into_iter()
-        .zip(&layout.key_columns)
+        .zip(layout.key_columns())
         .map(|(values, &index)| {
-            let target = layout.schema.field(index).data_type();
+            let target = layout.schema().field(index).data_type();
             if values.is_empty() {
                 return Ok(datafusion::arrow::array::new_empty_array(target));
             }
@@ -353,7 +356,7 @@ fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
 #[async_trait]
 impl TableProvider for OnlineTable {
     fn schema(&self) -> SchemaRef {
-        self.layout.schema.clone()
+        self.layout.schema().clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -366,7 +369,7 @@ impl TableProvider for OnlineTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let names: Vec<&str> = (0..self.layout.key_columns.len())
+        let names: Vec<&str> = (0..self.layout.key_columns().len())
             .map(|i| self.key_name(i))
             .collect();
         let covered = names
@@ -443,11 +446,11 @@ impl OnlineExec {
         let schema = match &projection {
             Some(p) => Arc::new(
                 layout
-                    .schema
+                    .schema()
                     .project(p)
-                    .unwrap_or_else(|_| (*layout.schema).clone()),
+                    .unwrap_or_else(|_| (**layout.schema()).clone()),
             ),
-            None => layout.schema.clone(),
+            None => layout.schema().clone(),
         };
         let properties = leaf_properties(schema);
         OnlineExec {

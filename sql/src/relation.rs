@@ -304,7 +304,7 @@ async fn delete_rows(
     key_columns: &[String],
 ) -> Result<u64, SqlError> {
     let oid = relation.oid;
-    let layout = crate::online::layout(relation);
+    let layout = crate::online::layout(relation)?;
     let online = engine.online.clone();
     let commit = engine
         .offline
@@ -370,7 +370,7 @@ impl RelationSink {
             });
         }
         let oid = relation.oid;
-        let layout = crate::online::layout(relation);
+        let layout = crate::online::layout(relation)?;
         let online_rows: Vec<RecordBatch> = match &layout {
             Some(_) => {
                 let columns: Vec<usize> = (0..relation.columns.len()).collect();
