@@ -185,10 +185,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TurnTakingSocket<S> {
     }
 }
 
-/// The threads that serve connections: one per core, each a single-threaded runtime with its
-/// own I/O driver. A request and its reply stay on one thread, with no hand-over between
-/// workers and no wake-up of a second one; connections are spread over the threads in turn.
-/// Queries that compute run on the engine's executor, not here.
+/// The threads that serve connections, each a single-threaded runtime with its own I/O driver.
+/// A request and its reply stay on one thread, with no hand-over between workers and no
+/// wake-up of a second one; connections are spread over the threads in turn. There are more
+/// threads than cores (`--connection-threads`, default twice the cores), so the kernel balances
+/// them over the cores as it balances PostgreSQL's backends and a request waits behind another
+/// only on a shared thread. Queries that compute run on the engine's executor, not here.
 pub struct ConnectionThreads {
     runtimes: Vec<tokio::runtime::Handle>,
     next: std::sync::atomic::AtomicUsize,
@@ -197,8 +199,8 @@ pub struct ConnectionThreads {
 }
 
 impl ConnectionThreads {
-    pub fn start() -> io::Result<ConnectionThreads> {
-        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+    pub fn start(threads: usize) -> io::Result<ConnectionThreads> {
+        let count = threads.max(1);
         let mut runtimes = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count {

@@ -52,6 +52,9 @@ enum Command {
         /// Memory for the online store's block cache, in MiB.
         #[arg(long, default_value_t = 256, env = "QUIVER_ONLINE_CACHE_MB")]
         online_cache_mb: usize,
+        /// Threads that serve client connections. Default: twice the number of cores.
+        #[arg(long, env = "QUIVER_CONNECTION_THREADS")]
+        connection_threads: Option<usize>,
     },
 }
 
@@ -93,11 +96,13 @@ fn main() -> std::process::ExitCode {
             data_dir,
             offline_store,
             online_cache_mb,
+            connection_threads,
         } => runtime.block_on(serve(
             listen,
             data_dir,
             offline_store,
             online_cache_mb,
+            connection_threads,
             executor.handle().clone(),
         )),
     };
@@ -116,6 +121,7 @@ async fn serve(
     data_dir: PathBuf,
     offline_store: Option<String>,
     online_cache_mb: usize,
+    connection_threads: Option<usize>,
     executor: tokio::runtime::Handle,
 ) -> Result<(), String> {
     let offline_location = offline_store
@@ -134,7 +140,9 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), "quiver is ready to accept connections");
     let handlers = Arc::new(QuiverHandlers::new(engine));
-    let connection_threads = connection::ConnectionThreads::start()
+    let connection_threads = connection_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 2);
+    let connection_threads = connection::ConnectionThreads::start(connection_threads)
         .map_err(|e| format!("cannot start the connection threads: {e}"))?;
     let mut connections = JoinSet::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

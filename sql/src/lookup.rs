@@ -153,11 +153,11 @@ impl KeyLookup {
             .online
             .get(oid, layout, keys, table.min_age())
             .await?;
-        let columns = found
-            .project(&self.projection)
-            .map_err(|e| SqlError::Internal(e.to_string()))?
-            .columns()
-            .to_vec();
+        let columns = self
+            .projection
+            .iter()
+            .map(|&i| found.column(i).clone())
+            .collect();
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| SqlError::Internal(e.to_string()))?;
         Ok(Box::pin(RecordBatchStreamAdapter::new(

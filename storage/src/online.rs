@@ -404,13 +404,18 @@ impl OnlineStore {
         min_age: Option<i64>,
     ) -> StorageResult<RecordBatch> {
         let encoded = layout.key_converter.convert_columns(&keys).map_err(arrow)?;
-        let mut seen = std::collections::HashSet::new();
-        let unique: Vec<Vec<u8>> = encoded
-            .iter()
-            .map(|r| r.data())
-            .filter(|k| seen.insert(*k))
-            .map(<[u8]>::to_vec)
-            .collect();
+        let unique: Vec<Vec<u8>> = match encoded.num_rows() {
+            1 => vec![encoded.row(0).data().to_vec()],
+            _ => {
+                let mut seen = std::collections::HashSet::new();
+                encoded
+                    .iter()
+                    .map(|r| r.data())
+                    .filter(|k| seen.insert(*k))
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            }
+        };
         // First from memory only: a read that would need the disk answers Incomplete instead
         // of blocking, and then the whole lookup goes to the blocking pool.
         if let Some(batch) = self.get_in_memory(id, layout, &unique, min_age)? {
