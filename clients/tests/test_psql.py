@@ -1,5 +1,6 @@
 """psql: the README session, \\copy both ways, and error reporting."""
 
+import pathlib
 import subprocess
 
 
@@ -81,3 +82,19 @@ def test_errors_carry_sqlstate(quiver):
     assert result.returncode != 0
     assert "42P01" in result.stderr
     assert 'relation "missing_table" does not exist' in result.stderr
+
+
+def test_describe_online_table(quiver):
+    """`\\d online.<group>`: psql's own catalog queries answered from pg_catalog."""
+    created = psql(quiver, """
+CREATE FEATURE GROUP served (id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, score DOUBLE PRECISION,
+    label TEXT, PRIMARY KEY (id), EVENT TIME ts) WITH (online = true);
+""")
+    assert created.returncode == 0, created.stderr
+    result = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(quiver), "-U", "quiver", "-X", "-c", r"\d online.served"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = (pathlib.Path(__file__).parent / "expected" / "describe_online.out").read_text()
+    assert result.stdout == expected

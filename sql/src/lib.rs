@@ -19,6 +19,7 @@ mod project_catalog;
 mod relation;
 mod session;
 mod settings;
+mod system_catalog;
 pub mod types;
 
 use std::path::Path;
@@ -65,6 +66,7 @@ pub struct Engine {
     /// The tokio runtime queries execute on, apart from the one serving connections, so a
     /// CPU-heavy query never starves the protocol (a CancelRequest must get through).
     executor: tokio::runtime::Handle,
+    system_catalog: system_catalog::SystemCatalog,
 }
 
 impl Engine {
@@ -115,6 +117,7 @@ impl Engine {
             runtime,
             target_partitions,
             executor,
+            system_catalog: system_catalog::SystemCatalog::new()?,
         };
         online::reconcile(&engine).await?;
         Ok(Arc::new(engine))

@@ -10,6 +10,10 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion_pg_catalog::pg_catalog::PG_CATALOG_TABLES;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use std::ops::ControlFlow;
+use std::sync::LazyLock;
 
 /// One statement, ours or sqlparser's.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +96,64 @@ impl std::fmt::Display for OptionValue {
 }
 
 /// Parses a string that may hold several statements separated by semicolons.
+///
+/// Statements that read PostgreSQL's system catalog (psql's `\d`, JDBC metadata, BI tools'
+/// introspection) are parsed again by datafusion-pg-catalog's compatibility parser, which rewrites
+/// the PostgreSQL-isms of those clients' catalog queries into SQL DataFusion plans (`OPERATOR(
+/// pg_catalog.~)`, `COLLATE`, `'name'::regclass`, ...). Its rewrites are meant for catalog
+/// queries only (one turns correlated subqueries in a select list into NULL), so user queries on
+/// feature groups never go through it.
 pub fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let statements = parse_own(sql)?;
+    let all_plain_sql = statements.iter().all(|s| matches!(s, Statement::Sql(_)));
+    let introspection = statements
+        .iter()
+        .any(|s| matches!(s, Statement::Sql(sql) if reads_system_catalog(sql)));
+    if !(all_plain_sql && introspection) {
+        return Ok(statements);
+    }
+    static COMPATIBILITY: LazyLock<PostgresCompatibilityParser> =
+        LazyLock::new(PostgresCompatibilityParser::new);
+    Ok(COMPATIBILITY
+        .parse(sql)?
+        .into_iter()
+        .map(translate_synonyms)
+        .collect())
+}
+
+/// Whether a statement names a `pg_catalog` relation or function (qualified, or by the bare name
+/// of a pg_catalog table, as PostgreSQL's search path allows).
+fn reads_system_catalog(statement: &ast::Statement) -> bool {
+    fn is_pg_catalog(name: &ObjectName) -> bool {
+        match name.0.as_slice() {
+            [single] => single.as_ident().is_some_and(|ident| {
+                PG_CATALOG_TABLES
+                    .iter()
+                    .any(|table| table.eq_ignore_ascii_case(&ident.value))
+            }),
+            [schema, ..] => schema
+                .as_ident()
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("pg_catalog")),
+            [] => false,
+        }
+    }
+    let relations = ast::visit_relations(statement, |name| {
+        if is_pg_catalog(name) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let functions = ast::visit_expressions(statement, |expr| match expr {
+        ast::Expr::Function(call) if call.name.0.len() > 1 && is_pg_catalog(&call.name) => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    relations.is_break() || functions.is_break()
+}
+
+fn parse_own(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
     let mut statements = Vec::new();
@@ -372,6 +433,27 @@ fn consume_words(parser: &mut Parser, count: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_queries_get_the_compatibility_rewrites_and_user_queries_do_not() {
+        let psql = "SELECT c.oid FROM pg_catalog.pg_class c \
+                    WHERE c.relname OPERATOR(pg_catalog.~) '^(g)$' COLLATE pg_catalog.default";
+        let parsed: [Statement; 1] = parse(psql).unwrap().try_into().unwrap();
+        let [Statement::Sql(rewritten)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        let rewritten = rewritten.to_string();
+        assert!(!rewritten.contains("OPERATOR"), "{rewritten}");
+        assert!(!rewritten.contains("COLLATE"), "{rewritten}");
+
+        // The compatibility rules would turn this correlated subquery into NULL.
+        let user = "SELECT (SELECT max(x) FROM t WHERE t.k = o.k) FROM o";
+        let parsed: [Statement; 1] = parse(user).unwrap().try_into().unwrap();
+        let [Statement::Sql(kept)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        assert_eq!(kept.to_string(), user);
+    }
 
     #[test]
     fn create_feature_group_with_everything() {

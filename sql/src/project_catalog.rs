@@ -2,7 +2,7 @@
 //! resolved through the Quiver catalog at planning time), schema `online` (the online store of
 //! online feature groups) and schema `quiver` (discovery tables).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
@@ -18,30 +18,62 @@ pub const PUBLIC_SCHEMA: &str = "public";
 /// The schema that holds the discovery tables.
 pub const DISCOVERY_SCHEMA: &str = "quiver";
 
+/// The schema of PostgreSQL's system catalog, for psql, drivers and BI tools.
+pub const SYSTEM_SCHEMA: &str = "pg_catalog";
+
 /// The DataFusion catalog of one project, for one session.
 #[derive(Debug)]
 pub struct ProjectCatalog {
     engine: Arc<Engine>,
     project: String,
+    /// `pg_catalog`, registered by datafusion-pg-catalog once the session's context exists (its
+    /// tables read the context's catalogs, so it cannot be built before them).
+    system: OnceLock<Arc<dyn SchemaProvider>>,
 }
 
 impl ProjectCatalog {
     pub fn new(engine: Arc<Engine>, project: String) -> Self {
-        ProjectCatalog { engine, project }
+        ProjectCatalog {
+            engine,
+            project,
+            system: OnceLock::new(),
+        }
     }
 }
 
 impl CatalogProvider for ProjectCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![
-            PUBLIC_SCHEMA.into(),
-            ONLINE_SCHEMA.into(),
-            DISCOVERY_SCHEMA.into(),
-        ]
+        let mut names = vec![
+            PUBLIC_SCHEMA.to_string(),
+            ONLINE_SCHEMA.to_string(),
+            DISCOVERY_SCHEMA.to_string(),
+        ];
+        if self.system.get().is_some() {
+            names.push(SYSTEM_SCHEMA.to_string());
+        }
+        names
+    }
+
+    /// Only `pg_catalog` can be registered: every other schema is Quiver's own.
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if name != SYSTEM_SCHEMA {
+            return Err(DataFusionError::NotImplemented(format!(
+                "schema \"{name}\" cannot be created: a project's schemas are public, online, quiver and pg_catalog"
+            )));
+        }
+        self.system.set(schema).map_err(|_| {
+            DataFusionError::Internal("pg_catalog is registered once per session".into())
+        })?;
+        Ok(None)
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         match name {
+            SYSTEM_SCHEMA => self.system.get().cloned(),
             PUBLIC_SCHEMA => Some(Arc::new(PublicSchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),

@@ -14,7 +14,6 @@ use datafusion::catalog::CatalogProviderList;
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -125,7 +124,7 @@ impl Session {
                 "database \"{project}\" does not exist"
             )));
         }
-        let context = build_context(&engine, project);
+        let context = build_context(&engine, project)?;
         Ok(Session {
             engine,
             project: project.to_string(),
@@ -401,7 +400,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn build_context(engine: &Arc<Engine>, project: &str) -> SessionContext {
+fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContext> {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -412,13 +411,16 @@ fn build_context(engine: &Arc<Engine>, project: &str) -> SessionContext {
         project.to_string(),
         Arc::new(ProjectCatalog::new(engine.clone(), project.to_string())),
     );
-    let state = SessionStateBuilder::new()
+    let state = engine
+        .system_catalog
+        .state_builder()
         .with_config(config)
         .with_runtime_env(engine.runtime())
-        .with_default_features()
         .with_catalog_list(Arc::new(catalogs))
         .build();
-    SessionContext::new_with_state(state)
+    let context = SessionContext::new_with_state(state);
+    engine.system_catalog.install(&context, project)?;
+    Ok(context)
 }
 
 /// DataFusion would keep `CREATE VIEW` and friends in the session's memory and lose them at
