@@ -55,6 +55,10 @@ enum Command {
         /// Threads that serve client connections. Default: twice the number of cores.
         #[arg(long, env = "QUIVER_CONNECTION_THREADS")]
         connection_threads: Option<usize>,
+        /// Memory that running queries' sorts, joins and aggregations share, in MiB; beyond it
+        /// they spill to <data-dir>/spill.
+        #[arg(long, default_value_t = 4096, env = "QUIVER_QUERY_MEMORY_MB")]
+        query_memory_mb: usize,
     },
 }
 
@@ -97,11 +101,13 @@ fn main() -> std::process::ExitCode {
             offline_store,
             online_cache_mb,
             connection_threads,
+            query_memory_mb,
         } => runtime.block_on(serve(
             listen,
             data_dir,
             offline_store,
             online_cache_mb,
+            query_memory_mb,
             connection_threads,
             executor.handle().clone(),
         )),
@@ -121,6 +127,7 @@ async fn serve(
     data_dir: PathBuf,
     offline_store: Option<String>,
     online_cache_mb: usize,
+    query_memory_mb: usize,
     connection_threads: Option<usize>,
     executor: tokio::runtime::Handle,
 ) -> Result<(), String> {
@@ -131,6 +138,7 @@ async fn serve(
     let options = quiver_sql::EngineOptions {
         offline_location,
         online_cache_bytes: online_cache_mb.saturating_mul(1 << 20),
+        query_memory_bytes: query_memory_mb.saturating_mul(1 << 20),
     };
     let engine = quiver_sql::Engine::open(&data_dir, &options, executor)
         .await

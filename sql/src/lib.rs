@@ -5,6 +5,8 @@
 //! knows nothing of the wire protocol. The server hands it statements and streams back what
 //! [`Output`] says.
 
+mod asof;
+mod asof_exec;
 mod binary_copy;
 mod copy;
 mod copy_in;
@@ -25,6 +27,7 @@ pub mod types;
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use quiver_catalog::{Applied, Catalog, CatalogCommand};
 pub use quiver_storage::StoreLocation;
@@ -44,6 +47,9 @@ pub struct EngineOptions {
     pub offline_location: Option<StoreLocation>,
     /// The online store's block cache, shared by all online feature groups.
     pub online_cache_bytes: usize,
+    /// Memory that running queries' sorts, joins and aggregations share; beyond it they spill
+    /// to `<data dir>/spill`.
+    pub query_memory_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +57,7 @@ impl Default for EngineOptions {
         EngineOptions {
             offline_location: None,
             online_cache_bytes: 256 << 20,
+            query_memory_bytes: 4 << 30,
         }
     }
 }
@@ -104,7 +111,23 @@ impl Engine {
                 }
             }
         }
+        // Spill files of queries that ran when the server stopped are of no use to anyone.
+        let spill = data_dir.join("spill");
+        match std::fs::remove_dir_all(&spill) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SqlError::Internal(format!(
+                    "cannot clear {}: {e}",
+                    spill.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(&spill)
+            .map_err(|e| SqlError::Internal(format!("cannot create {}: {e}", spill.display())))?;
         let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(options.query_memory_bytes)))
+            .with_temp_file_path(spill)
             .build_arc()
             .map_err(|e| SqlError::Internal(e.to_string()))?;
         let target_partitions = std::thread::available_parallelism()

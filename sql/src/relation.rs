@@ -23,6 +23,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use quiver_catalog::{ColumnType, Relation};
+use quiver_storage::SEQUENCE_COLUMN;
 
 use crate::Engine;
 use crate::error::SqlError;
@@ -51,6 +52,32 @@ impl RelationTable {
             planning_schema,
             engine,
         }
+    }
+
+    /// The same table with the feature group's commit sequence ([`SEQUENCE_COLUMN`]) as a last
+    /// column, for the ASOF join's ties. Read-only.
+    pub(crate) fn with_commit_sequence(&self) -> RelationTable {
+        let mut fields = self.planning_schema.fields().to_vec();
+        fields.push(Arc::new(Field::new(SEQUENCE_COLUMN, DataType::Int64, true)));
+        RelationTable {
+            relation: self.relation.clone(),
+            planning_schema: Arc::new(Schema::new(fields)),
+            engine: self.engine.clone(),
+        }
+    }
+
+    pub(crate) fn relation(&self) -> &Relation {
+        &self.relation
+    }
+
+    /// Refuses writes through the read-only variant made by [`Self::with_commit_sequence`].
+    fn check_writable(&self) -> DfResult<()> {
+        if self.planning_schema.fields().len() > self.relation.columns.len() {
+            return Err(DataFusionError::Internal(
+                "a feature group read with its commit sequence is not writable".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -89,7 +116,10 @@ impl TableProvider for RelationTable {
         let stored_projection = wanted
             .iter()
             .map(|&i| {
-                let name = &self.relation.columns[i].name;
+                let name = match self.relation.columns.get(i) {
+                    Some(column) => &column.name,
+                    None => SEQUENCE_COLUMN,
+                };
                 stored.index_of(name).map_err(|_| {
                     DataFusionError::External(Box::new(SqlError::Internal(format!(
                         "column \"{name}\" of \"{}\" is missing from its offline table",
@@ -126,6 +156,7 @@ impl TableProvider for RelationTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable()?;
         if insert_op != InsertOp::Append {
             return Err(DataFusionError::External(Box::new(SqlError::NotSupported(
                 format!(
@@ -152,6 +183,7 @@ impl TableProvider for RelationTable {
         _state: &dyn Session,
         filters: Vec<Expr>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable()?;
         let name = self.relation.qualified_name();
         let key_columns = match self.relation.feature_group() {
             Some(_) => self.relation.primary_key.clone(),

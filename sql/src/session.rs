@@ -12,15 +12,16 @@ use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::catalog::CatalogProviderList;
 use datafusion::catalog::MemoryCatalogProviderList;
-use datafusion::common::ParamValues;
+use datafusion::common::{DataFusionError, ParamValues};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::Engine;
+use crate::asof;
 use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
@@ -226,7 +227,8 @@ impl Session {
         self.execute(&prepared, None).await
     }
 
-    async fn plan_sql_statement(&self, statement: ast::Statement) -> SqlResult<LogicalPlan> {
+    async fn plan_sql_statement(&self, mut statement: ast::Statement) -> SqlResult<LogicalPlan> {
+        asof::nest_asof_joins(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
         let plan = self.context.state().statement_to_plan(statement).await?;
         reject_session_local_ddl(&plan)?;
@@ -281,7 +283,8 @@ impl Session {
     ) -> SendableRecordBatchStream {
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
-        let task = self.engine.executor().spawn(async move {
+        let panic_sender = sender.clone();
+        let query = async move {
             let mut stream = match frame.execute_stream().await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -293,6 +296,21 @@ impl Session {
                 if sender.send(batch).await.is_err() {
                     return;
                 }
+            }
+        };
+        // A panic in an operator must reach the client as an error, not as the end of the rows.
+        let task = self.engine.executor().spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(query).catch_unwind().await {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown cause".into());
+                let _ = panic_sender
+                    .send(Err(DataFusionError::Internal(format!(
+                        "query failed: {message}"
+                    ))))
+                    .await;
             }
         });
         let abort_on_drop = AbortOnDrop(task);
@@ -417,6 +435,8 @@ fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContex
         .with_config(config)
         .with_runtime_env(engine.runtime())
         .with_catalog_list(Arc::new(catalogs))
+        .with_relation_planners(vec![Arc::new(asof::AsofRelationPlanner)])
+        .with_query_planner(Arc::new(asof::QuiverQueryPlanner))
         .build();
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
