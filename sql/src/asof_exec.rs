@@ -12,14 +12,19 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, RecordBatch, new_null_array,
+};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::compute::{cast, interleave};
-use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Int64Type, Schema, SchemaRef, TimeUnit,
+};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::{
     EquivalenceProperties, LexRequirement, OrderingRequirements, PhysicalExpr,
     PhysicalSortRequirement,
@@ -53,6 +58,9 @@ struct JoinSpec {
     condition: MatchCondition,
     right_sequence: Option<Arc<dyn PhysicalExpr>>,
     ttl_micros: Option<i64>,
+    /// With one integer key and an integer-like time: the packed (key, time) of each side, which
+    /// the inputs are sorted by and the merge compares.
+    packed: Option<(PackedKeyTime, PackedKeyTime)>,
     /// The right input's columns that are output (all but the commit sequence).
     right_output: Vec<usize>,
     schema: SchemaRef,
@@ -80,7 +88,7 @@ impl AsofJoinExec {
         ttl_seconds: Option<i64>,
         right_output: Vec<usize>,
     ) -> DfResult<AsofJoinExec> {
-        let (left_keys, right_keys) = keys.into_iter().unzip();
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = keys.into_iter().unzip();
         // From the physical inputs, whose types may differ from the logical plan's (a scan may
         // read strings as Utf8View): left columns, then the right's output columns, nullable.
         let right_schema = right.schema();
@@ -96,6 +104,26 @@ impl AsofJoinExec {
             )
             .collect();
         let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let packed = match (&left_keys[..], &right_keys[..]) {
+            ([left_key], [right_key])
+                if packs(&left_key.data_type(&left.schema())?)
+                    && packs(&right_key.data_type(&right_schema)?)
+                    && packs(&left_time.data_type(&left.schema())?)
+                    && packs(&right_time.data_type(&right_schema)?) =>
+            {
+                Some((
+                    PackedKeyTime {
+                        key: Arc::clone(left_key),
+                        time: left_time.clone(),
+                    },
+                    PackedKeyTime {
+                        key: Arc::clone(right_key),
+                        time: right_time.clone(),
+                    },
+                ))
+            }
+            _ => None,
+        };
         let ttl_micros = ttl_seconds
             .map(|s| {
                 s.checked_mul(1_000_000).ok_or_else(|| {
@@ -122,6 +150,7 @@ impl AsofJoinExec {
                 condition,
                 right_sequence,
                 ttl_micros,
+                packed,
                 right_output,
                 schema,
             }),
@@ -243,28 +272,38 @@ impl ExecutionPlan for AsofJoinExec {
 
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
         let spec = &self.spec;
-        let left = spec
-            .left_keys
-            .iter()
-            .chain([&spec.left_time])
-            .map(|e| (e.clone(), ASCENDING));
         // Among right rows of equal time the later commit must be the one the merge settles on:
         // the last one looking backward, the first one looking forward.
-        let sequence_order = SortOptions {
-            descending: spec.condition.direction() == MatchDirection::Forward,
-            nulls_first: true,
-        };
-        let right = spec
-            .right_keys
-            .iter()
-            .chain([&spec.right_time])
-            .map(|e| (e.clone(), ASCENDING))
-            .chain(
-                spec.right_sequence
+        let sequence = spec.right_sequence.iter().map(|e| {
+            let options = SortOptions {
+                descending: spec.condition.direction() == MatchDirection::Forward,
+                nulls_first: true,
+            };
+            (e.clone(), options)
+        });
+        let ascending = |e: &Arc<dyn PhysicalExpr>| (e.clone(), ASCENDING);
+        let (left, right): (Vec<_>, Vec<_>) = match &spec.packed {
+            Some((left, right)) => (
+                vec![(Arc::new(left.clone()) as Arc<dyn PhysicalExpr>, ASCENDING)],
+                vec![(Arc::new(right.clone()) as Arc<dyn PhysicalExpr>, ASCENDING)],
+            ),
+            None => (
+                spec.left_keys
                     .iter()
-                    .map(|e| (e.clone(), sequence_order)),
-            );
-        vec![requirement(left), requirement(right)]
+                    .chain([&spec.left_time])
+                    .map(ascending)
+                    .collect(),
+                spec.right_keys
+                    .iter()
+                    .chain([&spec.right_time])
+                    .map(ascending)
+                    .collect(),
+            ),
+        };
+        vec![
+            requirement(left),
+            requirement(right.into_iter().chain(sequence)),
+        ]
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -301,15 +340,156 @@ impl ExecutionPlan for AsofJoinExec {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    Left,
+    Right,
+}
+
 /// One batch's keys and times in comparable form.
 struct SortKeys {
-    /// `None` when the join has no keys.
-    keys: Option<Rows>,
-    times: Rows,
+    order: RowOrder,
     /// Whether the row can match at all: no NULL in its keys or time.
     valid: Vec<bool>,
     /// The time in microseconds since the epoch, when a ttl applies.
     micros: Option<Vec<Option<i64>>>,
+}
+
+/// How rows of a batch compare by key and by time.
+enum RowOrder {
+    /// One integer key and an integer-like time packed as by [`PackedKeyTime`].
+    Packed(Vec<i128>),
+    /// Any keys and time, in Arrow's row format; `keys` is `None` when the join has no keys.
+    Rows { keys: Option<Rows>, times: Rows },
+}
+
+impl SortKeys {
+    /// How row `at` of these keys compares with row `other_at` of `other`'s by key.
+    fn key_cmp(&self, at: usize, other: &SortKeys, other_at: usize) -> Ordering {
+        match (&self.order, &other.order) {
+            (RowOrder::Packed(a), RowOrder::Packed(b)) => (a[at] >> 64).cmp(&(b[other_at] >> 64)),
+            (RowOrder::Rows { keys: Some(a), .. }, RowOrder::Rows { keys: Some(b), .. }) => {
+                a.row(at).cmp(&b.row(other_at))
+            }
+            // No keys (`ON true`): every row has every other row's key.
+            _ => Ordering::Equal,
+        }
+    }
+
+    /// How row `at` compares with row `other_at` of `other` by time (for rows of equal keys).
+    fn time_cmp(&self, at: usize, other: &SortKeys, other_at: usize) -> Ordering {
+        match (&self.order, &other.order) {
+            (RowOrder::Packed(a), RowOrder::Packed(b)) => a[at].cmp(&b[other_at]),
+            (RowOrder::Rows { times: a, .. }, RowOrder::Rows { times: b, .. }) => {
+                a.row(at).cmp(&b.row(other_at))
+            }
+            _ => Ordering::Equal,
+        }
+    }
+}
+
+/// Whether a key or time of this type packs into 64 bits, order kept.
+fn packs(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
+    )
+}
+
+/// `(key, time)` as one `Decimal128` whose order is the lexicographic order of the pair: the key
+/// in the high 64 bits, the time with its sign bit flipped in the low 64. Sorting by one primitive
+/// column is several times faster in DataFusion than by two (its comparator for several columns
+/// is dynamic), and the merge then compares one integer. NULL when the key or the time is.
+#[derive(Debug, Clone, Eq)]
+pub(crate) struct PackedKeyTime {
+    key: Arc<dyn PhysicalExpr>,
+    time: Arc<dyn PhysicalExpr>,
+}
+
+impl PartialEq for PackedKeyTime {
+    fn eq(&self, other: &Self) -> bool {
+        *self.key == *other.key && *self.time == *other.time
+    }
+}
+
+impl std::hash::Hash for PackedKeyTime {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.time.hash(state);
+    }
+}
+
+impl PackedKeyTime {
+    fn pack(&self, batch: &RecordBatch) -> DfResult<Decimal128Array> {
+        let rows = batch.num_rows();
+        let as_i64 = |expr: &Arc<dyn PhysicalExpr>| -> DfResult<ArrayRef> {
+            Ok(cast(
+                &expr.evaluate(batch)?.into_array(rows)?,
+                &DataType::Int64,
+            )?)
+        };
+        let keys = as_i64(&self.key)?;
+        let times = as_i64(&self.time)?;
+        let packed: Decimal128Array = keys
+            .as_primitive::<Int64Type>()
+            .iter()
+            .zip(times.as_primitive::<Int64Type>().iter())
+            .map(|(key, time)| {
+                let (key, time) = (key?, time?);
+                Some(((key as i128) << 64) | i128::from((time as u64) ^ (1 << 63)))
+            })
+            .collect();
+        Ok(packed.with_precision_and_scale(38, 0)?)
+    }
+}
+
+impl fmt::Display for PackedKeyTime {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "({}, {})", self.key, self.time)
+    }
+}
+
+impl PhysicalExpr for PackedKeyTime {
+    fn return_field(&self, _input_schema: &Schema) -> DfResult<FieldRef> {
+        Ok(Arc::new(Field::new(
+            self.to_string(),
+            DataType::Decimal128(38, 0),
+            true,
+        )))
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Array(Arc::new(self.pack(batch)?)))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.key, &self.time]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        match <[Arc<dyn PhysicalExpr>; 2]>::try_from(children) {
+            Ok([key, time]) => Ok(Arc::new(PackedKeyTime { key, time })),
+            Err(_) => Err(DataFusionError::Internal(
+                "PackedKeyTime takes two children".into(),
+            )),
+        }
+    }
+
+    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {})", self.key, self.time)
+    }
 }
 
 /// A right batch (its output columns) with its sort keys.
@@ -323,8 +503,8 @@ struct Merge {
     spec: Arc<JoinSpec>,
     left: SendableRecordBatchStream,
     right: SendableRecordBatchStream,
-    key_converter: RowConverter,
-    time_converter: RowConverter,
+    /// Key and time converters to Arrow's row format, unless the order is packed.
+    converters: Option<(RowConverter, RowConverter)>,
     /// The right batch being read and the position of the next unread row in it.
     current: Option<Arc<RightBatch>>,
     position: usize,
@@ -353,9 +533,13 @@ impl Merge {
             })
             .collect::<DfResult<Vec<_>>>()?;
         let time_type = spec.left_time.data_type(&left_schema)?;
-        let key_converter = RowConverter::new(key_fields)?;
-        let time_converter =
-            RowConverter::new(vec![SortField::new_with_options(time_type, ASCENDING)])?;
+        let converters = match spec.packed {
+            Some(_) => None,
+            None => Some((
+                RowConverter::new(key_fields)?,
+                RowConverter::new(vec![SortField::new_with_options(time_type, ASCENDING)])?,
+            )),
+        };
         // The output's right fields, which are nullable whatever the right input says.
         let right_fields = spec.schema.fields()[left_schema.fields().len()..].to_vec();
         let null_columns: Vec<ArrayRef> = right_fields
@@ -367,8 +551,7 @@ impl Merge {
             spec,
             left,
             right,
-            key_converter,
-            time_converter,
+            converters,
             current: None,
             position: 0,
             right_done: false,
@@ -387,18 +570,39 @@ impl Merge {
         Ok(None)
     }
 
-    fn sort_keys(
-        &self,
-        batch: &RecordBatch,
-        keys: &[Arc<dyn PhysicalExpr>],
-        time: &Arc<dyn PhysicalExpr>,
-    ) -> DfResult<SortKeys> {
+    fn sort_keys(&self, batch: &RecordBatch, side: Side) -> DfResult<SortKeys> {
+        let spec = &self.spec;
+        let (keys, time, packed) = match side {
+            Side::Left => (
+                &spec.left_keys,
+                &spec.left_time,
+                spec.packed.as_ref().map(|(l, _)| l),
+            ),
+            Side::Right => (
+                &spec.right_keys,
+                &spec.right_time,
+                spec.packed.as_ref().map(|(_, r)| r),
+            ),
+        };
         let rows = batch.num_rows();
+        let time_array = time.evaluate(batch)?.into_array(rows)?;
+        let micros = match spec.ttl_micros {
+            Some(_) => Some(epoch_micros(&time_array)?),
+            None => None,
+        };
+        if let Some(packed) = packed {
+            let values = packed.pack(batch)?;
+            let valid = (0..rows).map(|row| values.is_valid(row)).collect();
+            return Ok(SortKeys {
+                order: RowOrder::Packed(values.values().to_vec()),
+                valid,
+                micros,
+            });
+        }
         let key_arrays = keys
             .iter()
             .map(|e| e.evaluate(batch)?.into_array(rows))
             .collect::<DfResult<Vec<_>>>()?;
-        let time_array = time.evaluate(batch)?.into_array(rows)?;
         let mut valid = vec![true; rows];
         for array in key_arrays.iter().chain([&time_array]) {
             if let Some(nulls) = array.logical_nulls() {
@@ -407,17 +611,20 @@ impl Merge {
                 }
             }
         }
-        let micros = match self.spec.ttl_micros {
-            Some(_) => Some(epoch_micros(&time_array)?),
-            None => None,
+        let Some((key_converter, time_converter)) = &self.converters else {
+            return Err(DataFusionError::Internal(
+                "ASOF JOIN keys in row format without converters".into(),
+            ));
         };
         Ok(SortKeys {
-            keys: if key_arrays.is_empty() {
-                None
-            } else {
-                Some(self.key_converter.convert_columns(&key_arrays)?)
+            order: RowOrder::Rows {
+                keys: if key_arrays.is_empty() {
+                    None
+                } else {
+                    Some(key_converter.convert_columns(&key_arrays)?)
+                },
+                times: time_converter.convert_columns(&[time_array])?,
             },
-            times: self.time_converter.convert_columns(&[time_array])?,
             valid,
             micros,
         })
@@ -437,8 +644,7 @@ impl Merge {
             match self.right.next().await {
                 Some(batch) => {
                     let batch = batch?;
-                    let sort =
-                        self.sort_keys(&batch, &self.spec.right_keys, &self.spec.right_time)?;
+                    let sort = self.sort_keys(&batch, Side::Right)?;
                     self.current = Some(Arc::new(RightBatch {
                         columns: batch.project(&self.spec.right_output)?,
                         sort,
@@ -459,9 +665,6 @@ impl Merge {
         left: &SortKeys,
         row: usize,
     ) -> DfResult<Option<(Arc<RightBatch>, usize)>> {
-        // Without keys (`ON true`) every right row has the left row's key.
-        let key = left.keys.as_ref().map(|keys| keys.row(row));
-        let time = left.times.row(row);
         let inclusive = self.spec.condition.inclusive();
         let direction = self.spec.condition.direction();
         while self.has_right_row().await? {
@@ -473,11 +676,7 @@ impl Merge {
                 self.position += 1;
                 continue;
             }
-            let key_order = match (&batch.sort.keys, &key) {
-                (Some(keys), Some(key)) => keys.row(at).cmp(key),
-                _ => Ordering::Equal,
-            };
-            match key_order {
+            match batch.sort.key_cmp(at, left, row) {
                 Ordering::Less => {
                     self.position += 1;
                     continue;
@@ -485,7 +684,7 @@ impl Merge {
                 Ordering::Greater => break,
                 Ordering::Equal => {}
             }
-            let right_time = batch.sort.times.row(at).cmp(&time);
+            let right_time = batch.sort.time_cmp(at, left, row);
             match direction {
                 MatchDirection::Backward => {
                     let satisfies = right_time == Ordering::Less
@@ -510,7 +709,7 @@ impl Merge {
         }
         Ok(match (direction, &self.candidate) {
             (MatchDirection::Backward, Some((batch, at)))
-                if batch.sort.keys.as_ref().map(|keys| keys.row(*at)) == key =>
+                if batch.sort.key_cmp(*at, left, row) == Ordering::Equal =>
             {
                 Some((batch.clone(), *at))
             }
@@ -520,7 +719,7 @@ impl Merge {
 
     async fn join(&mut self, left: RecordBatch) -> DfResult<RecordBatch> {
         let spec = self.spec.clone();
-        let sort = self.sort_keys(&left, &spec.left_keys, &spec.left_time)?;
+        let sort = self.sort_keys(&left, Side::Left)?;
         // Index 0 is the row of NULLs; the matched right batches follow.
         let mut sources: Vec<Arc<RightBatch>> = Vec::new();
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(left.num_rows());

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# bench/pit: ASOF JOIN in Quiver vs DuckDB (2 threads each) on DuckDB's published case: a right
+# side of 100,000 timestamps x 50 keys (5M rows) probed by 5M rows. Same generated data in both,
+# same answer (count, matched count and sum of matched values), median of 5 runs, and the peak
+# memory of the query phase (Quiver: the server restarted after the load; DuckDB: a fresh process
+# on the loaded database file). Release build; not run in CI.
+# Usage: bench/pit/run.sh [TIMESTAMPS] [KEYS] [PROBES]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+timestamps="${1:-100000}"
+keys="${2:-50}"
+probes="${3:-5000000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver/target}"
+scripts/install-deps
+cargo build --release -p quiver-server
+venv="$CARGO_TARGET_DIR/bench-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q -r bench/requirements.txt
+
+work=$(mktemp -d /tmp/quiver-bench.XXXXXX)
+cleanup() {
+  [ -n "${quiver_pid:-}" ] && kill "$quiver_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_quiver() {
+  # Two cores' worth of query partitions, as DuckDB gets two threads.
+  "$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:5495 --data-dir "$work/quiver" 2>>"$work/quiver.log" &
+  quiver_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/5495) 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "quiver did not start" >&2
+  exit 1
+}
+
+py() { "$venv/bin/python" bench/pit/pit.py --timestamps "$timestamps" --keys "$keys" --probes "$probes" "$@"; }
+
+start_quiver
+py load-quiver --port 5495
+kill "$quiver_pid"; wait "$quiver_pid" 2>/dev/null || true
+start_quiver
+quiver_result=$(py query-quiver --port 5495)
+quiver_peak_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$quiver_pid/status")
+
+py load-duckdb --database "$work/pit.duckdb"
+duckdb_result=$(py query-duckdb --database "$work/pit.duckdb")
+
+echo "data: right side $timestamps timestamps x $keys keys, $probes probes"
+echo "quiver: $quiver_result, peak RSS $((quiver_peak_kb / 1024)) MiB (server, query phase)"
+echo "duckdb: $duckdb_result"
+py compare --quiver "$quiver_result" --duckdb "$duckdb_result"
