@@ -419,11 +419,15 @@ impl Drop for AbortOnDrop {
 }
 
 fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContext> {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true)
         .with_target_partitions(engine.target_partitions());
+    // Sorts (those under ASOF JOIN above all) concatenate up to this much of their input and sort
+    // it at once rather than sorting each batch and merging many small runs: measured on
+    // bench/pit, 64 MiB is 15% faster than DataFusion's 1 MiB for a fifth more peak memory.
+    config.options_mut().execution.sort_in_place_threshold_bytes = 64 << 20;
     let catalogs = MemoryCatalogProviderList::new();
     catalogs.register_catalog(
         project.to_string(),
