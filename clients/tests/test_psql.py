@@ -25,10 +25,15 @@ CREATE FEATURE GROUP card_aggs (cc_num BIGINT, avg_amount DOUBLE PRECISION, ts T
 INSERT INTO card_aggs SELECT cc_num, avg(amount), max(ts) FROM transactions GROUP BY cc_num;
 SELECT cc_num, avg_amount FROM card_aggs;
 SELECT avg_amount FROM online.card_aggs WHERE cc_num = 42;
+SELECT t.amount, a.avg_amount FROM transactions t
+  ASOF JOIN card_aggs a MATCH_CONDITION (t.ts >= a.ts)
+  ON t.cc_num = a.cc_num ORDER BY t.ts;
 SELECT name, offline_rows FROM quiver.feature_groups ORDER BY name;
 """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["42|46.25", "46.25", "card_aggs|1", "transactions|2"]
+    assert result.stdout.split() == [
+        "42|46.25", "46.25", "12.5|", "80.0|46.25", "card_aggs|1", "transactions|2",
+    ]
 
 
 def test_copy_from_and_to_a_file(quiver, tmp_path):
