@@ -13,10 +13,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, RecordBatch, new_null_array,
+    Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, RecordBatch, new_null_array,
 };
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::compute::{cast, interleave};
+use datafusion::arrow::datatypes::i256;
 use datafusion::arrow::datatypes::{
     DataType, Field, FieldRef, Int64Type, Schema, SchemaRef, TimeUnit,
 };
@@ -111,14 +112,19 @@ impl AsofJoinExec {
                     && packs(&left_time.data_type(&left.schema())?)
                     && packs(&right_time.data_type(&right_schema)?) =>
             {
+                // Among right rows of equal time the later commit must be the one the merge
+                // settles on: the last one looking backward, the first one looking forward.
+                let descending = condition.direction() == MatchDirection::Forward;
                 Some((
                     PackedKeyTime {
                         key: Arc::clone(left_key),
                         time: left_time.clone(),
+                        sequence: None,
                     },
                     PackedKeyTime {
                         key: Arc::clone(right_key),
                         time: right_time.clone(),
+                        sequence: right_sequence.clone().map(|s| (s, descending)),
                     },
                 ))
             }
@@ -300,6 +306,10 @@ impl ExecutionPlan for AsofJoinExec {
                     .collect(),
             ),
         };
+        if spec.packed.is_some() {
+            // The right's packed column holds the sequence already.
+            return vec![requirement(left), requirement(right)];
+        }
         vec![
             requirement(left),
             requirement(right.into_iter().chain(sequence)),
@@ -409,15 +419,27 @@ fn packs(data_type: &DataType) -> bool {
 /// in the high 64 bits, the time with its sign bit flipped in the low 64. Sorting by one primitive
 /// column is several times faster in DataFusion than by two (its comparator for several columns
 /// is dynamic), and the merge then compares one integer. NULL when the key or the time is.
+///
+/// With a `sequence` (a feature group's commit order, for ties) the sort column is a `Decimal256`
+/// of (key, time, sequence), the sequence inverted when it must sort descending.
 #[derive(Debug, Clone, Eq)]
 pub(crate) struct PackedKeyTime {
     key: Arc<dyn PhysicalExpr>,
     time: Arc<dyn PhysicalExpr>,
+    /// The commit sequence and whether it sorts descending.
+    sequence: Option<(Arc<dyn PhysicalExpr>, bool)>,
 }
 
 impl PartialEq for PackedKeyTime {
     fn eq(&self, other: &Self) -> bool {
-        *self.key == *other.key && *self.time == *other.time
+        let same_sequence = match (&self.sequence, &other.sequence) {
+            (Some((a, a_descending)), Some((b, b_descending))) => {
+                **a == **b && a_descending == b_descending
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        *self.key == *other.key && *self.time == *other.time && same_sequence
     }
 }
 
@@ -425,70 +447,121 @@ impl std::hash::Hash for PackedKeyTime {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.key.hash(state);
         self.time.hash(state);
+        if let Some((sequence, descending)) = &self.sequence {
+            sequence.hash(state);
+            descending.hash(state);
+        }
     }
 }
 
+/// A signed 64-bit value as an unsigned one of the same order.
+fn order_bits(value: i64) -> u64 {
+    (value as u64) ^ (1 << 63)
+}
+
 impl PackedKeyTime {
+    fn as_i64(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> DfResult<ArrayRef> {
+        let array = expr.evaluate(batch)?.into_array(batch.num_rows())?;
+        Ok(cast(&array, &DataType::Int64)?)
+    }
+
+    /// The packed (key, time) the merge compares.
     fn pack(&self, batch: &RecordBatch) -> DfResult<Decimal128Array> {
-        let rows = batch.num_rows();
-        let as_i64 = |expr: &Arc<dyn PhysicalExpr>| -> DfResult<ArrayRef> {
-            Ok(cast(
-                &expr.evaluate(batch)?.into_array(rows)?,
-                &DataType::Int64,
-            )?)
-        };
-        let keys = as_i64(&self.key)?;
-        let times = as_i64(&self.time)?;
+        let keys = Self::as_i64(&self.key, batch)?;
+        let times = Self::as_i64(&self.time, batch)?;
         let packed: Decimal128Array = keys
             .as_primitive::<Int64Type>()
             .iter()
             .zip(times.as_primitive::<Int64Type>().iter())
-            .map(|(key, time)| {
-                let (key, time) = (key?, time?);
-                Some(((key as i128) << 64) | i128::from((time as u64) ^ (1 << 63)))
-            })
+            .map(|(key, time)| Some(((key? as i128) << 64) | i128::from(order_bits(time?))))
             .collect();
         Ok(packed.with_precision_and_scale(38, 0)?)
+    }
+
+    /// The sort column: the packed (key, time), with the sequence when there is one.
+    fn sort_column(&self, batch: &RecordBatch) -> DfResult<ArrayRef> {
+        let Some((sequence, descending)) = &self.sequence else {
+            return Ok(Arc::new(self.pack(batch)?));
+        };
+        let keys = Self::as_i64(&self.key, batch)?;
+        let times = Self::as_i64(&self.time, batch)?;
+        let sequences = Self::as_i64(sequence, batch)?;
+        let packed: Decimal256Array = keys
+            .as_primitive::<Int64Type>()
+            .iter()
+            .zip(times.as_primitive::<Int64Type>().iter())
+            .zip(sequences.as_primitive::<Int64Type>().iter())
+            .map(|((key, time), sequence)| {
+                let mut sequence = order_bits(sequence.unwrap_or(i64::MIN));
+                if *descending {
+                    sequence = !sequence;
+                }
+                let low = (u128::from(order_bits(time?)) << 64) | u128::from(sequence);
+                Some(i256::from_parts(low, i128::from(key?)))
+            })
+            .collect();
+        Ok(Arc::new(packed.with_precision_and_scale(76, 0)?))
     }
 }
 
 impl fmt::Display for PackedKeyTime {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "({}, {})", self.key, self.time)
+        match &self.sequence {
+            Some((sequence, _)) => write!(f, "({}, {}, {})", self.key, self.time, sequence),
+            None => write!(f, "({}, {})", self.key, self.time),
+        }
     }
 }
 
 impl PhysicalExpr for PackedKeyTime {
     fn return_field(&self, _input_schema: &Schema) -> DfResult<FieldRef> {
-        Ok(Arc::new(Field::new(
-            self.to_string(),
-            DataType::Decimal128(38, 0),
-            true,
-        )))
+        let data_type = match self.sequence {
+            Some(_) => DataType::Decimal256(76, 0),
+            None => DataType::Decimal128(38, 0),
+        };
+        Ok(Arc::new(Field::new(self.to_string(), data_type, true)))
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        Ok(ColumnarValue::Array(Arc::new(self.pack(batch)?)))
+        Ok(ColumnarValue::Array(self.sort_column(batch)?))
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.key, &self.time]
+        let mut children = vec![&self.key, &self.time];
+        children.extend(self.sequence.as_ref().map(|(sequence, _)| sequence));
+        children
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn PhysicalExpr>>,
+        mut children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        match <[Arc<dyn PhysicalExpr>; 2]>::try_from(children) {
-            Ok([key, time]) => Ok(Arc::new(PackedKeyTime { key, time })),
-            Err(_) => Err(DataFusionError::Internal(
-                "PackedKeyTime takes two children".into(),
+        let expected = 2 + usize::from(self.sequence.is_some());
+        if children.len() != expected {
+            return Err(DataFusionError::Internal(format!(
+                "PackedKeyTime takes {expected} children"
+            )));
+        }
+        let sequence = match &self.sequence {
+            Some((_, descending)) => children.pop().map(|s| (s, *descending)),
+            None => None,
+        };
+        let time = children.pop();
+        let key = children.pop();
+        match (key, time) {
+            (Some(key), Some(time)) => Ok(Arc::new(PackedKeyTime {
+                key,
+                time,
+                sequence,
+            })),
+            _ => Err(DataFusionError::Internal(
+                "PackedKeyTime takes a key and a time".into(),
             )),
         }
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({}, {})", self.key, self.time)
+        write!(f, "{self}")
     }
 }
 
