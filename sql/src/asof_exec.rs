@@ -137,10 +137,12 @@ impl AsofJoinExec {
                 })
             })
             .transpose()?;
-        // Left rows come out in the order they go in, partition by partition; the left's
-        // partitioning (by the keys) holds for the output, whose first columns are the left's.
+        // Left rows come out in the order they go in, partition by partition, so the left's
+        // ordering and partitioning (by the keys) hold for the output, whose first columns are the
+        // left's. A chained ASOF join relies on it: its left input is this join's output.
+        let left_ordering = left.output_ordering().cloned();
         let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
+            EquivalenceProperties::new_with_orderings(schema.clone(), left_ordering),
             left.output_partitioning().clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,
