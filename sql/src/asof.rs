@@ -301,6 +301,44 @@ impl UserDefinedLogicalNodeCore for AsofJoin {
         Ok(())
     }
 
+    /// Projection push-down: the inputs need the output columns asked for, plus the columns the
+    /// keys, times and sequence read, so a query reading one feature of a wide group scans and
+    /// sorts that feature only.
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let left_schema = self.left.schema();
+        let right_schema = self.right.schema();
+        let left_width = left_schema.fields().len();
+        let right_output = AsofJoin::right_output_columns(right_schema);
+        let mut left: Vec<usize> = output_columns
+            .iter()
+            .filter(|&&i| i < left_width)
+            .copied()
+            .collect();
+        let mut right: Vec<usize> = output_columns
+            .iter()
+            .filter_map(|&i| i.checked_sub(left_width))
+            .map(|i| right_output.get(i).copied())
+            .collect::<Option<_>>()?;
+        let left_exprs = self.on.iter().map(|(l, _)| l).chain([&self.left_time]);
+        for column in left_exprs.flat_map(|e| e.column_refs()) {
+            left.push(left_schema.index_of_column(column).ok()?);
+        }
+        let right_exprs = self
+            .on
+            .iter()
+            .map(|(_, r)| r)
+            .chain([&self.right_time])
+            .chain(self.right_sequence.iter());
+        for column in right_exprs.flat_map(|e| e.column_refs()) {
+            right.push(right_schema.index_of_column(column).ok()?);
+        }
+        for indices in [&mut left, &mut right] {
+            indices.sort_unstable();
+            indices.dedup();
+        }
+        Some(vec![left, right])
+    }
+
     fn with_exprs_and_inputs(
         &self,
         mut exprs: Vec<Expr>,
