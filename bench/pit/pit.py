@@ -26,6 +26,33 @@ def probe_sql(args, cast_time):
             f"{cast_time(f'((value * 104729) % {span}) + 30')} AS ts FROM generate_series(0, {args.probes - 1})")
 
 
+FEATURES = 10
+
+
+def group_sql(args, group, cast_time):
+    """Feature group `group`: row i has entity i % ENTITIES, an hourly time (offset per group) and
+    FEATURES doubles."""
+    entities = args.entities
+    features = ", ".join(
+        f"CAST((value * {7919 + 31 * group + f}) % 10007 AS DOUBLE PRECISION) AS f{f}" for f in range(FEATURES))
+    return (f"SELECT value % {entities} AS k, {cast_time(f'(value / {entities}) * 3600 + {17 * group}')} AS ts, "
+            f"{features} FROM generate_series(0, {args.group_rows - 1})")
+
+
+def spine_sql(args, cast_time):
+    span = (args.group_rows // args.entities) * 3600
+    return (f"SELECT value % {args.entities} AS k, "
+            f"{cast_time(f'((value * 104729) % {span}) + 1800')} AS ts FROM generate_series(0, {args.spine - 1})")
+
+
+def feature_store_query(asof):
+    joins = " ".join(asof(g) for g in ("a", "b", "c"))
+    return f"SELECT count(*), count(a.f0), sum(a.f0) + sum(b.f1) + sum(c.f2) FROM spine s {joins}"
+
+
+FS_QUERY = feature_store_query(lambda g: f"ASOF JOIN fg_{g} {g} MATCH_CONDITION (s.ts >= {g}.ts) ON s.k = {g}.k")
+FS_DUCK_QUERY = feature_store_query(lambda g: f"ASOF LEFT JOIN fg_{g} {g} ON s.k = {g}.k AND s.ts >= {g}.ts")
+
 QUERY = ("SELECT count(*), count(r.v), sum(r.v) FROM probes p ASOF JOIN prices r "
          "MATCH_CONDITION (p.ts >= r.ts) ON p.k = r.k")
 DUCK_QUERY = ("SELECT count(*), count(r.v), sum(r.v) FROM probes p ASOF LEFT JOIN prices r "
@@ -52,6 +79,9 @@ def main():
     parser.add_argument("--timestamps", type=int, required=True)
     parser.add_argument("--keys", type=int, required=True)
     parser.add_argument("--probes", type=int, required=True)
+    parser.add_argument("--spine", type=int, default=1_000_000)
+    parser.add_argument("--group-rows", type=int, default=10_000_000)
+    parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--port", type=int)
     parser.add_argument("--database")
     parser.add_argument("--quiver")
@@ -67,9 +97,19 @@ def main():
             conn.execute("CREATE TABLE probes (k BIGINT, ts TIMESTAMP)")
             conn.execute("INSERT INTO prices " + right_sql(args, quiver_time))
             conn.execute("INSERT INTO probes " + probe_sql(args, quiver_time))
-    elif args.command == "query-quiver":
+    elif args.command == "load-quiver-fs":
         with quiver_connect(args.port) as conn:
-            seconds, answer = timed(lambda: conn.execute(QUERY).fetchone())
+            doubles = ", ".join(f"f{f} DOUBLE PRECISION" for f in range(FEATURES))
+            for group, name in enumerate(("a", "b", "c")):
+                conn.execute(f"CREATE FEATURE GROUP fg_{name} (k BIGINT, ts TIMESTAMP, {doubles}, "
+                             f"PRIMARY KEY (k), EVENT TIME ts)")
+                conn.execute(f"INSERT INTO fg_{name} " + group_sql(args, group, quiver_time))
+            conn.execute("CREATE TABLE spine (k BIGINT, ts TIMESTAMP)")
+            conn.execute("INSERT INTO spine " + spine_sql(args, quiver_time))
+    elif args.command in ("query-quiver", "query-quiver-fs"):
+        query = QUERY if args.command == "query-quiver" else FS_QUERY
+        with quiver_connect(args.port) as conn:
+            seconds, answer = timed(lambda: conn.execute(query).fetchone())
         print(json.dumps({"median_s": round(seconds, 3), "answer": [float(x) for x in answer]}))
     elif args.command == "load-duckdb":
         import duckdb
@@ -79,11 +119,20 @@ def main():
         conn.execute("CREATE TABLE prices AS " + duck(right_sql(args, duck_time)))
         conn.execute("CREATE TABLE probes AS " + duck(probe_sql(args, duck_time)))
         conn.close()
-    elif args.command == "query-duckdb":
+    elif args.command == "load-duckdb-fs":
+        import duckdb
+        conn = duckdb.connect(args.database)
+        duck = lambda sql: sql.replace("value", "generate_series").replace(" / ", " // ")
+        for group, name in enumerate(("a", "b", "c")):
+            conn.execute(f"CREATE TABLE fg_{name} AS " + duck(group_sql(args, group, duck_time)))
+        conn.execute("CREATE TABLE spine AS " + duck(spine_sql(args, duck_time)))
+        conn.close()
+    elif args.command in ("query-duckdb", "query-duckdb-fs"):
         import duckdb
         conn = duckdb.connect(args.database)
         conn.execute("SET threads = 2")
-        seconds, answer = timed(lambda: conn.execute(DUCK_QUERY).fetchone())
+        query = DUCK_QUERY if args.command == "query-duckdb" else FS_DUCK_QUERY
+        seconds, answer = timed(lambda: conn.execute(query).fetchone())
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         print(json.dumps({"median_s": round(seconds, 3), "answer": [float(x) for x in answer], "peak_rss_mib": peak_mib}))
     elif args.command == "compare":
