@@ -31,7 +31,7 @@ use datafusion::logical_expr::type_coercion::binary::comparison_coercion;
 use datafusion::logical_expr::utils::split_conjunction_owned;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, ExprSchemable, Extension, LogicalPlan, LogicalPlanBuilder, Operator,
-    TableScan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+    SubqueryAlias, TableScan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
@@ -602,16 +602,21 @@ fn to_common_type(
     Ok((cast(l, &left_type), cast(r, &right_type)))
 }
 
-/// The feature group a right side scans directly (`group` or `group AS alias`), if it does.
-fn feature_group_table(plan: &LogicalPlan) -> Option<&RelationTable> {
-    let scan = match plan {
-        LogicalPlan::TableScan(scan) => scan,
+/// The scan a right side is (`table` or `table AS alias`), with its alias if any.
+fn direct_scan(plan: &LogicalPlan) -> Option<(&TableScan, Option<&SubqueryAlias>)> {
+    match plan {
+        LogicalPlan::TableScan(scan) => Some((scan, None)),
         LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
-            LogicalPlan::TableScan(scan) => scan,
-            _ => return None,
+            LogicalPlan::TableScan(scan) => Some((scan, Some(alias))),
+            _ => None,
         },
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// The feature group a right side scans directly, if it does.
+fn feature_group_table(plan: &LogicalPlan) -> Option<&RelationTable> {
+    let (scan, _) = direct_scan(plan)?;
     let source = scan.source.as_ref().downcast_ref::<DefaultTableSource>()?;
     source
         .table_provider
@@ -623,27 +628,15 @@ fn feature_group_table(plan: &LogicalPlan) -> Option<&RelationTable> {
 /// A right side that scans a feature group is scanned with its commit sequence as well, which
 /// orders rows of equal time (the later commit wins).
 fn with_commit_sequence(plan: LogicalPlan) -> DfResult<LogicalPlan> {
-    let Some(table) = feature_group_table(&plan) else {
+    let (Some(table), Some((scan, alias))) = (feature_group_table(&plan), direct_scan(&plan))
+    else {
         return Ok(plan);
     };
-    let sequenced = Arc::new(table.with_commit_sequence());
-    let rescan = |scan: &TableScan| -> DfResult<LogicalPlan> {
-        LogicalPlanBuilder::scan(
-            scan.table_name.clone(),
-            provider_as_source(sequenced.clone()),
-            None,
-        )?
-        .build()
-    };
-    match &plan {
-        LogicalPlan::TableScan(scan) => rescan(scan),
-        LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
-            LogicalPlan::TableScan(scan) => LogicalPlanBuilder::from(rescan(scan)?)
-                .alias(alias.alias.clone())?
-                .build(),
-            _ => Ok(plan),
-        },
-        _ => Ok(plan),
+    let sequenced = provider_as_source(Arc::new(table.with_commit_sequence()));
+    let rescan = LogicalPlanBuilder::scan(scan.table_name.clone(), sequenced, None)?;
+    match alias {
+        Some(alias) => rescan.alias(alias.alias.clone())?.build(),
+        None => rescan.build(),
     }
 }
 

@@ -72,7 +72,6 @@ pub(crate) struct AsofJoinExec {
     left: Arc<dyn ExecutionPlan>,
     right: Arc<dyn ExecutionPlan>,
     spec: Arc<JoinSpec>,
-    ttl_seconds: Option<i64>,
     properties: Arc<PlanProperties>,
 }
 
@@ -112,9 +111,6 @@ impl AsofJoinExec {
                     && packs(&left_time.data_type(&left.schema())?)
                     && packs(&right_time.data_type(&right_schema)?) =>
             {
-                // Among right rows of equal time the later commit must be the one the merge
-                // settles on: the last one looking backward, the first one looking forward.
-                let descending = condition.direction() == MatchDirection::Forward;
                 Some((
                     PackedKeyTime {
                         key: Arc::clone(left_key),
@@ -124,7 +120,9 @@ impl AsofJoinExec {
                     PackedKeyTime {
                         key: Arc::clone(right_key),
                         time: right_time.clone(),
-                        sequence: right_sequence.clone().map(|s| (s, descending)),
+                        sequence: right_sequence
+                            .clone()
+                            .map(|s| (s, sequence_order(condition).descending)),
                     },
                 ))
             }
@@ -162,7 +160,6 @@ impl AsofJoinExec {
                 right_output,
                 schema,
             }),
-            ttl_seconds,
             properties: Arc::new(properties),
         })
     }
@@ -185,9 +182,19 @@ impl AsofJoinExec {
             spec.right_time.clone(),
             spec.condition,
             spec.right_sequence.clone(),
-            self.ttl_seconds,
+            // Made from whole seconds, so this is exact.
+            spec.ttl_micros.map(|micros| micros / 1_000_000),
             spec.right_output.clone(),
         )
+    }
+}
+
+/// How the right side's commit sequence sorts within rows of equal key and time: the later commit
+/// must be the one the merge settles on, the last one looking backward, the first looking forward.
+fn sequence_order(condition: MatchCondition) -> SortOptions {
+    SortOptions {
+        descending: condition.direction() == MatchDirection::Forward,
+        nulls_first: true,
     }
 }
 
@@ -225,8 +232,8 @@ impl DisplayAs for AsofJoinExec {
             spec.right_time,
             on.join(", ")
         )?;
-        if let Some(ttl) = self.ttl_seconds {
-            write!(f, ", ttl={ttl}s")?;
+        if let Some(micros) = spec.ttl_micros {
+            write!(f, ", ttl={}s", micros / 1_000_000)?;
         }
         Ok(())
     }
@@ -280,42 +287,29 @@ impl ExecutionPlan for AsofJoinExec {
 
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
         let spec = &self.spec;
-        // Among right rows of equal time the later commit must be the one the merge settles on:
-        // the last one looking backward, the first one looking forward.
-        let sequence = spec.right_sequence.iter().map(|e| {
-            let options = SortOptions {
-                descending: spec.condition.direction() == MatchDirection::Forward,
-                nulls_first: true,
-            };
-            (e.clone(), options)
-        });
-        let ascending = |e: &Arc<dyn PhysicalExpr>| (e.clone(), ASCENDING);
-        let (left, right): (Vec<_>, Vec<_>) = match &spec.packed {
-            Some((left, right)) => (
-                vec![(Arc::new(left.clone()) as Arc<dyn PhysicalExpr>, ASCENDING)],
-                vec![(Arc::new(right.clone()) as Arc<dyn PhysicalExpr>, ASCENDING)],
-            ),
-            None => (
-                spec.left_keys
-                    .iter()
-                    .chain([&spec.left_time])
-                    .map(ascending)
-                    .collect(),
-                spec.right_keys
-                    .iter()
-                    .chain([&spec.right_time])
-                    .map(ascending)
-                    .collect(),
-            ),
-        };
-        if spec.packed.is_some() {
-            // The right's packed column holds the sequence already.
-            return vec![requirement(left), requirement(right)];
+        if let Some((left, right)) = &spec.packed {
+            // One column each; the right's holds the commit sequence too.
+            let packed =
+                |p: &PackedKeyTime| (Arc::new(p.clone()) as Arc<dyn PhysicalExpr>, ASCENDING);
+            return vec![requirement([packed(left)]), requirement([packed(right)])];
         }
-        vec![
-            requirement(left),
-            requirement(right.into_iter().chain(sequence)),
-        ]
+        let ascending = |e: &Arc<dyn PhysicalExpr>| (e.clone(), ASCENDING);
+        let left = spec
+            .left_keys
+            .iter()
+            .chain([&spec.left_time])
+            .map(ascending);
+        let sequence = spec
+            .right_sequence
+            .iter()
+            .map(|e| (e.clone(), sequence_order(spec.condition)));
+        let right = spec
+            .right_keys
+            .iter()
+            .chain([&spec.right_time])
+            .map(ascending)
+            .chain(sequence);
+        vec![requirement(left), requirement(right)]
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -573,13 +567,26 @@ struct RightBatch {
     sort: SortKeys,
 }
 
+/// How the merge puts a batch's keys and times in comparable form.
+enum Comparison {
+    /// Packed as the inputs are sorted: [`JoinSpec::packed`].
+    Packed {
+        left: PackedKeyTime,
+        right: PackedKeyTime,
+    },
+    /// In Arrow's row format.
+    Rows {
+        keys: RowConverter,
+        times: RowConverter,
+    },
+}
+
 /// The merge of one partition.
 struct Merge {
     spec: Arc<JoinSpec>,
     left: SendableRecordBatchStream,
     right: SendableRecordBatchStream,
-    /// Key and time converters to Arrow's row format, unless the order is packed.
-    converters: Option<(RowConverter, RowConverter)>,
+    comparison: Comparison,
     /// The right batch being read and the position of the next unread row in it.
     current: Option<Arc<RightBatch>>,
     position: usize,
@@ -597,23 +604,28 @@ impl Merge {
         right: SendableRecordBatchStream,
     ) -> DfResult<Merge> {
         let left_schema = left.schema();
-        let key_fields = spec
-            .left_keys
-            .iter()
-            .map(|e| {
-                Ok(SortField::new_with_options(
-                    e.data_type(&left_schema)?,
-                    ASCENDING,
-                ))
-            })
-            .collect::<DfResult<Vec<_>>>()?;
-        let time_type = spec.left_time.data_type(&left_schema)?;
-        let converters = match spec.packed {
-            Some(_) => None,
-            None => Some((
-                RowConverter::new(key_fields)?,
-                RowConverter::new(vec![SortField::new_with_options(time_type, ASCENDING)])?,
-            )),
+        let comparison = match &spec.packed {
+            Some((left, right)) => Comparison::Packed {
+                left: left.clone(),
+                right: right.clone(),
+            },
+            None => {
+                let sort_field = |e: &Arc<dyn PhysicalExpr>| -> DfResult<SortField> {
+                    Ok(SortField::new_with_options(
+                        e.data_type(&left_schema)?,
+                        ASCENDING,
+                    ))
+                };
+                Comparison::Rows {
+                    keys: RowConverter::new(
+                        spec.left_keys
+                            .iter()
+                            .map(sort_field)
+                            .collect::<DfResult<_>>()?,
+                    )?,
+                    times: RowConverter::new(vec![sort_field(&spec.left_time)?])?,
+                }
+            }
         };
         // The output's right fields, which are nullable whatever the right input says.
         let right_fields = spec.schema.fields()[left_schema.fields().len()..].to_vec();
@@ -626,7 +638,7 @@ impl Merge {
             spec,
             left,
             right,
-            converters,
+            comparison,
             current: None,
             position: 0,
             right_done: false,
@@ -647,33 +659,35 @@ impl Merge {
 
     fn sort_keys(&self, batch: &RecordBatch, side: Side) -> DfResult<SortKeys> {
         let spec = &self.spec;
-        let (keys, time, packed) = match side {
-            Side::Left => (
-                &spec.left_keys,
-                &spec.left_time,
-                spec.packed.as_ref().map(|(l, _)| l),
-            ),
-            Side::Right => (
-                &spec.right_keys,
-                &spec.right_time,
-                spec.packed.as_ref().map(|(_, r)| r),
-            ),
+        let (keys, time) = match side {
+            Side::Left => (&spec.left_keys, &spec.left_time),
+            Side::Right => (&spec.right_keys, &spec.right_time),
         };
         let rows = batch.num_rows();
-        let time_array = time.evaluate(batch)?.into_array(rows)?;
-        let micros = match spec.ttl_micros {
-            Some(_) => Some(epoch_micros(&time_array)?),
-            None => None,
+        // The ttl compares times as microseconds; only then are they needed apart from the order.
+        let micros = |times: &ArrayRef| -> DfResult<Option<Vec<Option<i64>>>> {
+            spec.ttl_micros.map(|_| epoch_micros(times)).transpose()
         };
-        if let Some(packed) = packed {
-            let values = packed.pack(batch)?;
-            let valid = (0..rows).map(|row| values.is_valid(row)).collect();
-            return Ok(SortKeys {
-                order: RowOrder::Packed(values.values().to_vec()),
-                valid,
-                micros,
-            });
-        }
+        let (key_converter, time_converter) = match &self.comparison {
+            Comparison::Rows { keys, times } => (keys, times),
+            Comparison::Packed { left, right } => {
+                let packed = match side {
+                    Side::Left => left,
+                    Side::Right => right,
+                };
+                let values = packed.pack(batch)?;
+                let micros = match spec.ttl_micros {
+                    Some(_) => micros(&time.evaluate(batch)?.into_array(rows)?)?,
+                    None => None,
+                };
+                return Ok(SortKeys {
+                    valid: (0..rows).map(|row| values.is_valid(row)).collect(),
+                    order: RowOrder::Packed(values.values().to_vec()),
+                    micros,
+                });
+            }
+        };
+        let time_array = time.evaluate(batch)?.into_array(rows)?;
         let key_arrays = keys
             .iter()
             .map(|e| e.evaluate(batch)?.into_array(rows))
@@ -686,11 +700,6 @@ impl Merge {
                 }
             }
         }
-        let Some((key_converter, time_converter)) = &self.converters else {
-            return Err(DataFusionError::Internal(
-                "ASOF JOIN keys in row format without converters".into(),
-            ));
-        };
         Ok(SortKeys {
             order: RowOrder::Rows {
                 keys: if key_arrays.is_empty() {
@@ -698,10 +707,10 @@ impl Merge {
                 } else {
                     Some(key_converter.convert_columns(&key_arrays)?)
                 },
-                times: time_converter.convert_columns(&[time_array])?,
+                times: time_converter.convert_columns(std::slice::from_ref(&time_array))?,
             },
             valid,
-            micros,
+            micros: micros(&time_array)?,
         })
     }
 
