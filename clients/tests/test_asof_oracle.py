@@ -91,3 +91,25 @@ def test_asof_join_spills_instead_of_holding_the_right_side(tmp_path):
             assert spills and max(spills) > 0, analyzed
     finally:
         server.stop()
+
+
+def test_a_query_beyond_the_memory_limit_is_out_of_memory(tmp_path):
+    """When even spilling cannot fit (each sort keeps 10 MB back for merging), 53200, as PostgreSQL."""
+    from conftest import QuiverServer
+
+    server = QuiverServer(tmp_path / "data", args=["--query-memory-mb", "4"])
+    port = server.start()
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", autocommit=True) as conn:
+            conn.execute("CREATE TABLE r (k BIGINT, ts BIGINT, v BIGINT)")
+            conn.execute("CREATE TABLE l (k BIGINT, ts BIGINT)")
+            conn.execute("INSERT INTO r SELECT value % 100, value AS ts, value AS v FROM generate_series(0, 599999)")
+            conn.execute("INSERT INTO l SELECT value % 100, value FROM generate_series(0, 199999)")
+            with pytest.raises(psycopg.Error) as failure:
+                conn.execute("SELECT count(r.v) FROM l ASOF JOIN r MATCH_CONDITION (l.ts >= r.ts) ON l.k = r.k").fetchone()
+            assert failure.value.sqlstate == "53200", failure.value
+            assert "out of memory" in str(failure.value)
+            # The session goes on.
+            assert conn.execute("SELECT count(*) FROM l").fetchone() == (200_000,)
+    finally:
+        server.stop()

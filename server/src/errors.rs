@@ -26,6 +26,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::DependentObjects(_) => "2BP01",
         SqlError::NotSupported(_) => "0A000",
         SqlError::Canceled => "57014",
+        SqlError::OutOfMemory(_) => "53200",
         SqlError::Data(_) => "22000",
         SqlError::Internal(_) => "XX000",
         SqlError::Storage(storage) => match storage {

@@ -64,6 +64,9 @@ pub enum SqlError {
     #[error("canceling statement due to user request")]
     Canceled,
     /// 22000-class: a data error raised while executing a query.
+    /// 53200: a query needed more memory than `--query-memory-mb` leaves it, spilling included.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     #[error("{0}")]
     Data(String),
     /// XX000: a bug or an environment failure, not the user's doing.
@@ -127,7 +130,7 @@ fn classify_datafusion(error: DataFusionError) -> SqlError {
         DataFusionError::NotImplemented(message) => SqlError::NotSupported(message),
         DataFusionError::Plan(message) => classify_plan_message(message),
         DataFusionError::Execution(message) => classify_execution_message(message),
-        DataFusionError::ResourcesExhausted(message) => SqlError::Data(message),
+        DataFusionError::ResourcesExhausted(message) => SqlError::OutOfMemory(message),
         other => SqlError::Internal(other.to_string()),
     }
 }
