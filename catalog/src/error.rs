@@ -14,8 +14,15 @@ pub enum CatalogError {
     UndefinedProject(String),
     #[error("feature group \"{0}\" does not exist")]
     UndefinedFeatureGroup(String),
-    #[error("feature group \"{name}\" has no version {version}")]
-    UndefinedVersion { name: String, version: u32 },
+    #[error("{kind} \"{name}\" has no version {version}")]
+    UndefinedVersion {
+        kind: &'static str,
+        name: String,
+        version: u32,
+    },
+    /// A feature view or training dataset that does not exist.
+    #[error("{kind} \"{name}\" does not exist")]
+    UndefinedObject { kind: &'static str, name: String },
     #[error("relation \"{0}\" does not exist")]
     UndefinedRelation(String),
     #[error("cannot drop: {0}")]

@@ -203,3 +203,218 @@ pub struct User {
     pub name: String,
     pub superuser: bool,
 }
+
+/// A fitted-at-training-time transformation of one feature view column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransformKind {
+    /// `(x - mean) / stddev`.
+    StandardScaler,
+    /// `(x - min) / (max - min)`.
+    MinMaxScaler,
+    /// One 0/1 column per category seen in the train split.
+    OneHot,
+    /// The category's index among the train split's sorted categories.
+    LabelEncoder,
+}
+
+impl TransformKind {
+    /// Every transformation, by the name SQL uses for it.
+    pub const ALL: [(&'static str, TransformKind); 4] = [
+        ("standard_scaler", TransformKind::StandardScaler),
+        ("min_max_scaler", TransformKind::MinMaxScaler),
+        ("one_hot", TransformKind::OneHot),
+        ("label_encoder", TransformKind::LabelEncoder),
+    ];
+
+    /// The name SQL uses for this transformation.
+    pub fn sql_name(self) -> &'static str {
+        TransformKind::ALL
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map(|(name, _)| *name)
+            .unwrap_or("unknown")
+    }
+}
+
+/// A transformation a feature view applies to one of its columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transform {
+    pub column: String,
+    pub kind: TransformKind,
+}
+
+/// A column of a query's result, as listings show it: its name and PostgreSQL type name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultColumn {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// A feature view: the named, versioned query whose columns a model trains on and is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureView {
+    /// Assigned by the catalog when the view is created.
+    pub oid: Oid,
+    pub project: String,
+    pub name: String,
+    pub version: u32,
+    /// The query, with every feature group it reads named by its exact version, so a new version
+    /// of a group never changes what the view means.
+    pub query: String,
+    pub columns: Vec<ResultColumn>,
+    /// The column a model predicts; part of training data, never of a served feature vector.
+    pub label: Option<String>,
+    pub transforms: Vec<Transform>,
+    pub description: Option<String>,
+    /// The relations the query reads; they cannot be dropped while the view exists.
+    pub depends_on: Vec<Oid>,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl FeatureView {
+    /// The name SQL uses for this exact version: `<name>_<version>`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}_{}", self.name, self.version)
+    }
+}
+
+/// The file format a training dataset is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatasetFormat {
+    Tfrecords,
+    Parquet,
+    Csv,
+    Npy,
+    Hdf5,
+    Arrow,
+}
+
+impl DatasetFormat {
+    /// Every format, by the name SQL uses for it.
+    pub const ALL: [(&'static str, DatasetFormat); 6] = [
+        ("tfrecords", DatasetFormat::Tfrecords),
+        ("parquet", DatasetFormat::Parquet),
+        ("csv", DatasetFormat::Csv),
+        ("npy", DatasetFormat::Npy),
+        ("hdf5", DatasetFormat::Hdf5),
+        ("arrow", DatasetFormat::Arrow),
+    ];
+
+    /// The name SQL uses for this format.
+    pub fn sql_name(self) -> &'static str {
+        DatasetFormat::ALL
+            .iter()
+            .find(|(_, format)| *format == self)
+            .map(|(name, _)| *name)
+            .unwrap_or("unknown")
+    }
+}
+
+/// A comparison of a split's time bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeComparison {
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+}
+
+/// How the rows of a training dataset are divided into splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Split {
+    /// Every row is in the one split `train`.
+    None,
+    /// Each row goes to a split by a hash of its values and the seed, with these weights.
+    Random {
+        weights: Vec<(String, f64)>,
+        seed: u64,
+    },
+    /// Each row goes to the first split whose bound its time column meets.
+    ByTime {
+        column: String,
+        bounds: Vec<(String, TimeComparison, String)>,
+    },
+}
+
+impl Split {
+    /// The names of the splits, in the order they were written.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Split::None => vec!["train".into()],
+            Split::Random { weights, .. } => weights.iter().map(|(n, _)| n.clone()).collect(),
+            Split::ByTime { bounds, .. } => bounds.iter().map(|(n, _, _)| n.clone()).collect(),
+        }
+    }
+}
+
+/// A transformation with the parameters it learnt from a training dataset's train split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FittedTransform {
+    StandardScaler {
+        column: String,
+        mean: f64,
+        stddev: f64,
+    },
+    MinMaxScaler {
+        column: String,
+        min: f64,
+        max: f64,
+    },
+    /// The categories are the train split's distinct values as text, sorted.
+    OneHot {
+        column: String,
+        categories: Vec<String>,
+    },
+    LabelEncoder {
+        column: String,
+        categories: Vec<String>,
+    },
+}
+
+impl FittedTransform {
+    /// The column this transformation reads.
+    pub fn column(&self) -> &str {
+        match self {
+            FittedTransform::StandardScaler { column, .. }
+            | FittedTransform::MinMaxScaler { column, .. }
+            | FittedTransform::OneHot { column, .. }
+            | FittedTransform::LabelEncoder { column, .. } => column,
+        }
+    }
+}
+
+/// Where a training dataset's rows came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatasetSource {
+    FeatureView { name: String, version: u32 },
+    Query,
+}
+
+/// A training dataset version: files written once from a query, and everything needed to write
+/// the same files again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingDataset {
+    /// Assigned by the catalog when the dataset is created.
+    pub oid: Oid,
+    pub project: String,
+    pub name: String,
+    pub version: u32,
+    pub source: DatasetSource,
+    /// The query evaluated, feature groups named by exact version.
+    pub query: String,
+    pub label: Option<String>,
+    pub format: DatasetFormat,
+    /// The URL of the directory holding `<split>/` subdirectories.
+    pub location: String,
+    pub split: Split,
+    /// The columns written, after transformations.
+    pub columns: Vec<ResultColumn>,
+    /// Rows written per split, in the split's order.
+    pub split_rows: Vec<(String, u64)>,
+    /// The offline table version of every relation read, by OID.
+    pub read_versions: Vec<(Oid, u64)>,
+    pub transforms: Vec<FittedTransform>,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CatalogError, CatalogResult};
 use crate::model::{
-    Column, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, Oid, Project, Relation,
-    RelationKind, User,
+    Column, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, FeatureView, Oid, Project,
+    Relation, RelationKind, TrainingDataset, User,
 };
 
 /// A change to the catalog. Commands are the entries of the catalog log.
@@ -58,6 +58,16 @@ pub enum CatalogCommand {
     DropRelations {
         oids: Vec<Oid>,
     },
+    /// Creates a feature view version; the OID in the command is replaced by a fresh one.
+    CreateFeatureView(FeatureView),
+    DropFeatureViews {
+        oids: Vec<Oid>,
+    },
+    /// Records a training dataset whose files are written; the OID is replaced by a fresh one.
+    CreateTrainingDataset(Box<TrainingDataset>),
+    DropTrainingDatasets {
+        oids: Vec<Oid>,
+    },
 }
 
 /// What applying a command produced, for the caller to act on (e.g. storage to create or remove).
@@ -68,6 +78,10 @@ pub enum Applied {
     Relation(Oid),
     /// The relations a drop removed, whose stored data may now be deleted.
     Dropped(Vec<Relation>),
+    FeatureView(Oid),
+    TrainingDataset(Oid),
+    /// The training datasets a drop removed, whose files may now be deleted.
+    DroppedDatasets(Vec<TrainingDataset>),
 }
 
 /// The whole catalog: everything needed to answer a name lookup or a listing.
@@ -79,6 +93,8 @@ pub struct CatalogState {
     users: BTreeMap<String, User>,
     projects: BTreeMap<String, Project>,
     relations: BTreeMap<Oid, Relation>,
+    feature_views: BTreeMap<Oid, FeatureView>,
+    training_datasets: BTreeMap<Oid, TrainingDataset>,
 }
 
 impl CatalogState {
@@ -152,6 +168,10 @@ impl CatalogState {
                     )));
                 }
                 self.projects.remove(name);
+                // A project's views go with it; its training datasets' files are left where they
+                // were written (a location may be shared storage the project never owned).
+                self.feature_views.retain(|_, v| &v.project != name);
+                self.training_datasets.retain(|_, d| &d.project != name);
                 let dropped = contained
                     .iter()
                     .filter_map(|oid| self.relations.remove(oid))
@@ -222,11 +242,86 @@ impl CatalogState {
                 if let Some(missing) = oids.iter().find(|oid| !self.relations.contains_key(oid)) {
                     return Err(CatalogError::UndefinedRelation(format!("oid {missing}")));
                 }
+                if let Some((view, relation)) = self.feature_views.values().find_map(|view| {
+                    view.depends_on
+                        .iter()
+                        .find(|oid| oids.contains(oid))
+                        .and_then(|oid| self.relations.get(oid))
+                        .map(|relation| (view, relation))
+                }) {
+                    return Err(CatalogError::DependentObjects(format!(
+                        "feature view \"{}\" version {} reads \"{}\"; drop the feature view first",
+                        view.name,
+                        view.version,
+                        relation.qualified_name()
+                    )));
+                }
                 let dropped = oids
                     .iter()
                     .filter_map(|oid| self.relations.remove(oid))
                     .collect();
                 Applied::Dropped(dropped)
+            }
+            CatalogCommand::CreateFeatureView(view) => {
+                self.check_new_feature_view(view)?;
+                let oid = self.allocate_oid();
+                self.feature_views.insert(
+                    oid,
+                    FeatureView {
+                        oid,
+                        ..view.clone()
+                    },
+                );
+                Applied::FeatureView(oid)
+            }
+            CatalogCommand::DropFeatureViews { oids } => {
+                if let Some(missing) = oids.iter().find(|o| !self.feature_views.contains_key(o)) {
+                    return Err(CatalogError::UndefinedObject {
+                        kind: "feature view",
+                        name: format!("oid {missing}"),
+                    });
+                }
+                for oid in oids {
+                    self.feature_views.remove(oid);
+                }
+                Applied::Nothing
+            }
+            CatalogCommand::CreateTrainingDataset(dataset) => {
+                if !self.projects.contains_key(&dataset.project) {
+                    return Err(CatalogError::UndefinedProject(dataset.project.clone()));
+                }
+                if self
+                    .training_dataset_versions(&dataset.project, &dataset.name)
+                    .any(|d| d.version == dataset.version)
+                {
+                    return Err(CatalogError::Duplicate(format!(
+                        "training dataset \"{}\" version {}",
+                        dataset.name, dataset.version
+                    )));
+                }
+                let oid = self.allocate_oid();
+                self.training_datasets.insert(
+                    oid,
+                    TrainingDataset {
+                        oid,
+                        ..dataset.as_ref().clone()
+                    },
+                );
+                Applied::TrainingDataset(oid)
+            }
+            CatalogCommand::DropTrainingDatasets { oids } => {
+                if let Some(missing) = oids.iter().find(|o| !self.training_datasets.contains_key(o))
+                {
+                    return Err(CatalogError::UndefinedObject {
+                        kind: "training dataset",
+                        name: format!("oid {missing}"),
+                    });
+                }
+                let dropped = oids
+                    .iter()
+                    .filter_map(|oid| self.training_datasets.remove(oid))
+                    .collect();
+                Applied::DroppedDatasets(dropped)
             }
         };
         self.applied_commands += 1;
@@ -267,6 +362,11 @@ impl CatalogState {
                 });
             }
         }
+        if self.resolve_feature_view(project, name).is_some() {
+            return Err(CatalogError::Duplicate(format!(
+                "relation \"{name}\" (a feature view of that name exists)"
+            )));
+        }
         match kind {
             RelationKind::Table => {
                 if self.resolve(project, name).is_some() || self.has_feature_group(project, name) {
@@ -300,6 +400,37 @@ impl CatalogState {
                         "relation \"{name}\" (a table of that name exists)"
                     )));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_new_feature_view(&self, view: &FeatureView) -> CatalogResult<()> {
+        if !self.projects.contains_key(&view.project) {
+            return Err(CatalogError::UndefinedProject(view.project.clone()));
+        }
+        if let Some(missing) = view
+            .depends_on
+            .iter()
+            .find(|oid| !self.relations.contains_key(oid))
+        {
+            return Err(CatalogError::UndefinedRelation(format!("oid {missing}")));
+        }
+        if self
+            .feature_view_versions(&view.project, &view.name)
+            .any(|v| v.version == view.version)
+        {
+            return Err(CatalogError::Duplicate(format!(
+                "feature view \"{}\" version {}",
+                view.name, view.version
+            )));
+        }
+        // Views and relations share the `public` schema: neither name form may be taken.
+        for name in [view.name.clone(), view.qualified_name()] {
+            if self.resolve(&view.project, &name).is_some() {
+                return Err(CatalogError::Duplicate(format!(
+                    "relation \"{name}\" (a feature group or table of that name exists)"
+                )));
             }
         }
         Ok(())
@@ -356,11 +487,12 @@ impl CatalogState {
             (Some(relation), _) => Ok(relation.oid),
             (None, Some(v)) if self.has_feature_group(project, name) => {
                 Err(CatalogError::UndefinedVersion {
+                    kind: "feature group",
                     name: name.to_string(),
                     version: v,
                 })
             }
-            (None, _) => Err(CatalogError::UndefinedFeatureGroup(name.to_string())),
+                (None, _) => Err(CatalogError::UndefinedFeatureGroup(name.to_string())),
         }
     }
 
@@ -412,5 +544,128 @@ impl CatalogState {
     /// The user with this name.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
+    }
+
+    /// Every version of a feature view, oldest first.
+    pub fn feature_view_versions<'a>(
+        &'a self,
+        project: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a FeatureView> + 'a {
+        self.feature_views
+            .values()
+            .filter(move |v| v.project == project && v.name == name)
+    }
+
+    /// A feature view version, or its latest version when `version` is `None`.
+    pub fn feature_view(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> CatalogResult<&FeatureView> {
+        latest_or_exact(
+            self.feature_views
+                .values()
+                .filter(|v| v.project == project && v.name == name),
+            |v| v.version,
+            version,
+            "feature view",
+            name,
+        )
+    }
+
+    /// Resolves a name as SQL sees it: a feature view's bare name (its latest version) or
+    /// `<name>_<version>`.
+    pub fn resolve_feature_view(&self, project: &str, name: &str) -> Option<&FeatureView> {
+        if let Ok(latest) = self.feature_view(project, name, None) {
+            return Some(latest);
+        }
+        let (base, version) = name.rsplit_once('_')?;
+        let version: u32 = version.parse().ok()?;
+        self.feature_view(project, base, Some(version)).ok()
+    }
+
+    /// Every feature view of a project, in creation order.
+    pub fn feature_views<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> impl Iterator<Item = &'a FeatureView> + 'a {
+        self.feature_views
+            .values()
+            .filter(move |v| v.project == project)
+    }
+
+    /// Every version of a training dataset, oldest first.
+    pub fn training_dataset_versions<'a>(
+        &'a self,
+        project: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a TrainingDataset> + 'a {
+        self.training_datasets
+            .values()
+            .filter(move |d| d.project == project && d.name == name)
+    }
+
+    /// A training dataset version, or its latest version when `version` is `None`.
+    pub fn training_dataset(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> CatalogResult<&TrainingDataset> {
+        latest_or_exact(
+            self.training_datasets
+                .values()
+                .filter(|d| d.project == project && d.name == name),
+            |d| d.version,
+            version,
+            "training dataset",
+            name,
+        )
+    }
+
+    /// Every training dataset of a project, in creation order.
+    pub fn training_datasets<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> impl Iterator<Item = &'a TrainingDataset> + 'a {
+        self.training_datasets
+            .values()
+            .filter(move |d| d.project == project)
+    }
+}
+
+/// The object of `versions` with this version, or the latest one when `version` is `None`.
+fn latest_or_exact<'a, T>(
+    versions: impl Iterator<Item = &'a T>,
+    version_of: impl Fn(&T) -> u32,
+    version: Option<u32>,
+    kind: &'static str,
+    name: &str,
+) -> CatalogResult<&'a T> {
+    let mut any = false;
+    let mut found: Option<&T> = None;
+    for candidate in versions {
+        any = true;
+        let better = match version {
+            Some(v) => version_of(candidate) == v,
+            None => found.is_none_or(|f| version_of(candidate) > version_of(f)),
+        };
+        if better {
+            found = Some(candidate);
+        }
+    }
+    match (found, version) {
+        (Some(object), _) => Ok(object),
+        (None, Some(v)) if any => Err(CatalogError::UndefinedVersion {
+            kind,
+            name: name.to_string(),
+            version: v,
+        }),
+        (None, _) => Err(CatalogError::UndefinedObject {
+            kind,
+            name: name.to_string(),
+        }),
     }
 }

@@ -168,3 +168,65 @@ fn dropping_a_project_with_relations_needs_cascade() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+fn feature_view(name: &str, version: u32, depends_on: Vec<Oid>) -> CatalogCommand {
+    CatalogCommand::CreateFeatureView(FeatureView {
+        oid: 0,
+        project: BOOTSTRAP_NAME.into(),
+        name: name.into(),
+        version,
+        query: "SELECT id FROM tx_1".into(),
+        columns: vec![ResultColumn {
+            name: "id".into(),
+            type_name: "bigint".into(),
+        }],
+        label: None,
+        transforms: vec![],
+        description: None,
+        depends_on,
+        owner: BOOTSTRAP_NAME.into(),
+        created_at: Utc::now(),
+    })
+}
+
+#[test]
+fn a_feature_view_is_versioned_and_keeps_the_groups_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let Applied::Relation(group) = catalog.execute(create_group("tx", 1)).unwrap() else {
+        panic!("a relation expected");
+    };
+    catalog.execute(feature_view("fv", 1, vec![group])).unwrap();
+    catalog.execute(feature_view("fv", 2, vec![group])).unwrap();
+    let state = catalog.snapshot();
+    assert_eq!(state.resolve_feature_view("quiver", "fv").unwrap().version, 2);
+    assert_eq!(state.resolve_feature_view("quiver", "fv_1").unwrap().version, 1);
+    assert!(matches!(
+        state.feature_view("quiver", "fv", Some(3)),
+        Err(CatalogError::UndefinedVersion { .. })
+    ));
+    assert!(matches!(
+        state.feature_view("quiver", "nope", None),
+        Err(CatalogError::UndefinedObject { .. })
+    ));
+    // The name is taken for relations too, and the group cannot go while a view reads it.
+    assert!(matches!(
+        catalog.execute(create_group("fv", 1)),
+        Err(CatalogError::Duplicate(_))
+    ));
+    assert!(matches!(
+        catalog.execute(feature_view("tx", 1, vec![])),
+        Err(CatalogError::Duplicate(_))
+    ));
+    assert!(matches!(
+        catalog.execute(CatalogCommand::DropRelations { oids: vec![group] }),
+        Err(CatalogError::DependentObjects(_))
+    ));
+    let views: Vec<Oid> = state.feature_views("quiver").map(|v| v.oid).collect();
+    catalog
+        .execute(CatalogCommand::DropFeatureViews { oids: views })
+        .unwrap();
+    catalog
+        .execute(CatalogCommand::DropRelations { oids: vec![group] })
+        .unwrap();
+}

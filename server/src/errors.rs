@@ -45,6 +45,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
             CatalogError::UndefinedProject(_) => "3D000",
             CatalogError::UndefinedFeatureGroup(_)
             | CatalogError::UndefinedVersion { .. }
+            | CatalogError::UndefinedObject { .. }
             | CatalogError::UndefinedRelation(_) => "42P01",
             CatalogError::DependentObjects(_) => "2BP01",
             CatalogError::Io { .. } | CatalogError::CorruptLog { .. } => "XX000",
