@@ -37,7 +37,12 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
             StorageError::Io { .. } | StorageError::ObjectStore(_) => "58030",
             StorageError::Schema(_) => "0A000",
             StorageError::InvalidLocation(_) => "22023",
-            StorageError::Delta(_) | StorageError::Query(_) | StorageError::Internal(_) => "XX000",
+            StorageError::NullNotAllowed(_) => "22004",
+            StorageError::Delta(_)
+            | StorageError::Query(_)
+            | StorageError::Internal(_)
+            | StorageError::Arrow(_)
+            | StorageError::Parquet(_) => "XX000",
         },
         SqlError::Catalog(catalog) => match catalog {
             CatalogError::Duplicate(_) | CatalogError::DuplicateColumn { .. } => "42P07",

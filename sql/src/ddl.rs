@@ -691,12 +691,33 @@ pub fn listing_query(statement: &Statement, engine: &Engine, project: &str) -> S
             let version = group.feature_group().map(|s| s.version).unwrap_or(1);
             format!(
                 "SELECT name AS column_name, type, nullable, primary_key, event_time, description \
-                 FROM quiver.features WHERE feature_group = '{}' AND version = {version} ORDER BY position",
-                name.replace('\'', "''")
+                 FROM quiver.features WHERE feature_group = {} AND version = {version} ORDER BY position",
+                quote_literal(name)
+            )
+        }
+        Statement::ShowFeatureViews => {
+            "SELECT name, version, label, transforms, description, columns \
+             FROM quiver.feature_views ORDER BY name, version"
+                .to_string()
+        }
+        Statement::DescribeFeatureView { name, version } => {
+            let snapshot = engine.catalog.snapshot();
+            let view = snapshot.feature_view(project, name, *version)?;
+            format!(
+                "SELECT name AS column_name, type, label, transform \
+                 FROM quiver.feature_view_columns WHERE feature_view = {} AND version = {} \
+                 ORDER BY position",
+                quote_literal(name),
+                view.version
             )
         }
         other => return Err(SqlError::Internal(format!("not a listing: {other:?}"))),
     })
+}
+
+/// A string as an SQL literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -14,14 +14,21 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use quiver_catalog::{Project, Relation};
+use quiver_catalog::{FeatureView, Project, Relation};
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::types::UTC;
 
 /// The names of the discovery tables.
-pub const TABLES: &[&str] = &["feature_groups", "features", "tables", "projects"];
+pub const TABLES: &[&str] = &[
+    "feature_groups",
+    "features",
+    "tables",
+    "projects",
+    "feature_views",
+    "feature_view_columns",
+];
 
 /// Builds the discovery table `name` of a project, or `None` if there is no such table.
 pub async fn table(
@@ -61,6 +68,10 @@ pub async fn table(
             tables_batch(&tables, &rows)?
         }
         "projects" => projects(&snapshot.projects().collect::<Vec<_>>())?,
+        "feature_views" => feature_views(&snapshot.feature_views(project).collect::<Vec<_>>())?,
+        "feature_view_columns" => {
+            feature_view_columns(&snapshot.feature_views(project).collect::<Vec<_>>())?
+        }
         _ => return Ok(None),
     };
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
@@ -272,6 +283,115 @@ fn projects(projects: &[&Project]) -> SqlResult<RecordBatch> {
             Arc::new(description.finish()),
             Arc::new(owner.finish()),
             Arc::new(created_at.finish()),
+        ],
+    )
+}
+
+fn feature_views(views: &[&FeatureView]) -> SqlResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut version = Int32Builder::new();
+    let mut oid = Int64Builder::new();
+    let mut query = StringBuilder::new();
+    let mut label = StringBuilder::new();
+    let mut transforms = StringBuilder::new();
+    let mut description = StringBuilder::new();
+    let mut columns = StringBuilder::new();
+    let mut owner = StringBuilder::new();
+    let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    for view in views {
+        name.append_value(&view.name);
+        version.append_value(view.version as i32);
+        oid.append_value(view.oid as i64);
+        query.append_value(&view.query);
+        label.append_option(view.label.as_deref());
+        transforms.append_value(
+            view.transforms
+                .iter()
+                .map(|t| format!("{}:{}", t.column, t.kind.sql_name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        description.append_option(view.description.as_deref());
+        columns.append_value(
+            view.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        owner.append_value(&view.owner);
+        created_at.append_value(view.created_at.timestamp_micros());
+    }
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("query", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, true),
+            Field::new("transforms", DataType::Utf8, false),
+            Field::new("description", DataType::Utf8, true),
+            Field::new("columns", DataType::Utf8, false),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+        ],
+        vec![
+            Arc::new(name.finish()),
+            Arc::new(version.finish()),
+            Arc::new(oid.finish()),
+            Arc::new(query.finish()),
+            Arc::new(label.finish()),
+            Arc::new(transforms.finish()),
+            Arc::new(description.finish()),
+            Arc::new(columns.finish()),
+            Arc::new(owner.finish()),
+            Arc::new(created_at.finish()),
+        ],
+    )
+}
+
+fn feature_view_columns(views: &[&FeatureView]) -> SqlResult<RecordBatch> {
+    let mut view_name = StringBuilder::new();
+    let mut version = Int32Builder::new();
+    let mut position = Int32Builder::new();
+    let mut name = StringBuilder::new();
+    let mut data_type = StringBuilder::new();
+    let mut label = BooleanBuilder::new();
+    let mut transform = StringBuilder::new();
+    for view in views {
+        for (index, column) in view.columns.iter().enumerate() {
+            view_name.append_value(&view.name);
+            version.append_value(view.version as i32);
+            position.append_value(index as i32 + 1);
+            name.append_value(&column.name);
+            data_type.append_value(&column.type_name);
+            label.append_value(view.label.as_deref() == Some(column.name.as_str()));
+            transform.append_option(
+                view.transforms
+                    .iter()
+                    .find(|t| t.column == column.name)
+                    .map(|t| t.kind.sql_name()),
+            );
+        }
+    }
+    batch(
+        vec![
+            Field::new("feature_view", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("position", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("label", DataType::Boolean, false),
+            Field::new("transform", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(view_name.finish()),
+            Arc::new(version.finish()),
+            Arc::new(position.finish()),
+            Arc::new(name.finish()),
+            Arc::new(data_type.finish()),
+            Arc::new(label.finish()),
+            Arc::new(transform.finish()),
         ],
     )
 }

@@ -13,6 +13,7 @@ mod copy_in;
 mod ddl;
 mod discovery;
 mod error;
+mod feature_view;
 mod lookup;
 mod online;
 pub mod parser;

@@ -12,6 +12,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use datafusion_pg_catalog::pg_catalog::PG_CATALOG_TABLES;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use quiver_catalog::{DatasetFormat, TimeComparison};
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
@@ -47,6 +48,76 @@ pub enum Statement {
         cascade: bool,
     },
     ShowProjects,
+    CreateFeatureView(CreateFeatureView),
+    DropFeatureView {
+        name: String,
+        version: Option<u32>,
+        if_exists: bool,
+    },
+    ShowFeatureViews,
+    DescribeFeatureView {
+        name: String,
+        version: Option<u32>,
+    },
+    CreateTrainingDataset(CreateTrainingDataset),
+    RecreateTrainingDataset {
+        name: String,
+        version: u32,
+    },
+    DropTrainingDataset {
+        name: String,
+        version: Option<u32>,
+        if_exists: bool,
+    },
+    ShowTrainingDatasets,
+    DescribeTrainingDataset {
+        name: String,
+        version: Option<u32>,
+    },
+}
+
+/// `CREATE FEATURE VIEW ...` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateFeatureView {
+    pub name: String,
+    pub version: Option<u32>,
+    pub if_not_exists: bool,
+    pub query: Box<ast::Query>,
+    pub options: Vec<OptionEntry>,
+}
+
+/// `CREATE TRAINING DATASET ...` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTrainingDataset {
+    pub name: String,
+    pub version: Option<u32>,
+    pub source: DatasetSourceClause,
+    /// The format's name as written (checked when the statement runs).
+    pub format: String,
+    pub split: SplitClause,
+    pub location: Option<String>,
+}
+
+/// Where a training dataset's rows come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatasetSourceClause {
+    FeatureView { name: String, version: Option<u32> },
+    Query(Box<ast::Query>),
+}
+
+/// The `SPLIT` clause of `CREATE TRAINING DATASET`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SplitClause {
+    None,
+    Random {
+        weights: Vec<(String, f64)>,
+        seed: Option<u64>,
+    },
+    ByTime {
+        /// The time column, when named; otherwise the query's one time column.
+        column: Option<String>,
+        bounds: Vec<(String, TimeComparison, String)>,
+    },
 }
 
 /// `CREATE FEATURE GROUP ...` as written.
@@ -235,8 +306,253 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
         consume_words(parser, 2);
         return Ok(Statement::ShowProjects);
     }
+    if let Some(statement) = parse_feature_view_statement(parser)? {
+        return Ok(statement);
+    }
+    if let Some(statement) = parse_training_dataset_statement(parser)? {
+        return Ok(statement);
+    }
     let statement = parser.parse_statement()?;
     Ok(translate_synonyms(statement))
+}
+
+fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>, ParserError> {
+    if peek_words(parser, &["CREATE", "FEATURE", "VIEW"]) {
+        consume_words(parser, 3);
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        parser.expect_keyword(Keyword::AS)?;
+        // The options follow the query: the query ends at the last `WITH (` outside parentheses
+        // (a CTE's WITH is followed by a name, never by a parenthesis).
+        let query = parse_query_until(parser, |parser, i| {
+            is_word(parser, i, "WITH")
+                && parser.peek_nth_token_ref(i + 1).token == Token::LParen
+                && i > 0
+        })?;
+        let options = if parser.parse_keyword(Keyword::WITH) {
+            parse_option_list(parser)?
+        } else {
+            Vec::new()
+        };
+        return Ok(Some(Statement::CreateFeatureView(CreateFeatureView {
+            name,
+            version,
+            if_not_exists,
+            query,
+            options,
+        })));
+    }
+    if peek_words(parser, &["DROP", "FEATURE", "VIEW"]) {
+        consume_words(parser, 3);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Some(Statement::DropFeatureView {
+            name,
+            version,
+            if_exists,
+        }));
+    }
+    if peek_words(parser, &["SHOW", "FEATURE", "VIEWS"]) {
+        consume_words(parser, 3);
+        return Ok(Some(Statement::ShowFeatureViews));
+    }
+    if peek_words(parser, &["DESCRIBE", "FEATURE", "VIEW"]) {
+        consume_words(parser, 3);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Some(Statement::DescribeFeatureView { name, version }));
+    }
+    Ok(None)
+}
+
+fn parse_training_dataset_statement(
+    parser: &mut Parser,
+) -> Result<Option<Statement>, ParserError> {
+    if peek_words(parser, &["CREATE", "TRAINING", "DATASET"]) {
+        consume_words(parser, 3);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        let source = if peek_words(parser, &["FROM", "FEATURE", "VIEW"]) {
+            consume_words(parser, 3);
+            DatasetSourceClause::FeatureView {
+                name: parse_name(parser)?,
+                version: parse_optional_version(parser)?,
+            }
+        } else if parser.parse_keyword(Keyword::AS) {
+            // The query ends at the last `FORMAT <format name>` outside parentheses.
+            DatasetSourceClause::Query(parse_query_until(parser, |parser, i| {
+                is_word(parser, i, "FORMAT")
+                    && DatasetFormat::ALL
+                        .iter()
+                        .any(|(format, _)| is_word(parser, i + 1, format))
+            })?)
+        } else {
+            return parser.expected("FROM FEATURE VIEW or AS SELECT", parser.peek_token());
+        };
+        if !peek_words(parser, &["FORMAT"]) {
+            return parser.expected("FORMAT", parser.peek_token());
+        }
+        consume_words(parser, 1);
+        let format = parse_name(parser)?;
+        let split = parse_split_clause(parser)?;
+        let location = if peek_words(parser, &["LOCATION"]) {
+            consume_words(parser, 1);
+            Some(parser.parse_literal_string()?)
+        } else {
+            None
+        };
+        return Ok(Some(Statement::CreateTrainingDataset(
+            CreateTrainingDataset {
+                name,
+                version,
+                source,
+                format,
+                split,
+                location,
+            },
+        )));
+    }
+    if peek_words(parser, &["RECREATE", "TRAINING", "DATASET"]) {
+        consume_words(parser, 3);
+        let name = parse_name(parser)?;
+        let Some(version) = parse_optional_version(parser)? else {
+            return parser.expected("VERSION", parser.peek_token());
+        };
+        return Ok(Some(Statement::RecreateTrainingDataset { name, version }));
+    }
+    if peek_words(parser, &["DROP", "TRAINING", "DATASET"]) {
+        consume_words(parser, 3);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Some(Statement::DropTrainingDataset {
+            name,
+            version,
+            if_exists,
+        }));
+    }
+    if peek_words(parser, &["SHOW", "TRAINING", "DATASETS"]) {
+        consume_words(parser, 3);
+        return Ok(Some(Statement::ShowTrainingDatasets));
+    }
+    if peek_words(parser, &["DESCRIBE", "TRAINING", "DATASET"]) {
+        consume_words(parser, 3);
+        let name = parse_name(parser)?;
+        let version = parse_optional_version(parser)?;
+        return Ok(Some(Statement::DescribeTrainingDataset { name, version }));
+    }
+    Ok(None)
+}
+
+/// Parses `SPLIT (name = weight, ...) [SEED n]`, `SPLIT BY TIME [column] (name op 'bound', ...)`
+/// or nothing.
+fn parse_split_clause(parser: &mut Parser) -> Result<SplitClause, ParserError> {
+    if !peek_words(parser, &["SPLIT"]) {
+        return Ok(SplitClause::None);
+    }
+    consume_words(parser, 1);
+    if parser.parse_keyword(Keyword::BY) {
+        if !peek_words(parser, &["TIME"]) {
+            return parser.expected("TIME", parser.peek_token());
+        }
+        consume_words(parser, 1);
+        let column = match parser.peek_token().token {
+            Token::LParen => None,
+            _ => Some(parse_name(parser)?),
+        };
+        parser.expect_token(&Token::LParen)?;
+        let bounds = parser.parse_comma_separated(|p| {
+            let split = parse_name(p)?;
+            let comparison = match p.next_token().token {
+                Token::Lt => TimeComparison::Lt,
+                Token::LtEq => TimeComparison::LtEq,
+                Token::Gt => TimeComparison::Gt,
+                Token::GtEq => TimeComparison::GtEq,
+                other => {
+                    return Err(ParserError::ParserError(format!(
+                        "split \"{split}\" needs a comparison (<, <=, >, >=) with a time, found {other}"
+                    )));
+                }
+            };
+            let bound = match p.parse_value()?.value {
+                Value::SingleQuotedString(s) => s,
+                Value::Number(n, _) => n.to_string(),
+                other => {
+                    return Err(ParserError::ParserError(format!(
+                        "split \"{split}\" needs a time literal as its bound, found {other}"
+                    )));
+                }
+            };
+            Ok((split, comparison, bound))
+        })?;
+        parser.expect_token(&Token::RParen)?;
+        return Ok(SplitClause::ByTime { column, bounds });
+    }
+    let mut weights = Vec::new();
+    for entry in parse_option_list(parser)? {
+        let weight = match &entry.value {
+            OptionValue::Number(n) => n.parse::<f64>().ok(),
+            _ => None,
+        }
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .ok_or_else(|| {
+            ParserError::ParserError(format!(
+                "split \"{}\" needs a positive number as its fraction, found {}",
+                entry.key, entry.value
+            ))
+        })?;
+        weights.push((entry.key, weight));
+    }
+    let seed = if peek_words(parser, &["SEED"]) {
+        consume_words(parser, 1);
+        Some(parser.parse_literal_uint()?)
+    } else {
+        None
+    };
+    Ok(SplitClause::Random { weights, seed })
+}
+
+/// Parses a query that ends where `ends_before(parser, i)` first holds at the top level (outside
+/// parentheses), looking no further than the end of the statement; the clauses of our statements
+/// that follow a query would otherwise be read as part of it (`WITH (...)` as table hints).
+fn parse_query_until(
+    parser: &mut Parser,
+    ends_before: impl Fn(&Parser, usize) -> bool,
+) -> Result<Box<ast::Query>, ParserError> {
+    let mut depth = 0usize;
+    let mut end = 0;
+    let mut split = None;
+    loop {
+        match &parser.peek_nth_token_ref(end).token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth == 0 && ends_before(parser, end) => split = Some(end),
+            _ => {}
+        }
+        end += 1;
+    }
+    let length = split.unwrap_or(end);
+    let tokens = (0..length)
+        .map(|i| parser.peek_nth_token_ref(i).clone())
+        .collect();
+    let dialect = PostgreSqlDialect {};
+    let mut query_parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let query = query_parser.parse_query()?;
+    let rest = query_parser.peek_token();
+    if rest.token != Token::EOF {
+        return query_parser.expected("end of query", rest);
+    }
+    consume_words(parser, length);
+    Ok(query)
+}
+
+fn is_word(parser: &Parser, index: usize, word: &str) -> bool {
+    matches!(&parser.peek_nth_token_ref(index).token,
+        Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
 /// `CREATE DATABASE` and `DROP DATABASE` are the PostgreSQL spellings of our project statements.
@@ -418,10 +734,10 @@ pub fn object_name_to_string(name: &ObjectName) -> String {
 }
 
 fn peek_words(parser: &Parser, words: &[&str]) -> bool {
-    words.iter().enumerate().all(|(i, word)| {
-        matches!(&parser.peek_nth_token_ref(i).token,
-            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-    })
+    words
+        .iter()
+        .enumerate()
+        .all(|(i, word)| is_word(parser, i, word))
 }
 
 fn consume_words(parser: &mut Parser, count: usize) {
@@ -530,6 +846,79 @@ mod tests {
     }
 
     #[test]
+    fn a_feature_view_query_ends_where_its_options_begin() {
+        let statements = parse(
+            "CREATE FEATURE VIEW fraud VERSION 2 AS
+               WITH recent AS (SELECT * FROM labels WHERE ts > '2026-01-01')
+               SELECT l.cc_num, t.amount FROM recent l
+               ASOF JOIN transactions t MATCH_CONDITION (l.ts >= t.ts) ON l.cc_num = t.cc_num
+               WITH (label = 'is_fraud', transform = 'amount:standard_scaler')",
+        )
+        .unwrap();
+        let [Statement::CreateFeatureView(view)] = statements.as_slice() else {
+            panic!("unexpected {statements:?}");
+        };
+        assert_eq!(view.version, Some(2));
+        assert!(view.query.with.is_some());
+        assert_eq!(view.options.len(), 2);
+        // A query whose last relation is a plain table keeps the options out of its hints.
+        let statements = parse("CREATE FEATURE VIEW v AS SELECT * FROM t WITH (label = 'y')").unwrap();
+        let [Statement::CreateFeatureView(view)] = statements.as_slice() else {
+            panic!("unexpected {statements:?}");
+        };
+        assert_eq!(view.query.to_string(), "SELECT * FROM t");
+        assert_eq!(view.options[0].key, "label");
+    }
+
+    #[test]
+    fn training_dataset_clauses() {
+        let statements = parse(
+            "CREATE TRAINING DATASET td AS SELECT format FROM t FORMAT csv
+               SPLIT (train = 0.8, test = 0.2) SEED 42 LOCATION 'file:///tmp/td';
+             CREATE TRAINING DATASET td VERSION 2 FROM FEATURE VIEW fraud VERSION 1 FORMAT npy
+               SPLIT BY TIME (train < '2026-06-01', test >= '2026-06-01')",
+        )
+        .unwrap();
+        let [
+            Statement::CreateTrainingDataset(first),
+            Statement::CreateTrainingDataset(second),
+        ] = statements.as_slice()
+        else {
+            panic!("unexpected {statements:?}");
+        };
+        let DatasetSourceClause::Query(query) = &first.source else {
+            panic!("a query expected");
+        };
+        assert_eq!(query.to_string(), "SELECT format FROM t");
+        assert_eq!(first.format, "csv");
+        assert_eq!(
+            first.split,
+            SplitClause::Random {
+                weights: vec![("train".into(), 0.8), ("test".into(), 0.2)],
+                seed: Some(42)
+            }
+        );
+        assert_eq!(first.location.as_deref(), Some("file:///tmp/td"));
+        assert_eq!(
+            second.source,
+            DatasetSourceClause::FeatureView {
+                name: "fraud".into(),
+                version: Some(1)
+            }
+        );
+        assert_eq!(
+            second.split,
+            SplitClause::ByTime {
+                column: None,
+                bounds: vec![
+                    ("train".into(), TimeComparison::Lt, "2026-06-01".into()),
+                    ("test".into(), TimeComparison::GtEq, "2026-06-01".into()),
+                ]
+            }
+        );
+    }
+
+    #[test]
     fn malformed_statements_are_errors_not_panics() {
         for sql in [
             "CREATE FEATURE GROUP",
@@ -539,6 +928,12 @@ mod tests {
             "ALTER FEATURE GROUP t DROP",
             "SHOW FEATURE GROUPS extra",
             "CREATE FEATURE GROUP t (a INT) WITH (online = ARRAY[1])",
+            "CREATE FEATURE VIEW v AS",
+            "CREATE FEATURE VIEW v AS SELECT 1 WITH (label = )",
+            "CREATE TRAINING DATASET td AS SELECT 1",
+            "CREATE TRAINING DATASET td AS SELECT 1 FORMAT parquet SPLIT (train = -1)",
+            "CREATE TRAINING DATASET td AS SELECT 1 FORMAT parquet SPLIT BY TIME (train = '2026')",
+            "RECREATE TRAINING DATASET td",
         ] {
             assert!(parse(sql).is_err(), "{sql} parsed");
         }

@@ -25,6 +25,7 @@ use crate::asof;
 use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
+use crate::feature_view;
 use crate::error::{SqlError, SqlResult};
 use crate::lookup::KeyLookup;
 use crate::parser::Statement;
@@ -140,6 +141,11 @@ impl Session {
         &self.project
     }
 
+    /// The user this session runs as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// The session's settings (for SHOW and ParameterStatus).
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -173,7 +179,11 @@ impl Session {
             },
             Statement::ShowFeatureGroups
             | Statement::ShowProjects
-            | Statement::DescribeFeatureGroup { .. } => {
+            | Statement::DescribeFeatureGroup { .. }
+            | Statement::ShowFeatureViews
+            | Statement::DescribeFeatureView { .. }
+            | Statement::ShowTrainingDatasets
+            | Statement::DescribeTrainingDataset { .. } => {
                 let plan = self
                     .plan_sql_text(&ddl::listing_query(
                         &statement,
@@ -215,6 +225,21 @@ impl Session {
         }
         match &prepared.statement {
             Statement::Sql(sql) => self.execute_other_sql(sql).await,
+            Statement::CreateFeatureView(create) => feature_view::create(self, create)
+                .await
+                .map(Output::Command),
+            Statement::DropFeatureView {
+                name,
+                version,
+                if_exists,
+            } => feature_view::drop(self, name, *version, *if_exists)
+                .await
+                .map(Output::Command),
+            Statement::CreateTrainingDataset(_)
+            | Statement::RecreateTrainingDataset { .. }
+            | Statement::DropTrainingDataset { .. } => Err(SqlError::NotSupported(
+                "training datasets are not supported yet".into(),
+            )),
             statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
                 .await
                 .map(Output::Command),
@@ -227,7 +252,16 @@ impl Session {
         self.execute(&prepared, None).await
     }
 
-    async fn plan_sql_statement(&self, mut statement: ast::Statement) -> SqlResult<LogicalPlan> {
+    /// Plans one statement: feature views are expanded, ASOF joins nested, then DataFusion plans.
+    pub(crate) async fn plan_sql_statement(
+        &self,
+        mut statement: ast::Statement,
+    ) -> SqlResult<LogicalPlan> {
+        feature_view::inline_views(
+            &mut statement,
+            &self.engine.catalog.snapshot(),
+            &self.project,
+        )?;
         asof::nest_asof_joins(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
         let plan = self.context.state().statement_to_plan(statement).await?;

@@ -27,6 +27,13 @@ pub enum StorageError {
     Query(#[from] datafusion::error::DataFusionError),
     #[error("offline store: {0}")]
     Internal(String),
+    /// A NULL where the target format has no way to hold one.
+    #[error("{0}")]
+    NullNotAllowed(String),
+    #[error("{0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("{0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
 }
 
 impl StorageError {

@@ -1,14 +1,18 @@
 //! Quiver's storage layer: the offline store (full history, Delta Lake tables of Parquet files, on a
-//! local disk or S3).
+//! local disk or S3), the online store (RocksDB) and training dataset files.
 //!
 //! Architecture invariant: this crate knows tables by id and Arrow schema only; it never reads the
 //! catalog and never parses SQL. A write it acknowledges is atomic and durable.
 
+mod dataset;
 mod error;
 mod location;
 mod offline;
+mod npy;
 mod online;
+mod tfrecord;
 
+pub use dataset::{DatasetWriter, FileFormat, publish, remove_splits, splits_exist};
 pub use error::{StorageError, StorageResult};
 pub use location::StoreLocation;
 pub use offline::{Commit, OfflineStore, SEQUENCE_COLUMN, TableId};

@@ -1,0 +1,237 @@
+//! NumPy `.npy` files: one 2-D array (rows x columns, C order) per file, as `numpy.load` reads it.
+//!
+//! The element type is decided by the columns: float32 when every column is REAL, int64 when every
+//! column is an integer, boolean, date (days since the epoch) or timestamp (microseconds since the
+//! epoch), float64 otherwise. NULL is NaN in a float array; an int64 array cannot hold it. The row
+//! count is only known at the end, so the header is written with room for any count and rewritten
+//! when the file is finished.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, SchemaRef};
+
+use crate::error::{StorageError, StorageResult};
+
+/// The element type of the array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    Float32,
+    Float64,
+    Int64,
+}
+
+impl Dtype {
+    /// The `descr` NumPy records: little-endian.
+    pub fn descr(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "<f4",
+            Dtype::Float64 => "<f8",
+            Dtype::Int64 => "<i8",
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            Dtype::Float32 => 4,
+            Dtype::Float64 | Dtype::Int64 => 8,
+        }
+    }
+
+    /// The element type for these columns, or an error naming a column that is not a number.
+    pub fn for_schema(schema: &SchemaRef) -> StorageResult<Dtype> {
+        let mut all_real = true;
+        let mut all_integer = true;
+        for field in schema.fields() {
+            let data_type = field.data_type();
+            let integer = data_type.is_integer()
+                || matches!(
+                    data_type,
+                    DataType::Boolean | DataType::Date32 | DataType::Timestamp(_, _)
+                );
+            if !integer && !data_type.is_floating() {
+                return Err(StorageError::Schema(format!(
+                    "column \"{}\" of type {data_type} cannot go in an npy array of numbers; \
+                     transform it (one_hot or label_encoder), leave it out, or use another format",
+                    field.name()
+                )));
+            }
+            all_real &= *data_type == DataType::Float32;
+            all_integer &= integer;
+        }
+        Ok(if all_real {
+            Dtype::Float32
+        } else if all_integer {
+            Dtype::Int64
+        } else {
+            Dtype::Float64
+        })
+    }
+}
+
+/// Room for the row count in the header: any u64 fits.
+const COUNT_WIDTH: usize = 20;
+
+fn header(dtype: Dtype, rows: u64, columns: usize) -> Vec<u8> {
+    let dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': ({rows:<COUNT_WIDTH$}, {columns}), }}",
+        dtype.descr()
+    );
+    // magic (6) + version (2) + header length (2) + dict + padding + '\n', a multiple of 64.
+    let unpadded = 10 + dict.len() + 1;
+    let padding = (64 - unpadded % 64) % 64;
+    let header_len = dict.len() + padding + 1;
+    let mut bytes = Vec::with_capacity(10 + header_len);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header_len as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    bytes.extend(std::iter::repeat_n(b' ', padding));
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Writes one `.npy` file, a batch at a time.
+pub struct NpyWriter {
+    file: BufWriter<File>,
+    path: String,
+    dtype: Dtype,
+    columns: Vec<String>,
+    rows: u64,
+    /// One batch in C order, reused.
+    buffer: Vec<u8>,
+}
+
+impl NpyWriter {
+    pub fn create(path: &Path, schema: &SchemaRef) -> StorageResult<NpyWriter> {
+        let dtype = Dtype::for_schema(schema)?;
+        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
+        let mut writer = NpyWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            path: path.display().to_string(),
+            dtype,
+            columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            rows: 0,
+            buffer: Vec::new(),
+        };
+        let placeholder = header(dtype, 0, schema.fields().len());
+        writer.write_all_bytes(&placeholder)?;
+        Ok(writer)
+    }
+
+    fn write_all_bytes(&mut self, bytes: &[u8]) -> StorageResult<()> {
+        self.file.write_all(bytes).map_err(|e| StorageError::Io {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// Appends the rows of `batch`.
+    pub fn write(&mut self, batch: &RecordBatch) -> StorageResult<()> {
+        let rows = batch.num_rows();
+        let width = self.dtype.width();
+        let stride = width * self.columns.len();
+        self.buffer.clear();
+        self.buffer.resize(rows * stride, 0);
+        for (index, array) in batch.columns().iter().enumerate() {
+            let name = &self.columns[index];
+            let values = self.numbers(array, name)?;
+            let offset = index * width;
+            match self.dtype {
+                Dtype::Float32 => {
+                    let floats = values.as_primitive::<Float32Type>();
+                    for row in 0..rows {
+                        let value = if floats.is_null(row) {
+                            f32::NAN
+                        } else {
+                            floats.value(row)
+                        };
+                        let at = row * stride + offset;
+                        self.buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                Dtype::Float64 => {
+                    let floats = values.as_primitive::<Float64Type>();
+                    for row in 0..rows {
+                        let value = if floats.is_null(row) {
+                            f64::NAN
+                        } else {
+                            floats.value(row)
+                        };
+                        let at = row * stride + offset;
+                        self.buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                Dtype::Int64 => {
+                    if values.null_count() > 0 {
+                        return Err(StorageError::NullNotAllowed(format!(
+                            "column \"{name}\" has a NULL, which an npy array of int64 cannot hold; \
+                             COALESCE it or cast a column to double precision"
+                        )));
+                    }
+                    let ints = values.as_primitive::<Int64Type>();
+                    for (row, value) in ints.values().iter().enumerate() {
+                        let at = row * stride + offset;
+                        self.buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+            }
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let written = self.write_all_bytes(&buffer);
+        self.buffer = buffer;
+        written?;
+        self.rows += rows as u64;
+        Ok(())
+    }
+
+    /// A column as the array's element type; dates and timestamps by their integer value.
+    fn numbers(&self, array: &ArrayRef, name: &str) -> StorageResult<ArrayRef> {
+        let integer = match array.data_type() {
+            DataType::Date32 => cast(array, &DataType::Int32)?,
+            DataType::Timestamp(_, _) => cast(array, &DataType::Int64)?,
+            _ => array.clone(),
+        };
+        let target = match self.dtype {
+            Dtype::Float32 => DataType::Float32,
+            Dtype::Float64 => DataType::Float64,
+            Dtype::Int64 => DataType::Int64,
+        };
+        cast(&integer, &target).map_err(|e| {
+            StorageError::Schema(format!("column \"{name}\" cannot be written to npy: {e}"))
+        })
+    }
+
+    /// Writes the final header and syncs the file; returns the element type and rows written.
+    pub fn finish(mut self) -> StorageResult<(Dtype, u64)> {
+        let io = |path: &str, e| StorageError::Io {
+            path: path.to_string(),
+            source: e,
+        };
+        self.file.flush().map_err(|e| io(&self.path, e))?;
+        let header = header(self.dtype, self.rows, self.columns.len());
+        let file = self.file.get_mut();
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io(&self.path, e))?;
+        file.write_all(&header).map_err(|e| io(&self.path, e))?;
+        file.sync_all().map_err(|e| io(&self.path, e))?;
+        Ok((self.dtype, self.rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_keeps_its_length_and_alignment_for_any_count() {
+        for rows in [0, 7, u64::MAX] {
+            let bytes = header(Dtype::Float64, rows, 50);
+            assert_eq!(bytes.len() % 64, 0);
+            assert_eq!(bytes.len(), header(Dtype::Float64, 0, 50).len());
+            assert_eq!(*bytes.last().unwrap(), b'\n');
+        }
+    }
+}
