@@ -410,6 +410,8 @@ pub struct TrainingDataset {
     pub split: Split,
     /// The columns written, after transformations.
     pub columns: Vec<ResultColumn>,
+    /// The Arrow schema of the files, as JSON, for reading them back.
+    pub file_schema: String,
     /// Rows written per split, in the split's order.
     pub split_rows: Vec<(String, u64)>,
     /// The offline table version of every relation read, by OID.

@@ -711,6 +711,22 @@ pub fn listing_query(statement: &Statement, engine: &Engine, project: &str) -> S
                 view.version
             )
         }
+        Statement::ShowTrainingDatasets => {
+            "SELECT name, version, feature_view, feature_view_version, format, split, seed, \
+             split_rows, location FROM quiver.training_datasets ORDER BY name, version"
+                .to_string()
+        }
+        Statement::DescribeTrainingDataset { name, version } => {
+            let snapshot = engine.catalog.snapshot();
+            let dataset = snapshot.training_dataset(project, name, *version)?;
+            format!(
+                "SELECT name, version, feature_view, feature_view_version, format, location, \
+                 split, seed, rows, split_rows, label, columns, transformed, query, owner, \
+                 created_at FROM quiver.training_datasets WHERE name = {} AND version = {}",
+                quote_literal(name),
+                dataset.version
+            )
+        }
         other => return Err(SqlError::Internal(format!("not a listing: {other:?}"))),
     })
 }

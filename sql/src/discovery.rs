@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use quiver_catalog::{FeatureView, Project, Relation};
+use quiver_catalog::{DatasetSource, FeatureView, Project, Relation, Split, TrainingDataset};
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
@@ -28,6 +28,7 @@ pub const TABLES: &[&str] = &[
     "projects",
     "feature_views",
     "feature_view_columns",
+    "training_datasets",
 ];
 
 /// Builds the discovery table `name` of a project, or `None` if there is no such table.
@@ -69,6 +70,9 @@ pub async fn table(
         }
         "projects" => projects(&snapshot.projects().collect::<Vec<_>>())?,
         "feature_views" => feature_views(&snapshot.feature_views(project).collect::<Vec<_>>())?,
+        "training_datasets" => {
+            training_datasets(&snapshot.training_datasets(project).collect::<Vec<_>>())?
+        }
         "feature_view_columns" => {
             feature_view_columns(&snapshot.feature_views(project).collect::<Vec<_>>())?
         }
@@ -392,6 +396,141 @@ fn feature_view_columns(views: &[&FeatureView]) -> SqlResult<RecordBatch> {
             Arc::new(data_type.finish()),
             Arc::new(label.finish()),
             Arc::new(transform.finish()),
+        ],
+    )
+}
+
+fn training_datasets(datasets: &[&TrainingDataset]) -> SqlResult<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut version = Int32Builder::new();
+    let mut oid = Int64Builder::new();
+    let mut feature_view = StringBuilder::new();
+    let mut feature_view_version = Int32Builder::new();
+    let mut format = StringBuilder::new();
+    let mut location = StringBuilder::new();
+    let mut split = StringBuilder::new();
+    let mut seed = Int64Builder::new();
+    let mut rows = Int64Builder::new();
+    let mut split_rows = StringBuilder::new();
+    let mut label = StringBuilder::new();
+    let mut columns = StringBuilder::new();
+    let mut transforms = StringBuilder::new();
+    let mut query = StringBuilder::new();
+    let mut owner = StringBuilder::new();
+    let mut created_at = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    let join = |items: Vec<String>| items.join(", ");
+    for dataset in datasets {
+        name.append_value(&dataset.name);
+        version.append_value(dataset.version as i32);
+        oid.append_value(dataset.oid as i64);
+        match &dataset.source {
+            DatasetSource::FeatureView { name, version } => {
+                feature_view.append_value(name);
+                feature_view_version.append_value(*version as i32);
+            }
+            DatasetSource::Query => {
+                feature_view.append_null();
+                feature_view_version.append_null();
+            }
+        }
+        format.append_value(dataset.format.sql_name());
+        location.append_value(&dataset.location);
+        match &dataset.split {
+            Split::None => {
+                split.append_value("none");
+                seed.append_null();
+            }
+            Split::Random {
+                weights,
+                seed: value,
+            } => {
+                split.append_value(join(
+                    weights.iter().map(|(n, w)| format!("{n} = {w}")).collect(),
+                ));
+                seed.append_value(*value as i64);
+            }
+            Split::ByTime { column, bounds } => {
+                split.append_value(format!(
+                    "by time {column}: {}",
+                    join(
+                        bounds
+                            .iter()
+                            .map(|(n, c, b)| {
+                                let op = match c {
+                                    quiver_catalog::TimeComparison::Lt => "<",
+                                    quiver_catalog::TimeComparison::LtEq => "<=",
+                                    quiver_catalog::TimeComparison::Gt => ">",
+                                    quiver_catalog::TimeComparison::GtEq => ">=",
+                                };
+                                format!("{n} {op} '{b}'")
+                            })
+                            .collect()
+                    )
+                ));
+                seed.append_null();
+            }
+        }
+        rows.append_value(dataset.split_rows.iter().map(|(_, r)| *r as i64).sum());
+        split_rows.append_value(join(
+            dataset
+                .split_rows
+                .iter()
+                .map(|(n, r)| format!("{n} = {r}"))
+                .collect(),
+        ));
+        label.append_option(dataset.label.as_deref());
+        columns.append_value(join(
+            dataset.columns.iter().map(|c| c.name.clone()).collect(),
+        ));
+        transforms.append_value(join(
+            dataset
+                .transforms
+                .iter()
+                .map(|t| t.column().to_string())
+                .collect(),
+        ));
+        query.append_value(&dataset.query);
+        owner.append_value(&dataset.owner);
+        created_at.append_value(dataset.created_at.timestamp_micros());
+    }
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("feature_view", DataType::Utf8, true),
+            Field::new("feature_view_version", DataType::Int32, true),
+            Field::new("format", DataType::Utf8, false),
+            Field::new("location", DataType::Utf8, false),
+            Field::new("split", DataType::Utf8, false),
+            Field::new("seed", DataType::Int64, true),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("split_rows", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, true),
+            Field::new("columns", DataType::Utf8, false),
+            Field::new("transformed", DataType::Utf8, false),
+            Field::new("query", DataType::Utf8, false),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+        ],
+        vec![
+            Arc::new(name.finish()),
+            Arc::new(version.finish()),
+            Arc::new(oid.finish()),
+            Arc::new(feature_view.finish()),
+            Arc::new(feature_view_version.finish()),
+            Arc::new(format.finish()),
+            Arc::new(location.finish()),
+            Arc::new(split.finish()),
+            Arc::new(seed.finish()),
+            Arc::new(rows.finish()),
+            Arc::new(split_rows.finish()),
+            Arc::new(label.finish()),
+            Arc::new(columns.finish()),
+            Arc::new(transforms.finish()),
+            Arc::new(query.finish()),
+            Arc::new(owner.finish()),
+            Arc::new(created_at.finish()),
         ],
     )
 }

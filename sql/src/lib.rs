@@ -14,6 +14,7 @@ mod ddl;
 mod discovery;
 mod error;
 mod feature_view;
+mod training_dataset;
 mod lookup;
 mod online;
 pub mod parser;
@@ -40,6 +41,26 @@ pub use error::{SqlError, SqlResult};
 pub use parser::{Statement, parse};
 pub use session::{CommandTag, Output, Prepared, Session};
 pub use settings::{SERVER_VERSION, Settings};
+
+/// The directory of the data dir where training datasets are written before they are published.
+pub(crate) const STAGING_DIR: &str = "staging";
+
+/// Empties (or creates) a directory of the data dir.
+fn fresh_dir(dir: &Path) -> SqlResult<std::path::PathBuf> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(SqlError::Internal(format!(
+                "cannot clear {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SqlError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}
 
 /// Where the engine keeps its data, beyond the data directory.
 #[derive(Debug, Clone)]
@@ -75,6 +96,7 @@ pub struct Engine {
     /// CPU-heavy query never starves the protocol (a CancelRequest must get through).
     executor: tokio::runtime::Handle,
     system_catalog: system_catalog::SystemCatalog,
+    data_dir: std::path::PathBuf,
 }
 
 impl Engine {
@@ -112,20 +134,10 @@ impl Engine {
                 }
             }
         }
-        // Spill files of queries that ran when the server stopped are of no use to anyone.
-        let spill = data_dir.join("spill");
-        match std::fs::remove_dir_all(&spill) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(SqlError::Internal(format!(
-                    "cannot clear {}: {e}",
-                    spill.display()
-                )));
-            }
-        }
-        std::fs::create_dir_all(&spill)
-            .map_err(|e| SqlError::Internal(format!("cannot create {}: {e}", spill.display())))?;
+        // Spill files of queries, and training dataset files being written, when the server
+        // stopped are of no use to anyone.
+        let spill = fresh_dir(&data_dir.join("spill"))?;
+        fresh_dir(&data_dir.join(STAGING_DIR))?;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(options.query_memory_bytes)))
             .with_temp_file_path(spill)
@@ -142,6 +154,7 @@ impl Engine {
             target_partitions,
             executor,
             system_catalog: system_catalog::SystemCatalog::new()?,
+            data_dir: data_dir.to_path_buf(),
         };
         online::reconcile(&engine).await?;
         Ok(Arc::new(engine))
@@ -159,6 +172,11 @@ impl Engine {
             .await
             .map_err(|e| SqlError::Internal(format!("catalog task failed: {e}")))?
             .map_err(SqlError::from)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The runtime that executes queries.

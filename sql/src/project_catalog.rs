@@ -2,11 +2,14 @@
 //! resolved through the Quiver catalog at planning time), schema `online` (the online store of
 //! online feature groups) and schema `quiver` (discovery tables).
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult};
+
+use quiver_catalog::Oid;
 
 use crate::Engine;
 use crate::discovery;
@@ -26,16 +29,20 @@ pub const SYSTEM_SCHEMA: &str = "pg_catalog";
 pub struct ProjectCatalog {
     engine: Arc<Engine>,
     project: String,
+    /// Offline versions that reads of these relations are pinned to, by OID.
+    pins: Arc<HashMap<Oid, u64>>,
     /// `pg_catalog`, registered by datafusion-pg-catalog once the session's context exists (its
     /// tables read the context's catalogs, so it cannot be built before them).
     system: OnceLock<Arc<dyn SchemaProvider>>,
 }
 
 impl ProjectCatalog {
-    pub fn new(engine: Arc<Engine>, project: String) -> Self {
+    /// A project's catalog; reads of the relations in `pins` see the pinned offline versions.
+    pub fn new(engine: Arc<Engine>, project: String, pins: Arc<HashMap<Oid, u64>>) -> Self {
         ProjectCatalog {
             engine,
             project,
+            pins,
             system: OnceLock::new(),
         }
     }
@@ -77,6 +84,7 @@ impl CatalogProvider for ProjectCatalog {
             PUBLIC_SCHEMA => Some(Arc::new(PublicSchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),
+                pins: self.pins.clone(),
             })),
             ONLINE_SCHEMA => Some(Arc::new(OnlineSchema {
                 engine: self.engine.clone(),
@@ -96,6 +104,7 @@ impl CatalogProvider for ProjectCatalog {
 struct PublicSchema {
     engine: Arc<Engine>,
     project: String,
+    pins: Arc<HashMap<Oid, u64>>,
 }
 
 #[async_trait]
@@ -122,10 +131,10 @@ impl SchemaProvider for PublicSchema {
         else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(RelationTable::new(
-            relation,
-            self.engine.clone(),
-        ))))
+        let pinned = self.pins.get(&relation.oid).copied();
+        Ok(Some(Arc::new(
+            RelationTable::new(relation, self.engine.clone()).pinned_at(pinned),
+        )))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -18,6 +18,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
+use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::PlanProperties;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
@@ -41,6 +44,9 @@ pub struct RelationTable {
     /// our validation (which names row and column) instead of a generic DataFusion check.
     planning_schema: SchemaRef,
     engine: Arc<Engine>,
+    /// The offline version every scan reads, when pinned (training datasets read the versions
+    /// they recorded); otherwise the version current when the scan starts.
+    pinned_version: Option<u64>,
 }
 
 impl RelationTable {
@@ -51,7 +57,14 @@ impl RelationTable {
             relation,
             planning_schema,
             engine,
+            pinned_version: None,
         }
+    }
+
+    /// The same table reading offline version `version` only. Read-only.
+    pub(crate) fn pinned_at(mut self, version: Option<u64>) -> RelationTable {
+        self.pinned_version = version;
+        self
     }
 
     /// The same table with the feature group's commit sequence ([`SEQUENCE_COLUMN`]) as a last
@@ -63,6 +76,7 @@ impl RelationTable {
             relation: self.relation.clone(),
             planning_schema: Arc::new(Schema::new(fields)),
             engine: self.engine.clone(),
+            pinned_version: self.pinned_version,
         }
     }
 
@@ -72,6 +86,11 @@ impl RelationTable {
 
     /// Refuses writes through the read-only variant made by [`Self::with_commit_sequence`].
     fn check_writable(&self) -> DfResult<()> {
+        if self.pinned_version.is_some() {
+            return Err(DataFusionError::Internal(
+                "a feature group read at a pinned version is not writable".into(),
+            ));
+        }
         if self.planning_schema.fields().len() > self.relation.columns.len() {
             return Err(DataFusionError::Internal(
                 "a feature group read with its commit sequence is not writable".into(),
@@ -102,7 +121,7 @@ impl TableProvider for RelationTable {
         let offline_scan = self
             .engine
             .offline
-            .table_provider(self.relation.oid, state)
+            .table_provider(self.relation.oid, self.pinned_version, state)
             .await
             .map_err(external)?;
         // Stored columns are found by name: the stored table may also hold the hidden partition
@@ -136,9 +155,10 @@ impl TableProvider for RelationTable {
                 .collect();
             filters.extend(derived);
         }
-        offline_scan
+        let scan = offline_scan
             .scan(state, Some(&stored_projection), &filters, limit)
-            .await
+            .await?;
+        conform_scan(scan, &self.planning_schema.project(&wanted)?)
     }
 
     /// Filters reach the offline scan, which skips files and row groups by their statistics; the
@@ -220,6 +240,43 @@ impl TableProvider for RelationTable {
 }
 
 /// The filter with its columns unqualified: the offline store knows them by bare name.
+/// The offline scan reads text as Utf8View while queries are planned with the catalog's Utf8;
+/// operators that check their input's types (aggregates) would see two types for one column.
+/// Columns whose types differ are cast to the planned ones.
+fn conform_scan(
+    scan: Arc<dyn ExecutionPlan>,
+    planned: &Schema,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let produced = scan.schema();
+    let differs = produced
+        .fields()
+        .iter()
+        .zip(planned.fields())
+        .any(|(p, e)| p.data_type() != e.data_type());
+    if !differs {
+        return Ok(scan);
+    }
+    let exprs: Vec<ProjectionExpr> = planned
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| {
+            let column: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(field.name(), index));
+            let expr: Arc<dyn PhysicalExpr> = if produced.field(index).data_type() == field.data_type()
+            {
+                column
+            } else {
+                Arc::new(CastExpr::new(column, field.data_type().clone(), None))
+            };
+            ProjectionExpr {
+                expr,
+                alias: field.name().clone(),
+            }
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+}
+
 fn unqualified(filter: Expr) -> DfResult<Expr> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     filter

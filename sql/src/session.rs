@@ -26,6 +26,7 @@ use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
 use crate::feature_view;
+use crate::training_dataset;
 use crate::error::{SqlError, SqlResult};
 use crate::lookup::KeyLookup;
 use crate::parser::Statement;
@@ -126,7 +127,7 @@ impl Session {
                 "database \"{project}\" does not exist"
             )));
         }
-        let context = build_context(&engine, project)?;
+        let context = build_context(&engine, project, Default::default())?;
         Ok(Session {
             engine,
             project: project.to_string(),
@@ -235,11 +236,21 @@ impl Session {
             } => feature_view::drop(self, name, *version, *if_exists)
                 .await
                 .map(Output::Command),
-            Statement::CreateTrainingDataset(_)
-            | Statement::RecreateTrainingDataset { .. }
-            | Statement::DropTrainingDataset { .. } => Err(SqlError::NotSupported(
-                "training datasets are not supported yet".into(),
-            )),
+            Statement::CreateTrainingDataset(create) => training_dataset::create(self, create)
+                .await
+                .map(Output::Command),
+            Statement::RecreateTrainingDataset { name, version } => {
+                training_dataset::recreate(self, name, *version)
+                    .await
+                    .map(Output::Command)
+            }
+            Statement::DropTrainingDataset {
+                name,
+                version,
+                if_exists,
+            } => training_dataset::drop(self, name, *version, *if_exists)
+                .await
+                .map(Output::Command),
             statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
                 .await
                 .map(Output::Command),
@@ -255,6 +266,14 @@ impl Session {
     /// Plans one statement: feature views are expanded, ASOF joins nested, then DataFusion plans.
     pub(crate) async fn plan_sql_statement(
         &self,
+        statement: ast::Statement,
+    ) -> SqlResult<LogicalPlan> {
+        self.plan_in(&self.context, statement).await
+    }
+
+    async fn plan_in(
+        &self,
+        context: &SessionContext,
         mut statement: ast::Statement,
     ) -> SqlResult<LogicalPlan> {
         feature_view::inline_views(
@@ -264,9 +283,34 @@ impl Session {
         )?;
         asof::nest_asof_joins(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-        let plan = self.context.state().statement_to_plan(statement).await?;
+        let plan = context.state().statement_to_plan(statement).await?;
         reject_session_local_ddl(&plan)?;
         Ok(plan)
+    }
+
+    /// A query planned so that its reads of the relations in `pins` see those offline versions
+    /// (the session's own settings apply as well).
+    pub(crate) async fn pinned_frame(
+        &self,
+        query: ast::Statement,
+        pins: HashMap<quiver_catalog::Oid, u64>,
+    ) -> SqlResult<datafusion::dataframe::DataFrame> {
+        let context = build_context(&self.engine, &self.project, Arc::new(pins))?;
+        let config = self.context.state().config().clone();
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(context.state())
+            .with_config(config)
+            .build();
+        let context = SessionContext::new_with_state(state);
+        let plan = self.plan_in(&context, query).await?;
+        Ok(context.execute_logical_plan(plan).await?)
+    }
+
+    /// Streams a frame's rows, computed on the engine's executor.
+    pub(crate) fn stream_frame(
+        &self,
+        frame: datafusion::dataframe::DataFrame,
+    ) -> SendableRecordBatchStream {
+        self.execute_on_executor(frame)
     }
 
     async fn plan_sql_text(&self, sql: &str) -> SqlResult<LogicalPlan> {
@@ -452,7 +496,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContext> {
+/// A DataFusion context for a session on `project`; reads of the relations in `pins` see those
+/// offline versions.
+pub(crate) fn build_context(
+    engine: &Arc<Engine>,
+    project: &str,
+    pins: Arc<HashMap<quiver_catalog::Oid, u64>>,
+) -> SqlResult<SessionContext> {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -465,7 +515,7 @@ fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContex
     let catalogs = MemoryCatalogProviderList::new();
     catalogs.register_catalog(
         project.to_string(),
-        Arc::new(ProjectCatalog::new(engine.clone(), project.to_string())),
+        Arc::new(ProjectCatalog::new(engine.clone(), project.to_string(), pins)),
     );
     let state = engine
         .system_catalog
@@ -478,6 +528,13 @@ fn build_context(engine: &Arc<Engine>, project: &str) -> SqlResult<SessionContex
         .build();
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
+    context.register_udtf(
+        "training_dataset",
+        Arc::new(training_dataset::TrainingDatasetFunction {
+            engine: engine.clone(),
+            project: project.to_string(),
+        }),
+    );
     Ok(context)
 }
 

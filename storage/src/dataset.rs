@@ -179,11 +179,27 @@ impl DatasetWriter {
                 split.current = Some(open(&path, self.format, &self.schema)?);
             }
             close(split.current.take())?;
+            if self.format == FileFormat::Npy {
+                write_npy_columns(&split.dir, &self.schema)?;
+            }
             rows.push(split.rows);
         }
         sync_dir_tree(&self.staging)?;
         Ok(rows)
     }
+}
+
+/// npy arrays have no column names: `columns.json` beside the array records them, with the
+/// element type.
+fn write_npy_columns(dir: &Path, schema: &SchemaRef) -> StorageResult<()> {
+    let dtype = crate::npy::Dtype::for_schema(schema)?;
+    let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    let text = serde_json::json!({ "columns": names, "dtype": dtype.descr() }).to_string();
+    let path = dir.join("columns.json");
+    let mut file = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StorageError::io(&path, e))
 }
 
 fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<FileWriter> {

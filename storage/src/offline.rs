@@ -361,12 +361,20 @@ impl OfflineStore {
 
     /// A DataFusion provider over table `id`'s current version, with the table's object store
     /// registered in `session` so the provider's scans can run there.
+    /// With `version`, the provider reads that version of the table (time travel: nothing is
+    /// vacuumed, so every version stays readable).
     pub async fn table_provider(
         &self,
         id: TableId,
+        version: Option<u64>,
         session: &dyn datafusion::catalog::Session,
     ) -> StorageResult<Arc<dyn TableProvider>> {
-        let table = self.table(id).await?.lock().await.clone();
+        let mut table = self.table(id).await?.lock().await.clone();
+        if let Some(version) = version
+            && table.version() != Some(version)
+        {
+            table.load_version(version).await?;
+        }
         table.update_datafusion_session(session)?;
         Ok(table.table_provider().await?)
     }

@@ -1,0 +1,958 @@
+//! Training datasets: a query's rows, split, transformed and written to files once, recorded in
+//! the catalog with everything needed to write the same files again.
+//!
+//! The query reads every relation at the offline version current when the dataset is created;
+//! those versions are recorded, and RECREATE reads them again (the offline store keeps every
+//! version), so it writes the same rows whatever was written since. A row's split is a function of
+//! its values and the seed (a hash), not of the order rows arrive in, so the same seed puts the
+//! same rows in the same split. Transformations are fitted on the train split and recorded.
+//!
+//! Files are staged under the data dir and published at the end; the catalog entry comes last.
+//! Any failure or cancellation before that leaves neither files nor an entry.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::kernels::cmp::eq;
+use datafusion::arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
+use datafusion::catalog::{TableFunctionImpl, TableProvider};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::common::{Column, DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::functions_aggregate::expr_fn::{avg, max, min, stddev_pop};
+use datafusion::logical_expr::conditional_expressions::CaseBuilder;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    cast, lit, when,
+};
+use datafusion::sql::sqlparser::ast;
+use futures::StreamExt;
+use quiver_catalog::{
+    CatalogCommand, DatasetFormat, DatasetSource, FittedTransform, Oid, Split, TimeComparison,
+    TrainingDataset, Transform, TransformKind,
+};
+use quiver_storage::{DatasetWriter, FileFormat, StoreLocation};
+
+use crate::error::{SqlError, SqlResult};
+use crate::feature_view::{pin_versions, result_columns, view_query};
+use crate::parser::{CreateTrainingDataset, DatasetSourceClause, SplitClause};
+use crate::session::{CommandTag, Session};
+use crate::{Engine, STAGING_DIR};
+
+/// The column that carries each row's split index through the query.
+const SPLIT_COLUMN: &str = "__quiver_split";
+
+/// Rows per file for the sharded formats.
+const ROWS_PER_FILE: usize = 1_000_000;
+
+/// The most columns `one_hot` makes of one column.
+const MAX_ONE_HOT_CATEGORIES: usize = 1_000;
+
+/// What a dataset is computed from.
+struct Definition {
+    source: DatasetSource,
+    query: Box<ast::Query>,
+    reads: Vec<Oid>,
+    label: Option<String>,
+    transforms: Vec<Transform>,
+}
+
+/// `CREATE TRAINING DATASET`.
+pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlResult<CommandTag> {
+    let engine = session.engine();
+    let project = session.project();
+    let snapshot = engine.catalog.snapshot();
+    let exists = snapshot
+        .training_dataset_versions(project, &create.name)
+        .next()
+        .is_some();
+    let version = match create.version {
+        Some(v) => v,
+        None if !exists => 1,
+        None => {
+            return Err(SqlError::Duplicate(format!(
+                "training dataset \"{}\" already exists; name a new VERSION to create another version",
+                create.name
+            )));
+        }
+    };
+    if snapshot
+        .training_dataset(project, &create.name, Some(version))
+        .is_ok()
+    {
+        return Err(SqlError::Duplicate(format!(
+            "training dataset \"{}\" version {version} already exists",
+            create.name
+        )));
+    }
+    let format = dataset_format(&create.format)?;
+    let definition = match &create.source {
+        DatasetSourceClause::FeatureView { name, version } => {
+            let view = snapshot.feature_view(project, name, *version)?;
+            Definition {
+                source: DatasetSource::FeatureView {
+                    name: view.name.clone(),
+                    version: view.version,
+                },
+                query: view_query(view)?,
+                reads: view.depends_on.clone(),
+                label: view.label.clone(),
+                transforms: view.transforms.clone(),
+            }
+        }
+        DatasetSourceClause::Query(query) => {
+            let mut query = query.clone();
+            let reads = pin_versions(&mut query, &snapshot, project)?;
+            Definition {
+                source: DatasetSource::Query,
+                query,
+                reads,
+                label: None,
+                transforms: Vec::new(),
+            }
+        }
+    };
+    let location_text = match &create.location {
+        Some(text) => text.clone(),
+        None => {
+            let dir = engine
+                .data_dir()
+                .join("datasets")
+                .join(project)
+                .join(format!("{}_{version}", create.name));
+            format!("file://{}", absolute(&dir)?.display())
+        }
+    };
+    let location = dataset_location(&location_text)?;
+    // Everything that can be checked before the query runs is.
+    file_format(format)?;
+    check_location_is_free(&location, &split_names_of(&create.split), &create.name).await?;
+    let mut read_versions = Vec::with_capacity(definition.reads.len());
+    for oid in &definition.reads {
+        read_versions.push((*oid, engine.offline.version(*oid).await?));
+    }
+    let frame = session
+        .pinned_frame(
+            ast::Statement::Query(definition.query.clone()),
+            read_versions.iter().copied().collect(),
+        )
+        .await?;
+    let split = resolve_split(&create.split, frame.schema().as_arrow())?;
+    let with_split = with_split_column(frame, &split)?;
+    let fitted = fit(&with_split, &definition.transforms, &split).await?;
+    let written = write_files(
+        session,
+        with_split,
+        &fitted,
+        &split,
+        format,
+        &location,
+        &create.name,
+    )
+    .await?;
+    let dataset = TrainingDataset {
+        oid: 0,
+        project: project.to_string(),
+        name: create.name.clone(),
+        version,
+        source: definition.source,
+        query: definition.query.to_string(),
+        label: definition.label,
+        format,
+        location: location_text,
+        split,
+        columns: written.columns,
+        file_schema: written.file_schema,
+        split_rows: written.split_rows,
+        read_versions,
+        transforms: fitted,
+        owner: session.user().to_string(),
+        created_at: Utc::now(),
+    };
+    let split_names = dataset.split.names();
+    if let Err(e) = engine
+        .change_catalog(CatalogCommand::CreateTrainingDataset(Box::new(dataset)))
+        .await
+    {
+        quiver_storage::remove_splits(&location, &split_names).await?;
+        return Err(e);
+    }
+    Ok(CommandTag::new("CREATE TRAINING DATASET"))
+}
+
+/// `RECREATE TRAINING DATASET name VERSION n`: the same rows, from the recorded offline versions,
+/// with the recorded split and transformations, written again to the same location.
+pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<CommandTag> {
+    let engine = session.engine();
+    let snapshot = engine.catalog.snapshot();
+    let dataset = snapshot
+        .training_dataset(session.project(), name, Some(version))?
+        .clone();
+    let statements = crate::parser::parse(&dataset.query)
+        .map_err(|e| SqlError::Internal(format!("the stored query does not parse: {e}")))?;
+    let Ok([crate::parser::Statement::Sql(statement)]) =
+        <[crate::parser::Statement; 1]>::try_from(statements)
+    else {
+        return Err(SqlError::Internal(format!(
+            "the stored query of training dataset \"{name}\" is not one statement"
+        )));
+    };
+    for (oid, _) in &dataset.read_versions {
+        if snapshot.relation(*oid).is_none() {
+            return Err(SqlError::UndefinedTable(format!(
+                "training dataset \"{name}\" version {version} read a relation (oid {oid}) that has been dropped; it cannot be written again"
+            )));
+        }
+    }
+    let frame = session
+        .pinned_frame(*statement, dataset.read_versions.iter().copied().collect())
+        .await?;
+    let with_split = with_split_column(frame, &dataset.split)?;
+    let location = dataset_location(&dataset.location)?;
+    let split_names = dataset.split.names();
+    // The old files go first: the new ones are published where they were.
+    quiver_storage::remove_splits(&location, &split_names).await?;
+    let written = write_files(
+        session,
+        with_split,
+        &dataset.transforms,
+        &dataset.split,
+        dataset.format,
+        &location,
+        name,
+    )
+    .await?;
+    if written.split_rows != dataset.split_rows {
+        return Err(SqlError::Internal(format!(
+            "training dataset \"{name}\" version {version} was written again with {:?} rows per split, not the {:?} recorded",
+            written.split_rows, dataset.split_rows
+        )));
+    }
+    Ok(CommandTag::new("RECREATE TRAINING DATASET"))
+}
+
+/// `DROP TRAINING DATASET name [VERSION n]`: the catalog entries, then the files.
+pub async fn drop(
+    session: &Session,
+    name: &str,
+    version: Option<u32>,
+    if_exists: bool,
+) -> SqlResult<CommandTag> {
+    let tag = CommandTag::new("DROP TRAINING DATASET");
+    let engine = session.engine();
+    let snapshot = engine.catalog.snapshot();
+    let oids: Vec<Oid> = match version {
+        Some(_) => match snapshot.training_dataset(session.project(), name, version) {
+            Ok(dataset) => vec![dataset.oid],
+            Err(_) if if_exists => return Ok(tag),
+            Err(e) => return Err(e.into()),
+        },
+        None => snapshot
+            .training_dataset_versions(session.project(), name)
+            .map(|d| d.oid)
+            .collect(),
+    };
+    if oids.is_empty() {
+        if if_exists {
+            return Ok(tag);
+        }
+        return Err(SqlError::UndefinedTable(format!(
+            "training dataset \"{name}\" does not exist"
+        )));
+    }
+    if let quiver_catalog::Applied::DroppedDatasets(dropped) = engine
+        .change_catalog(CatalogCommand::DropTrainingDatasets { oids })
+        .await?
+    {
+        for dataset in dropped {
+            let location = dataset_location(&dataset.location)?;
+            quiver_storage::remove_splits(&location, &dataset.split.names()).await?;
+        }
+    }
+    Ok(tag)
+}
+
+fn dataset_format(name: &str) -> SqlResult<DatasetFormat> {
+    match DatasetFormat::ALL.iter().find(|(n, _)| *n == name) {
+        Some((_, format)) => Ok(*format),
+        None => Err(SqlError::InvalidParameter(format!(
+            "unknown training dataset format \"{name}\" (tfrecords, parquet, csv, npy, hdf5 and arrow are)"
+        ))),
+    }
+}
+
+fn file_format(format: DatasetFormat) -> SqlResult<FileFormat> {
+    Ok(match format {
+        DatasetFormat::Parquet => FileFormat::Parquet,
+        DatasetFormat::Csv => FileFormat::Csv,
+        DatasetFormat::Arrow => FileFormat::Arrow,
+        DatasetFormat::Tfrecords => FileFormat::Tfrecords { gzip: false },
+        DatasetFormat::Npy => FileFormat::Npy,
+        DatasetFormat::Hdf5 => {
+            return Err(SqlError::NotSupported(
+                "training datasets in hdf5 are not supported yet; use npy, parquet, arrow, csv or tfrecords".into(),
+            ));
+        }
+    })
+}
+
+/// A dataset's location: a `file://` or `s3://` URL, or an absolute path.
+fn dataset_location(text: &str) -> SqlResult<StoreLocation> {
+    if !text.contains("://") && !Path::new(text).is_absolute() {
+        return Err(SqlError::InvalidParameter(format!(
+            "LOCATION '{text}' must be an absolute path, a file:// URL or an s3:// URL"
+        )));
+    }
+    Ok(StoreLocation::parse(text)?)
+}
+
+fn absolute(path: &Path) -> SqlResult<PathBuf> {
+    std::path::absolute(path)
+        .map_err(|e| SqlError::Internal(format!("{}: {e}", path.display())))
+}
+
+/// The split as the catalog records it: weights normalised, a seed chosen when none is given,
+/// the time column found.
+fn resolve_split(clause: &SplitClause, schema: &Schema) -> SqlResult<Split> {
+    Ok(match clause {
+        SplitClause::None => Split::None,
+        SplitClause::Random { weights, seed } => {
+            check_split_names(weights.iter().map(|(n, _)| n))?;
+            let total: f64 = weights.iter().map(|(_, w)| w).sum();
+            Split::Random {
+                weights: weights.iter().map(|(n, w)| (n.clone(), w / total)).collect(),
+                seed: seed.unwrap_or_else(rand_seed),
+            }
+        }
+        SplitClause::ByTime { column, bounds } => {
+            check_split_names(bounds.iter().map(|(n, _, _)| n))?;
+            let temporal: Vec<&str> = schema
+                .fields()
+                .iter()
+                .filter(|f| {
+                    matches!(
+                        f.data_type(),
+                        DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+                    )
+                })
+                .map(|f| f.name().as_str())
+                .collect();
+            let column = match column {
+                Some(column) => {
+                    schema.field_with_name(column).map_err(|_| {
+                        SqlError::UndefinedColumn(format!(
+                            "SPLIT BY TIME column \"{column}\" is not a column of the dataset"
+                        ))
+                    })?;
+                    column.clone()
+                }
+                None => match temporal.as_slice() {
+                    [one] => one.to_string(),
+                    [] => {
+                        return Err(SqlError::UndefinedColumn(
+                            "SPLIT BY TIME needs a date or timestamp column in the dataset, and it has none".into(),
+                        ));
+                    }
+                    several => {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "SPLIT BY TIME found several time columns ({}); name one: SPLIT BY TIME {} (...)",
+                            several.join(", "),
+                            several[0]
+                        )));
+                    }
+                },
+            };
+            Split::ByTime {
+                column,
+                bounds: bounds.clone(),
+            }
+        }
+    })
+}
+
+fn check_split_names<'a>(names: impl Iterator<Item = &'a String>) -> SqlResult<()> {
+    let mut seen = Vec::new();
+    for name in names {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(SqlError::InvalidParameter(format!(
+                "split name \"{name}\" must be letters, digits, _ or - (it names a directory)"
+            )));
+        }
+        if seen.contains(&name) {
+            return Err(SqlError::InvalidParameter(format!(
+                "split \"{name}\" is named twice"
+            )));
+        }
+        seen.push(name);
+    }
+    if seen.is_empty() {
+        return Err(SqlError::InvalidParameter("SPLIT names no split".into()));
+    }
+    Ok(())
+}
+
+/// A seed for a random split given without SEED; recorded, so RECREATE reuses it.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
+    hasher.finish() >> 1
+}
+
+/// Adds the split index column; rows that fall in no split (a time outside every bound) go.
+fn with_split_column(frame: DataFrame, split: &Split) -> SqlResult<DataFrame> {
+    let columns: Vec<Expr> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| Expr::Column(Column::from_name(f.name())))
+        .collect();
+    let index = match split {
+        Split::None => lit(0i32),
+        Split::Random { weights, seed } => {
+            let mut args = vec![lit(*seed as i64)];
+            args.extend(columns);
+            let fraction = ScalarUDF::from(SplitFraction::new()).call(args);
+            let mut cumulative = 0.0;
+            let mut case: Option<CaseBuilder> = None;
+            for (index, (_, weight)) in weights.iter().enumerate().take(weights.len() - 1) {
+                cumulative += weight;
+                let condition = fraction.clone().lt(lit(cumulative));
+                case = Some(match case {
+                    None => when(condition, lit(index as i32)),
+                    Some(mut builder) => builder.when(condition, lit(index as i32)),
+                });
+            }
+            let last = lit(weights.len() as i32 - 1);
+            match case {
+                None => last,
+                Some(mut builder) => builder.otherwise(last)?,
+            }
+        }
+        Split::ByTime { column, bounds } => {
+            let time = Expr::Column(Column::from_name(column));
+            let time_type = frame
+                .schema()
+                .as_arrow()
+                .field_with_name(column)
+                .map(|f| f.data_type().clone())
+                .map_err(|e| SqlError::Internal(e.to_string()))?;
+            let mut builder: Option<CaseBuilder> = None;
+            for (index, (_, comparison, bound)) in bounds.iter().enumerate() {
+                let bound = cast(lit(bound.clone()), time_type.clone());
+                let condition = match comparison {
+                    TimeComparison::Lt => time.clone().lt(bound),
+                    TimeComparison::LtEq => time.clone().lt_eq(bound),
+                    TimeComparison::Gt => time.clone().gt(bound),
+                    TimeComparison::GtEq => time.clone().gt_eq(bound),
+                };
+                builder = Some(match builder {
+                    None => when(condition, lit(index as i32)),
+                    Some(mut b) => b.when(condition, lit(index as i32)),
+                });
+            }
+            match builder {
+                Some(builder) => builder.end()?,
+                None => return Err(SqlError::InvalidParameter("SPLIT names no split".into())),
+            }
+        }
+    };
+    Ok(frame
+        .with_column(SPLIT_COLUMN, index)?
+        .filter(Expr::Column(Column::from_name(SPLIT_COLUMN)).is_not_null())?)
+}
+
+/// The split transformations are fitted on: `train`, or the first one.
+fn train_index(split: &Split) -> i32 {
+    split
+        .names()
+        .iter()
+        .position(|n| n == "train")
+        .unwrap_or(0) as i32
+}
+
+/// Fits each transformation on the train split's rows.
+async fn fit(
+    frame: &DataFrame,
+    transforms: &[Transform],
+    split: &Split,
+) -> SqlResult<Vec<FittedTransform>> {
+    if transforms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let train = frame.clone().filter(
+        Expr::Column(Column::from_name(SPLIT_COLUMN)).eq(lit(train_index(split))),
+    )?;
+    let value = |column: &str| Expr::Column(Column::from_name(column));
+    let scaled: Vec<&Transform> = transforms
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.kind,
+                TransformKind::StandardScaler | TransformKind::MinMaxScaler
+            )
+        })
+        .collect();
+    let mut statistics: HashMap<&str, [f64; 4]> = HashMap::new();
+    if !scaled.is_empty() {
+        let mut aggregates = Vec::new();
+        for transform in &scaled {
+            let x = cast(value(&transform.column), DataType::Float64);
+            aggregates.push(avg(x.clone()));
+            aggregates.push(stddev_pop(x.clone()));
+            aggregates.push(min(x.clone()));
+            aggregates.push(max(x));
+        }
+        let batches = train.clone().aggregate(vec![], aggregates)?.collect().await?;
+        let batch = batches
+            .first()
+            .ok_or_else(|| SqlError::Internal("fitting returned no row".into()))?;
+        for (i, transform) in scaled.iter().enumerate() {
+            let mut values = [0.0; 4];
+            for (j, value) in values.iter_mut().enumerate() {
+                let column = batch.column(4 * i + j).as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>();
+                *value = match column {
+                    Some(c) if c.len() == 1 && !c.is_null(0) => c.value(0),
+                    _ => {
+                        return Err(SqlError::Data(format!(
+                            "{} cannot be fitted: column \"{}\" has no value in the train split",
+                            transform.kind.sql_name(),
+                            transform.column
+                        )));
+                    }
+                };
+            }
+            statistics.insert(&transform.column, values);
+        }
+    }
+    let mut fitted = Vec::with_capacity(transforms.len());
+    for transform in transforms {
+        let column = transform.column.clone();
+        fitted.push(match transform.kind {
+            TransformKind::StandardScaler => {
+                let [mean, stddev, _, _] = statistics[transform.column.as_str()];
+                FittedTransform::StandardScaler {
+                    column,
+                    mean,
+                    stddev,
+                }
+            }
+            TransformKind::MinMaxScaler => {
+                let [_, _, min, max] = statistics[transform.column.as_str()];
+                FittedTransform::MinMaxScaler { column, min, max }
+            }
+            TransformKind::OneHot | TransformKind::LabelEncoder => {
+                let text = cast(value(&transform.column), DataType::Utf8).alias("category");
+                let batches = train
+                    .clone()
+                    .select(vec![text])?
+                    .filter(Expr::Column(Column::from_name("category")).is_not_null())?
+                    .distinct()?
+                    .sort(vec![
+                        Expr::Column(Column::from_name("category")).sort(true, false),
+                    ])?
+                    .collect()
+                    .await?;
+                let mut categories = Vec::new();
+                for batch in &batches {
+                    let strings = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
+                        .map_err(DataFusionError::from)?;
+                    categories.extend(
+                        strings
+                            .as_string::<i32>()
+                            .iter()
+                            .flatten()
+                            .map(str::to_string),
+                    );
+                }
+                if transform.kind == TransformKind::OneHot
+                    && categories.len() > MAX_ONE_HOT_CATEGORIES
+                {
+                    return Err(SqlError::InvalidParameter(format!(
+                        "one_hot of column \"{}\" would make {} columns (at most {MAX_ONE_HOT_CATEGORIES}); use label_encoder",
+                        transform.column,
+                        categories.len()
+                    )));
+                }
+                match transform.kind {
+                    TransformKind::OneHot => FittedTransform::OneHot { column, categories },
+                    _ => FittedTransform::LabelEncoder { column, categories },
+                }
+            }
+        });
+    }
+    Ok(fitted)
+}
+
+/// The output columns: each input column as it is, or as its fitted transformation makes it.
+/// Scalers give double precision; label_encoder gives the category's index (-1 for a category
+/// the train split did not have, NULL for NULL); one_hot replaces the column by one 0/1 integer
+/// column per category, named `<column>_<category>`.
+pub(crate) fn transformed_columns(
+    schema: &Schema,
+    fitted: &[FittedTransform],
+) -> SqlResult<Vec<Expr>> {
+    let mut exprs = Vec::with_capacity(schema.fields().len());
+    let mut names: Vec<String> = Vec::new();
+    for field in schema.fields() {
+        let name = field.name();
+        let value = Expr::Column(Column::from_name(name));
+        let as_text = || cast(value.clone(), DataType::Utf8);
+        let transform = fitted.iter().find(|t| t.column() == name);
+        match transform {
+            None => {
+                exprs.push(value.clone().alias(name));
+                names.push(name.clone());
+            }
+            Some(FittedTransform::StandardScaler { mean, stddev, .. }) => {
+                // A constant column has no spread to divide by; it becomes all zeros.
+                let divisor = if *stddev > 0.0 { *stddev } else { 1.0 };
+                let x = cast(value.clone(), DataType::Float64);
+                exprs.push(((x - lit(*mean)) / lit(divisor)).alias(name));
+                names.push(name.clone());
+            }
+            Some(FittedTransform::MinMaxScaler { min, max, .. }) => {
+                let range = if max > min { max - min } else { 1.0 };
+                let x = cast(value.clone(), DataType::Float64);
+                exprs.push(((x - lit(*min)) / lit(range)).alias(name));
+                names.push(name.clone());
+            }
+            Some(FittedTransform::LabelEncoder { categories, .. }) => {
+                let mut builder = when(value.clone().is_null(), lit(ScalarValue::Int32(None)));
+                for (index, category) in categories.iter().enumerate() {
+                    builder = builder.when(as_text().eq(lit(category.clone())), lit(index as i32));
+                }
+                exprs.push(builder.otherwise(lit(-1i32))?.alias(name));
+                names.push(name.clone());
+            }
+            Some(FittedTransform::OneHot { categories, .. }) => {
+                for category in categories {
+                    let column = format!("{name}_{category}");
+                    let indicator = when(as_text().eq(lit(category.clone())), lit(1i32))
+                        .otherwise(lit(0i32))?;
+                    exprs.push(indicator.alias(&column));
+                    names.push(column);
+                }
+            }
+        }
+    }
+    if let Some(duplicate) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| names[..*i].contains(n))
+        .map(|(_, n)| n)
+    {
+        return Err(SqlError::Duplicate(format!(
+            "the transformed columns would have two columns named \"{duplicate}\"; rename a column of the view"
+        )));
+    }
+    Ok(exprs)
+}
+
+struct Written {
+    columns: Vec<quiver_catalog::ResultColumn>,
+    file_schema: String,
+    split_rows: Vec<(String, u64)>,
+}
+
+/// Computes the rows, writes them in staging, and publishes them to `location`.
+async fn write_files(
+    session: &Session,
+    with_split: DataFrame,
+    fitted: &[FittedTransform],
+    split: &Split,
+    format: DatasetFormat,
+    location: &StoreLocation,
+    name: &str,
+) -> SqlResult<Written> {
+    let engine = session.engine();
+    let file_format = file_format(format)?;
+    let split_names = split.names();
+    check_location_is_free(location, &split_names, name).await?;
+    let data_schema = {
+        let arrow = with_split.schema().as_arrow();
+        Schema::new(
+            arrow
+                .fields()
+                .iter()
+                .filter(|f| f.name() != SPLIT_COLUMN)
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut projection = transformed_columns(&data_schema, fitted)?;
+    projection.push(Expr::Column(Column::from_name(SPLIT_COLUMN)));
+    let output = with_split.select(projection)?;
+    let output_schema: SchemaRef = Arc::new(output.schema().as_arrow().clone());
+    let file_schema: SchemaRef = Arc::new(Schema::new(
+        output_schema.fields()[..output_schema.fields().len() - 1].to_vec(),
+    ));
+    let columns = result_columns(&file_schema, &format!("training dataset \"{name}\""))?;
+    let staging = StagingDir::new(engine)?;
+    let mut writer = DatasetWriter::create(
+        &staging.0,
+        file_format,
+        file_schema.clone(),
+        &split_names,
+        ROWS_PER_FILE,
+    )?;
+    let mut batches = session.stream_frame(output);
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let (result, returned) = tokio::task::spawn_blocking(move || {
+            let result = write_batch(&mut writer, &batch);
+            (result, writer)
+        })
+        .await
+        .map_err(|e| SqlError::Internal(format!("writing a training dataset failed: {e}")))?;
+        writer = returned;
+        result?;
+    }
+    let rows = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(|e| SqlError::Internal(format!("writing a training dataset failed: {e}")))??;
+    let published = quiver_storage::publish(&staging.0, location, &split_names).await;
+    if let Err(e) = published {
+        quiver_storage::remove_splits(location, &split_names).await?;
+        return Err(e.into());
+    }
+    let file_schema = serde_json::to_string(file_schema.as_ref())
+        .map_err(|e| SqlError::Internal(format!("recording the schema: {e}")))?;
+    Ok(Written {
+        columns,
+        file_schema,
+        split_rows: split_names.into_iter().zip(rows).collect(),
+    })
+}
+
+async fn check_location_is_free(
+    location: &StoreLocation,
+    split_names: &[String],
+    name: &str,
+) -> SqlResult<()> {
+    if quiver_storage::splits_exist(location, split_names).await? {
+        return Err(SqlError::Duplicate(format!(
+            "the location of training dataset \"{name}\" already holds files of a split ({}); choose another LOCATION",
+            split_names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The names of the splits a SPLIT clause makes.
+fn split_names_of(clause: &SplitClause) -> Vec<String> {
+    match clause {
+        SplitClause::None => Split::None.names(),
+        SplitClause::Random { weights, .. } => weights.iter().map(|(n, _)| n.clone()).collect(),
+        SplitClause::ByTime { bounds, .. } => bounds.iter().map(|(n, _, _)| n.clone()).collect(),
+    }
+}
+
+/// Writes each row of `batch` (whose last column is the split index) to its split.
+fn write_batch(writer: &mut DatasetWriter, batch: &RecordBatch) -> SqlResult<()> {
+    let last = batch.num_columns() - 1;
+    let splits = batch.column(last).as_primitive::<Int32Type>().clone();
+    let data = batch
+        .project(&(0..last).collect::<Vec<_>>())
+        .map_err(DataFusionError::from)?;
+    let first = splits.values().first().copied();
+    if splits.null_count() == 0 && splits.values().iter().all(|s| Some(*s) == first) {
+        if let Some(split) = first {
+            writer.write(split as usize, &data)?;
+        }
+        return Ok(());
+    }
+    let mut seen: Vec<i32> = splits.iter().flatten().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    for split in seen {
+        let mask = eq(&splits, &datafusion::arrow::array::Int32Array::new_scalar(split))
+            .map_err(DataFusionError::from)?;
+        let rows = filter_record_batch(&data, &mask).map_err(DataFusionError::from)?;
+        writer.write(split as usize, &rows)?;
+    }
+    Ok(())
+}
+
+/// A staging directory, removed when dropped: after publishing, or when the write fails or the
+/// statement is canceled.
+struct StagingDir(PathBuf);
+
+impl StagingDir {
+    fn new(engine: &Engine) -> SqlResult<StagingDir> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = format!(
+            "{}-{}",
+            Utc::now().timestamp_micros(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let dir = engine.data_dir().join(STAGING_DIR).join(unique);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SqlError::Internal(format!("{}: {e}", dir.display())))?;
+        Ok(StagingDir(dir))
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a staging directory");
+        }
+    }
+}
+
+/// `split_fraction(seed, columns...)`: a number in [0, 1) from a hash of the row's values and the
+/// seed. The hash (foldhash with a fixed seed, as DataFusion's hash joins use) does not depend on
+/// the machine or the process, so a row gets the same fraction every time.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SplitFraction {
+    signature: Signature,
+}
+
+impl SplitFraction {
+    fn new() -> Self {
+        SplitFraction {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SplitFraction {
+    fn name(&self) -> &str {
+        "quiver_split_fraction"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let seed = match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(seed)))) => *seed as u64,
+            _ => {
+                return Err(DataFusionError::Internal(
+                    "quiver_split_fraction needs a seed first".into(),
+                ));
+            }
+        };
+        let arrays = args.args[1..]
+            .iter()
+            .map(|value| value.to_array(rows))
+            .collect::<DfResult<Vec<_>>>()?;
+        let mut hashes = vec![0u64; rows];
+        create_hashes(&arrays, &RandomState::with_seed(seed), &mut hashes)?;
+        let fractions: Float64Array = hashes
+            .iter()
+            .map(|h| (mix(*h) >> 11) as f64 / (1u64 << 53) as f64)
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(fractions)))
+    }
+}
+
+/// SplitMix64's finaliser: spreads the combined column hashes over all 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `training_dataset(name, version, split)`: the rows of one split, read from its files.
+#[derive(Debug)]
+pub struct TrainingDatasetFunction {
+    pub engine: Arc<Engine>,
+    pub project: String,
+}
+
+impl TableFunctionImpl for TrainingDatasetFunction {
+    fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
+        let external = |e: SqlError| DataFusionError::External(Box::new(e));
+        let usage = || {
+            external(SqlError::InvalidParameter(
+                "training_dataset takes a name, a version and a split: training_dataset('td', 1, 'train')"
+                    .into(),
+            ))
+        };
+        let literal = |expr: &Expr| match expr {
+            Expr::Literal(value, _) => Some(value.clone()),
+            _ => None,
+        };
+        let [name, version, split] = args else {
+            return Err(usage());
+        };
+        let (Some(name), Some(version), Some(split)) =
+            (literal(name), literal(version), literal(split))
+        else {
+            return Err(usage());
+        };
+        let name = name.try_as_str().flatten().ok_or_else(usage)?.to_string();
+        let split = split.try_as_str().flatten().ok_or_else(usage)?.to_string();
+        let version = match version.cast_to(&DataType::Int64) {
+            Ok(ScalarValue::Int64(Some(v))) if v >= 1 && v <= u32::MAX as i64 => v as u32,
+            _ => return Err(usage()),
+        };
+        let snapshot = self.engine.catalog.snapshot();
+        let dataset = snapshot
+            .training_dataset(&self.project, &name, Some(version))
+            .map_err(|e| external(e.into()))?;
+        if !dataset.split.names().contains(&split) {
+            return Err(external(SqlError::InvalidParameter(format!(
+                "training dataset \"{name}\" version {version} has no split \"{split}\" (its splits: {})",
+                dataset.split.names().join(", ")
+            ))));
+        }
+        let schema: Schema = serde_json::from_str(&dataset.file_schema)
+            .map_err(|e| external(SqlError::Internal(format!("the recorded schema: {e}"))))?;
+        let (file_format, extension): (Arc<dyn datafusion::datasource::file_format::FileFormat>, _) =
+            match dataset.format {
+                DatasetFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
+                DatasetFormat::Csv => (
+                    Arc::new(CsvFormat::default().with_has_header(true)),
+                    ".csv",
+                ),
+                DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
+                other => {
+                    return Err(external(SqlError::NotSupported(format!(
+                        "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy or TensorFlow)",
+                        other.sql_name()
+                    ))));
+                }
+            };
+        let location = dataset_location(&dataset.location).map_err(external)?;
+        let directory = match &location {
+            StoreLocation::Local(root) => format!("file://{}/{split}/", root.display()),
+            StoreLocation::Remote { base, store, .. } => {
+                self.engine
+                    .runtime()
+                    .register_object_store(base, store.clone());
+                format!("{base}{split}/")
+            }
+        };
+        let url = ListingTableUrl::parse(&directory)?;
+        let options = ListingOptions::new(file_format).with_file_extension(extension);
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(Arc::new(schema));
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+}
