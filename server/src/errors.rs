@@ -35,7 +35,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
             StorageError::MissingTable(_) | StorageError::MissingOnlineTable(_) => "42P01",
             // Disk, object store or network: PostgreSQL's io_error.
             StorageError::Io { .. } | StorageError::ObjectStore(_) => "58030",
-            StorageError::Schema(_) => "0A000",
+            StorageError::Schema(_) | StorageError::UnsupportedFormat(_) => "0A000",
             StorageError::InvalidLocation(_) => "22023",
             StorageError::NullNotAllowed(_) => "22004",
             StorageError::Delta(_)

@@ -15,6 +15,7 @@ use crate::Engine;
 use crate::discovery;
 use crate::online::{ONLINE_SCHEMA, OnlineTable};
 use crate::relation::RelationTable;
+use crate::training_dataset::{DATASET_SCHEMA, DatasetSchema};
 
 /// The schema that holds a project's feature groups and tables.
 pub const PUBLIC_SCHEMA: &str = "public";
@@ -87,6 +88,10 @@ impl CatalogProvider for ProjectCatalog {
                 pins: self.pins.clone(),
             })),
             ONLINE_SCHEMA => Some(Arc::new(OnlineSchema {
+                engine: self.engine.clone(),
+                project: self.project.clone(),
+            })),
+            DATASET_SCHEMA => Some(Arc::new(DatasetSchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),
             })),

@@ -281,6 +281,7 @@ impl Session {
             &self.engine.catalog.snapshot(),
             &self.project,
         )?;
+        training_dataset::rewrite_dataset_calls(&mut statement)?;
         asof::nest_asof_joins(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
         let plan = context.state().statement_to_plan(statement).await?;
@@ -528,13 +529,6 @@ pub(crate) fn build_context(
         .build();
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
-    context.register_udtf(
-        "training_dataset",
-        Arc::new(training_dataset::TrainingDatasetFunction {
-            engine: engine.clone(),
-            project: project.to_string(),
-        }),
-    );
     Ok(context)
 }
 

@@ -19,7 +19,7 @@ use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::cmp::eq;
 use datafusion::arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
-use datafusion::catalog::{TableFunctionImpl, TableProvider};
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::common::{Column, DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::dataframe::DataFrame;
@@ -35,7 +35,8 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
     cast, lit, when,
 };
-use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::ast::{self, TableFactor, VisitMut, VisitorMut};
+use std::ops::ControlFlow;
 use futures::StreamExt;
 use quiver_catalog::{
     CatalogCommand, DatasetFormat, DatasetSource, FittedTransform, Oid, Split, TimeComparison,
@@ -877,82 +878,169 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `training_dataset(name, version, split)`: the rows of one split, read from its files.
+/// The schema `training_dataset(...)` calls are rewritten to read from: not listed, not for users.
+/// DataFusion names every table function's scan after the function alone, and plans two scans of
+/// one name as the same scan, so `training_dataset('td', 1, 'train')` and `(..., 'test')` in one
+/// query would read one split twice; a table name per dataset split keeps them apart.
+pub(crate) const DATASET_SCHEMA: &str = "__quiver_training_dataset";
+
+/// Rewrites every `training_dataset(name, version, split)` in a statement into a read of
+/// [`DATASET_SCHEMA`]`."name/version/split"`, aliased `training_dataset` unless it has an alias.
+pub(crate) fn rewrite_dataset_calls(statement: &mut ast::Statement) -> SqlResult<()> {
+    match statement.visit(&mut DatasetCalls) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+struct DatasetCalls;
+
+impl VisitorMut for DatasetCalls {
+    type Break = SqlError;
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: args @ Some(_),
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let is_call = matches!(name.0.as_slice(), [single]
+            if single.as_ident().is_some_and(|i| crate::parser::normalize_ident(i) == "training_dataset"));
+        if !is_call {
+            return ControlFlow::Continue(());
+        }
+        let usage = || {
+            SqlError::InvalidParameter(
+                "training_dataset takes a name, a version and a split: training_dataset('td', 1, 'train')"
+                    .into(),
+            )
+        };
+        let values: Vec<String> = match args.as_ref().map(|a| a.args.as_slice()) {
+            Some(arguments) => {
+                let mut values = Vec::new();
+                for argument in arguments {
+                    let ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(v))) =
+                        argument
+                    else {
+                        return ControlFlow::Break(usage());
+                    };
+                    match &v.value {
+                        ast::Value::SingleQuotedString(s) => values.push(s.clone()),
+                        ast::Value::Number(n, _) => values.push(n.to_string()),
+                        _ => return ControlFlow::Break(usage()),
+                    }
+                }
+                values
+            }
+            None => Vec::new(),
+        };
+        let [dataset, version, split] = values.as_slice() else {
+            return ControlFlow::Break(usage());
+        };
+        if version.parse::<u32>().is_err() || dataset.contains('/') || split.contains('/') {
+            return ControlFlow::Break(usage());
+        }
+        *name = ast::ObjectName(vec![
+            ast::ObjectNamePart::Identifier(ast::Ident::new(DATASET_SCHEMA)),
+            ast::ObjectNamePart::Identifier(ast::Ident::with_quote(
+                '"',
+                format!("{dataset}/{version}/{split}"),
+            )),
+        ]);
+        *args = None;
+        if alias.is_none() {
+            *alias = Some(ast::TableAlias {
+                explicit: true,
+                name: ast::Ident::new("training_dataset"),
+                columns: vec![],
+                at: None,
+            });
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// [`DATASET_SCHEMA`]: the splits of a project's training datasets, by `name/version/split`.
 #[derive(Debug)]
-pub struct TrainingDatasetFunction {
+pub(crate) struct DatasetSchema {
     pub engine: Arc<Engine>,
     pub project: String,
 }
 
-impl TableFunctionImpl for TrainingDatasetFunction {
-    fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
-        let external = |e: SqlError| DataFusionError::External(Box::new(e));
-        let usage = || {
-            external(SqlError::InvalidParameter(
-                "training_dataset takes a name, a version and a split: training_dataset('td', 1, 'train')"
-                    .into(),
-            ))
-        };
-        let literal = |expr: &Expr| match expr {
-            Expr::Literal(value, _) => Some(value.clone()),
-            _ => None,
-        };
-        let [name, version, split] = args else {
-            return Err(usage());
-        };
-        let (Some(name), Some(version), Some(split)) =
-            (literal(name), literal(version), literal(split))
+#[async_trait::async_trait]
+impl SchemaProvider for DatasetSchema {
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let mut parts = name.rsplitn(3, '/');
+        let (Some(split), Some(version), Some(dataset)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(usage());
+            return Ok(None);
         };
-        let name = name.try_as_str().flatten().ok_or_else(usage)?.to_string();
-        let split = split.try_as_str().flatten().ok_or_else(usage)?.to_string();
-        let version = match version.cast_to(&DataType::Int64) {
-            Ok(ScalarValue::Int64(Some(v))) if v >= 1 && v <= u32::MAX as i64 => v as u32,
-            _ => return Err(usage()),
+        let Ok(version) = version.parse::<u32>() else {
+            return Ok(None);
         };
-        let snapshot = self.engine.catalog.snapshot();
-        let dataset = snapshot
-            .training_dataset(&self.project, &name, Some(version))
-            .map_err(|e| external(e.into()))?;
-        if !dataset.split.names().contains(&split) {
-            return Err(external(SqlError::InvalidParameter(format!(
-                "training dataset \"{name}\" version {version} has no split \"{split}\" (its splits: {})",
-                dataset.split.names().join(", ")
-            ))));
-        }
-        let schema: Schema = serde_json::from_str(&dataset.file_schema)
-            .map_err(|e| external(SqlError::Internal(format!("the recorded schema: {e}"))))?;
-        let (file_format, extension): (Arc<dyn datafusion::datasource::file_format::FileFormat>, _) =
-            match dataset.format {
-                DatasetFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
-                DatasetFormat::Csv => (
-                    Arc::new(CsvFormat::default().with_has_header(true)),
-                    ".csv",
-                ),
-                DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
-                other => {
-                    return Err(external(SqlError::NotSupported(format!(
-                        "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy or TensorFlow)",
-                        other.sql_name()
-                    ))));
-                }
-            };
-        let location = dataset_location(&dataset.location).map_err(external)?;
-        let directory = match &location {
-            StoreLocation::Local(root) => format!("file://{}/{split}/", root.display()),
-            StoreLocation::Remote { base, store, .. } => {
-                self.engine
-                    .runtime()
-                    .register_object_store(base, store.clone());
-                format!("{base}{split}/")
+        split_table(&self.engine, &self.project, dataset, version, split)
+            .map(Some)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name.splitn(3, '/').count() == 3
+    }
+}
+
+/// The files of one split of a training dataset, as a table.
+fn split_table(
+    engine: &Engine,
+    project: &str,
+    name: &str,
+    version: u32,
+    split: &str,
+) -> SqlResult<Arc<dyn TableProvider>> {
+    let snapshot = engine.catalog.snapshot();
+    let dataset = snapshot.training_dataset(project, name, Some(version))?;
+    if !dataset.split.names().iter().any(|s| s == split) {
+        return Err(SqlError::InvalidParameter(format!(
+            "training dataset \"{name}\" version {version} has no split \"{split}\" (its splits: {})",
+            dataset.split.names().join(", ")
+        )));
+    }
+    let schema: Schema = serde_json::from_str(&dataset.file_schema)
+        .map_err(|e| SqlError::Internal(format!("the recorded schema: {e}")))?;
+    let (file_format, extension): (Arc<dyn datafusion::datasource::file_format::FileFormat>, _) =
+        match dataset.format {
+            DatasetFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
+            DatasetFormat::Csv => (
+                Arc::new(CsvFormat::default().with_has_header(true)),
+                ".csv",
+            ),
+            DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
+            other => {
+                return Err(SqlError::NotSupported(format!(
+                    "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy or TensorFlow)",
+                    other.sql_name()
+                )));
             }
         };
-        let url = ListingTableUrl::parse(&directory)?;
-        let options = ListingOptions::new(file_format).with_file_extension(extension);
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .with_schema(Arc::new(schema));
-        Ok(Arc::new(ListingTable::try_new(config)?))
-    }
+    let location = dataset_location(&dataset.location)?;
+    let directory = match &location {
+        StoreLocation::Local(root) => format!("file://{}/{split}/", root.display()),
+        StoreLocation::Remote { base, store, .. } => {
+            engine.runtime().register_object_store(base, store.clone());
+            format!("{base}{split}/")
+        }
+    };
+    let url = ListingTableUrl::parse(&directory)?;
+    let options = ListingOptions::new(file_format).with_file_extension(extension);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(Arc::new(schema));
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }

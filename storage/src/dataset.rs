@@ -55,7 +55,7 @@ impl FileFormat {
             FileFormat::Csv => {
                 for field in schema.fields() {
                     if field.data_type().is_nested() {
-                        return Err(StorageError::Schema(format!(
+                        return Err(StorageError::UnsupportedFormat(format!(
                             "column \"{}\" is an array, which csv cannot hold; use parquet, arrow or tfrecords",
                             field.name()
                         )));
@@ -497,6 +497,6 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("c", DataType::Utf8, true)]));
         let dir = tempfile::tempdir().unwrap();
         let result = DatasetWriter::create(dir.path(), FileFormat::Npy, schema, &[], 10);
-        assert!(matches!(result, Err(StorageError::Schema(_))));
+        assert!(matches!(result, Err(StorageError::UnsupportedFormat(_))));
     }
 }

@@ -27,6 +27,9 @@ pub enum StorageError {
     Query(#[from] datafusion::error::DataFusionError),
     #[error("offline store: {0}")]
     Internal(String),
+    /// Columns a training dataset format cannot hold.
+    #[error("{0}")]
+    UnsupportedFormat(String),
     /// A NULL where the target format has no way to hold one.
     #[error("{0}")]
     NullNotAllowed(String),

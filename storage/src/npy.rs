@@ -53,7 +53,7 @@ impl Dtype {
                     DataType::Boolean | DataType::Date32 | DataType::Timestamp(_, _)
                 );
             if !integer && !data_type.is_floating() {
-                return Err(StorageError::Schema(format!(
+                return Err(StorageError::UnsupportedFormat(format!(
                     "column \"{}\" of type {data_type} cannot go in an npy array of numbers; \
                      transform it (one_hot or label_encoder), leave it out, or use another format",
                     field.name()
@@ -200,7 +200,7 @@ impl NpyWriter {
             Dtype::Int64 => DataType::Int64,
         };
         cast(&integer, &target).map_err(|e| {
-            StorageError::Schema(format!("column \"{name}\" cannot be written to npy: {e}"))
+            StorageError::UnsupportedFormat(format!("column \"{name}\" cannot be written to npy: {e}"))
         })
     }
 

@@ -173,7 +173,7 @@ fn list_element_type(data_type: &DataType) -> Option<DataType> {
 }
 
 fn unsupported(name: &str, data_type: &DataType) -> StorageError {
-    StorageError::Schema(format!(
+    StorageError::UnsupportedFormat(format!(
         "column \"{name}\" of type {data_type} cannot be a tf.train.Example feature"
     ))
 }
