@@ -857,9 +857,20 @@ impl ScalarUDFImpl for SplitFraction {
                 ));
             }
         };
+        // A column may arrive as Utf8View in one plan and Utf8 in another (a scan's own types
+        // against the planned ones), and the two hash differently: hash one canonical type.
         let arrays = args.args[1..]
             .iter()
-            .map(|value| value.to_array(rows))
+            .map(|value| {
+                let array = value.to_array(rows)?;
+                let canonical = match array.data_type() {
+                    DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                    DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+                    DataType::Dictionary(_, value) => value.as_ref().clone(),
+                    _ => return Ok(array),
+                };
+                Ok(datafusion::arrow::compute::cast(&array, &canonical)?)
+            })
             .collect::<DfResult<Vec<_>>>()?;
         let mut hashes = vec![0u64; rows];
         create_hashes(&arrays, &RandomState::with_seed(seed), &mut hashes)?;
