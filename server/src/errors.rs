@@ -23,6 +23,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::BadCopyFormat(_) => "22P04",
         SqlError::InvalidParameter(_) => "22023",
         SqlError::ObjectInUse(_) => "55006",
+        SqlError::PrerequisiteState(_) => "55000",
         SqlError::DependentObjects(_) => "2BP01",
         SqlError::NotSupported(_) => "0A000",
         SqlError::Canceled => "57014",

@@ -17,7 +17,7 @@ use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{
     AlterFeatureGroupAction, CreateFeatureGroup, OptionEntry, OptionValue, Statement,
-    column_is_inline_primary_key, normalize_ident, object_name_to_string,
+    column_is_inline_primary_key, normalize_ident, object_name_to_string, quote_literal,
 };
 use crate::partitioning::{Partitioning, stored_schema};
 use crate::session::CommandTag;
@@ -729,11 +729,6 @@ pub fn listing_query(statement: &Statement, engine: &Engine, project: &str) -> S
         }
         other => return Err(SqlError::Internal(format!("not a listing: {other:?}"))),
     })
-}
-
-/// A string as an SQL literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

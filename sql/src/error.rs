@@ -54,6 +54,10 @@ pub enum SqlError {
     /// 55006: the object is in use (e.g. the project of the current connection).
     #[error("{0}")]
     ObjectInUse(String),
+    /// 55000: the object is not in the state the statement needs (e.g. a feature group that is
+    /// not online, served through a feature view).
+    #[error("{0}")]
+    PrerequisiteState(String),
     /// 2BP01: dependent objects prevent a drop.
     #[error("{0}")]
     DependentObjects(String),

@@ -21,6 +21,7 @@ pub mod parser;
 pub mod partitioning;
 mod project_catalog;
 mod relation;
+mod serving;
 mod session;
 mod settings;
 mod system_catalog;

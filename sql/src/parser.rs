@@ -724,6 +724,16 @@ pub fn normalize_ident(ident: &Ident) -> String {
     }
 }
 
+/// An identifier quoted for SQL text we generate.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal for SQL text we generate.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// The last part of an object name, normalised; `public.t` and `t` both give `t`.
 pub fn object_name_to_string(name: &ObjectName) -> String {
     name.0

@@ -26,6 +26,7 @@ use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
 use crate::feature_view;
+use crate::serving;
 use crate::training_dataset;
 use crate::error::{SqlError, SqlResult};
 use crate::lookup::KeyLookup;
@@ -282,6 +283,11 @@ impl Session {
             &self.project,
         )?;
         training_dataset::rewrite_dataset_calls(&mut statement)?;
+        serving::rewrite_serving_calls(
+            &mut statement,
+            &self.engine.catalog.snapshot(),
+            &self.project,
+        )?;
         asof::nest_asof_joins(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
         let plan = context.state().statement_to_plan(statement).await?;

@@ -46,7 +46,9 @@ use quiver_storage::{DatasetWriter, FileFormat, StoreLocation};
 
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view::{pin_versions, result_columns, view_query};
-use crate::parser::{CreateTrainingDataset, DatasetSourceClause, SplitClause};
+use crate::parser::{
+    CreateTrainingDataset, DatasetSourceClause, SplitClause, quote_ident, quote_literal,
+};
 use crate::session::{CommandTag, Session};
 use crate::{Engine, STAGING_DIR};
 
@@ -599,69 +601,84 @@ async fn fit(
     Ok(fitted)
 }
 
-/// The output columns: each input column as it is, or as its fitted transformation makes it.
-/// Scalers give double precision; label_encoder gives the category's index (-1 for a category
-/// the train split did not have, NULL for NULL); one_hot replaces the column by one 0/1 integer
-/// column per category, named `<column>_<category>`.
+/// The output columns, as SQL over the input's columns with their names: each input column as it
+/// is, or as its fitted transformation makes it. Training data and served feature vectors both
+/// come from this one definition. Scalers give double precision; label_encoder gives the
+/// category's index (-1 for a category the train split did not have, NULL for NULL); one_hot
+/// replaces the column by one 0/1 integer column per category, named `<column>_<category>`.
 pub(crate) fn transformed_columns(
-    schema: &Schema,
+    columns: &[String],
     fitted: &[FittedTransform],
-) -> SqlResult<Vec<Expr>> {
-    let mut exprs = Vec::with_capacity(schema.fields().len());
-    let mut names: Vec<String> = Vec::new();
-    for field in schema.fields() {
-        let name = field.name();
-        let value = Expr::Column(Column::from_name(name));
-        let as_text = || cast(value.clone(), DataType::Utf8);
-        let transform = fitted.iter().find(|t| t.column() == name);
-        match transform {
-            None => {
-                exprs.push(value.clone().alias(name));
-                names.push(name.clone());
-            }
+) -> SqlResult<Vec<(String, String)>> {
+    let mut items: Vec<(String, String)> = Vec::with_capacity(columns.len());
+    for name in columns {
+        let value = quote_ident(name);
+        let as_text = format!("CAST({value} AS VARCHAR)");
+        match fitted.iter().find(|t| t.column() == name) {
+            None => items.push((value, name.clone())),
             Some(FittedTransform::StandardScaler { mean, stddev, .. }) => {
                 // A constant column has no spread to divide by; it becomes all zeros.
                 let divisor = if *stddev > 0.0 { *stddev } else { 1.0 };
-                let x = cast(value.clone(), DataType::Float64);
-                exprs.push(((x - lit(*mean)) / lit(divisor)).alias(name));
-                names.push(name.clone());
+                items.push((
+                    format!(
+                        "(CAST({value} AS DOUBLE) - {}) / {}",
+                        float_literal(*mean),
+                        float_literal(divisor)
+                    ),
+                    name.clone(),
+                ));
             }
             Some(FittedTransform::MinMaxScaler { min, max, .. }) => {
                 let range = if max > min { max - min } else { 1.0 };
-                let x = cast(value.clone(), DataType::Float64);
-                exprs.push(((x - lit(*min)) / lit(range)).alias(name));
-                names.push(name.clone());
+                items.push((
+                    format!(
+                        "(CAST({value} AS DOUBLE) - {}) / {}",
+                        float_literal(*min),
+                        float_literal(range)
+                    ),
+                    name.clone(),
+                ));
             }
             Some(FittedTransform::LabelEncoder { categories, .. }) => {
-                let mut builder = when(value.clone().is_null(), lit(ScalarValue::Int32(None)));
+                let mut case = format!("CASE WHEN {value} IS NULL THEN CAST(NULL AS BIGINT)");
                 for (index, category) in categories.iter().enumerate() {
-                    builder = builder.when(as_text().eq(lit(category.clone())), lit(index as i32));
+                    case.push_str(&format!(
+                        " WHEN {as_text} = {} THEN {index}",
+                        quote_literal(category)
+                    ));
                 }
-                exprs.push(builder.otherwise(lit(-1i32))?.alias(name));
-                names.push(name.clone());
+                case.push_str(" ELSE -1 END");
+                items.push((case, name.clone()));
             }
             Some(FittedTransform::OneHot { categories, .. }) => {
                 for category in categories {
-                    let column = format!("{name}_{category}");
-                    let indicator = when(as_text().eq(lit(category.clone())), lit(1i32))
-                        .otherwise(lit(0i32))?;
-                    exprs.push(indicator.alias(&column));
-                    names.push(column);
+                    items.push((
+                        format!(
+                            "CASE WHEN {as_text} = {} THEN 1 ELSE 0 END",
+                            quote_literal(category)
+                        ),
+                        format!("{name}_{category}"),
+                    ));
                 }
             }
         }
     }
-    if let Some(duplicate) = names
+    if let Some((_, duplicate)) = items
         .iter()
         .enumerate()
-        .find(|(i, n)| names[..*i].contains(n))
-        .map(|(_, n)| n)
+        .find(|(i, (_, n))| items[..*i].iter().any(|(_, m)| m == n))
+        .map(|(_, item)| item)
     {
         return Err(SqlError::Duplicate(format!(
             "the transformed columns would have two columns named \"{duplicate}\"; rename a column of the view"
         )));
     }
-    Ok(exprs)
+    Ok(items)
+}
+
+/// A float literal that parses back to the same value.
+fn float_literal(value: f64) -> String {
+    format!("CAST('{value:?}' AS DOUBLE)")
 }
 
 struct Written {
@@ -695,7 +712,11 @@ async fn write_files(
                 .collect::<Vec<_>>(),
         )
     };
-    let mut projection = transformed_columns(&data_schema, fitted)?;
+    let names: Vec<String> = data_schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut projection = Vec::with_capacity(names.len() + 1);
+    for (sql, name) in transformed_columns(&names, fitted)? {
+        projection.push(with_split.parse_sql_expr(&sql)?.alias(name));
+    }
     projection.push(Expr::Column(Column::from_name(SPLIT_COLUMN)));
     let output = with_split.select(projection)?;
     let output_schema: SchemaRef = Arc::new(output.schema().as_arrow().clone());
