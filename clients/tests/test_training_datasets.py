@@ -1,6 +1,6 @@
 """Training dataset files read back by each format's own ecosystem: pyarrow for parquet and Arrow
-IPC, pandas for csv, numpy for npy, the `tfrecord` package (TensorFlow's Example protobuf) for
-tfrecords. Values must equal the rows of the query the dataset was written from."""
+IPC, pandas for csv, numpy for npy, h5py for hdf5, the `tfrecord` package (TensorFlow's Example
+protobuf) for tfrecords. Values must equal the rows of the query the dataset was written from."""
 
 import datetime
 import glob
@@ -10,6 +10,7 @@ import os
 import struct
 
 import crc32c
+import h5py
 import numpy
 import pandas
 import psycopg
@@ -111,6 +112,35 @@ def test_npy_read_by_numpy_with_column_names(conn, tmp_path):
     with pytest.raises(psycopg.errors.FeatureNotSupported, match='column "cat"'):
         create(conn, "td_npy_text", "SELECT id, cat FROM tx", "npy", tmp_path / "npy_text")
     assert not (tmp_path / "npy_text").exists()
+
+
+def test_hdf5_read_by_h5py(conn, tmp_path):
+    columns = "id, x, n, cat, flag, ts"
+    expected = source_rows(conn, columns)
+    location = tmp_path / "hdf5"
+    create(conn, "td_h5", f"SELECT {columns} FROM tx", "hdf5", location, "SPLIT (train = 0.6, test = 0.4) SEED 9")
+    got = {}
+    for split in ("train", "test"):
+        [path] = files(location, split, "*.h5")
+        with h5py.File(path, "r") as f:
+            assert list(f.attrs["columns"]) == ["id", "x", "n", "cat", "flag", "ts"]
+            assert f["x"].dtype == numpy.float64 and f["n"].dtype == numpy.int64
+            for i, key in enumerate(f["id"][:]):
+                got[int(key)] = (f["x"][i], f["n"][i], f["cat"][i].decode(), f["flag"][i], f["ts"][i])
+    assert len(got) == ROWS
+    epoch = datetime.datetime(1970, 1, 1)
+    for want in expected:
+        x, n, cat, flag, ts = got[want[0]]
+        assert (math.isnan(x) and want[1] is None) or x == want[1]
+        assert (n, cat, flag) == (want[2], want[3], int(want[4]))
+        assert ts == (want[5] - epoch) // datetime.timedelta(microseconds=1)
+    # Arrays have no place in a dataset of scalars; NULL text has no representation.
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match='column "emb"'):
+        create(conn, "td_h5_emb", "SELECT id, emb FROM tx", "hdf5", tmp_path / "h5_emb")
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match='column "c"'):
+        create(conn, "td_h5_null", "SELECT id, CASE WHEN id > 5 THEN cat END AS c FROM tx", "hdf5", tmp_path / "h5_null")
+    assert not (tmp_path / "h5_null").exists()
+    assert conn.execute("SELECT count(*) FROM quiver.training_datasets WHERE name LIKE 'td_h5_%'").fetchone()[0] == 0
 
 
 def masked_crc(data):

@@ -138,7 +138,6 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
     };
     let location = dataset_location(&location_text)?;
     // Everything that can be checked before the query runs is.
-    file_format(format)?;
     check_location_is_free(&location, &split_names_of(&create.split), &create.name).await?;
     let mut read_versions = Vec::with_capacity(definition.reads.len());
     for oid in &definition.reads {
@@ -294,19 +293,15 @@ fn dataset_format(name: &str) -> SqlResult<DatasetFormat> {
     }
 }
 
-fn file_format(format: DatasetFormat) -> SqlResult<FileFormat> {
-    Ok(match format {
+fn file_format(format: DatasetFormat) -> FileFormat {
+    match format {
         DatasetFormat::Parquet => FileFormat::Parquet,
         DatasetFormat::Csv => FileFormat::Csv,
         DatasetFormat::Arrow => FileFormat::Arrow,
         DatasetFormat::Tfrecords => FileFormat::Tfrecords { gzip: false },
         DatasetFormat::Npy => FileFormat::Npy,
-        DatasetFormat::Hdf5 => {
-            return Err(SqlError::NotSupported(
-                "training datasets in hdf5 are not supported yet; use npy, parquet, arrow, csv or tfrecords".into(),
-            ));
-        }
-    })
+        DatasetFormat::Hdf5 => FileFormat::Hdf5,
+    }
 }
 
 /// A dataset's location: a `file://` or `s3://` URL, or an absolute path.
@@ -698,7 +693,7 @@ async fn write_files(
     name: &str,
 ) -> SqlResult<Written> {
     let engine = session.engine();
-    let file_format = file_format(format)?;
+    let file_format = file_format(format);
     let split_names = split.names();
     check_location_is_free(location, &split_names, name).await?;
     let data_schema = {
@@ -1056,7 +1051,7 @@ fn split_table(
             DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
             other => {
                 return Err(SqlError::NotSupported(format!(
-                    "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy or TensorFlow)",
+                    "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy, h5py or TensorFlow)",
                     other.sql_name()
                 )));
             }

@@ -3,7 +3,7 @@
 //!
 //! Staging is what makes a failed or canceled write leave nothing behind: until `publish`, no file
 //! is in the location, and the staging directory is removed whatever happens. Files are sharded by
-//! rows (`part-00000.parquet`, ...) except npy, which is one array per split.
+//! rows (`part-00000.parquet`, ...) except npy and hdf5, which hold a split in one file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -22,6 +22,7 @@ use object_store::path::Path as ObjectPath;
 
 use crate::error::{StorageError, StorageResult};
 use crate::location::StoreLocation;
+use crate::hdf5_file::Hdf5Writer;
 use crate::npy::NpyWriter;
 use crate::tfrecord::TfRecordWriter;
 
@@ -33,6 +34,7 @@ pub enum FileFormat {
     Arrow,
     Tfrecords { gzip: bool },
     Npy,
+    Hdf5,
 }
 
 impl FileFormat {
@@ -44,13 +46,20 @@ impl FileFormat {
             FileFormat::Tfrecords { gzip: false } => "tfrecord",
             FileFormat::Tfrecords { gzip: true } => "tfrecord.gz",
             FileFormat::Npy => "npy",
+            FileFormat::Hdf5 => "h5",
         }
+    }
+
+    /// Whether a split is sharded into files of so many rows; npy and hdf5 hold a split in one.
+    fn is_sharded(self) -> bool {
+        !matches!(self, FileFormat::Npy | FileFormat::Hdf5)
     }
 
     /// Checks that the format can hold these columns, before any row is computed.
     pub fn check_schema(self, schema: &SchemaRef) -> StorageResult<()> {
         match self {
             FileFormat::Npy => crate::npy::Dtype::for_schema(schema).map(|_| ()),
+            FileFormat::Hdf5 => crate::hdf5_file::check_schema(schema),
             FileFormat::Tfrecords { .. } => crate::tfrecord::check_schema(schema),
             FileFormat::Csv => {
                 for field in schema.fields() {
@@ -68,6 +77,21 @@ impl FileFormat {
     }
 }
 
+/// Dates as days and timestamps as their integer value (microseconds since the epoch for
+/// Quiver's), other arrays unchanged: how every numeric format stores time.
+pub(crate) fn temporal_as_integers(
+    array: &datafusion::arrow::array::ArrayRef,
+) -> Result<datafusion::arrow::array::ArrayRef, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::datatypes::DataType;
+    match array.data_type() {
+        DataType::Date32 => datafusion::arrow::compute::cast(array, &DataType::Int32),
+        DataType::Date64 | DataType::Timestamp(_, _) => {
+            datafusion::arrow::compute::cast(array, &DataType::Int64)
+        }
+        _ => Ok(array.clone()),
+    }
+}
+
 /// The open file of one split.
 enum FileWriter {
     Parquet(ArrowWriter<BufWriter<File>>),
@@ -76,6 +100,7 @@ enum FileWriter {
     Tfrecords(TfRecordWriter<BufWriter<File>>),
     TfrecordsGzip(TfRecordWriter<GzEncoder<BufWriter<File>>>),
     Npy(NpyWriter),
+    Hdf5(Hdf5Writer),
 }
 
 /// What one split holds so far.
@@ -138,9 +163,9 @@ impl DatasetWriter {
                 .splits
                 .get_mut(split)
                 .ok_or_else(|| StorageError::Internal(format!("no split {split}")))?;
-            // npy is one array per split; the other formats start a new file every so many rows.
+            // npy and hdf5 are one file per split; the others start a new file every so many rows.
             if files.current.is_some()
-                && format != FileFormat::Npy
+                && format.is_sharded()
                 && files.rows_in_file >= rows_per_file
             {
                 close(files.current.take())?;
@@ -153,9 +178,9 @@ impl DatasetWriter {
                 files.files += 1;
                 files.rows_in_file = 0;
             }
-            let room = match format {
-                FileFormat::Npy => usize::MAX,
-                _ => rows_per_file - files.rows_in_file,
+            let room = match format.is_sharded() {
+                false => usize::MAX,
+                true => rows_per_file - files.rows_in_file,
             };
             let take = room.min(batch.num_rows() - offset);
             let slice = batch.slice(offset, take);
@@ -173,8 +198,8 @@ impl DatasetWriter {
     pub fn finish(mut self) -> StorageResult<Vec<u64>> {
         let mut rows = Vec::with_capacity(self.splits.len());
         for split in &mut self.splits {
-            if split.current.is_none() && split.files == 0 && self.format == FileFormat::Npy {
-                // An empty split is still an array, of shape (0, columns).
+            if split.current.is_none() && split.files == 0 && !self.format.is_sharded() {
+                // An empty split is still an array (of shape (0, columns)) or a file of datasets.
                 let path = split.dir.join(format!("part-00000.{}", self.format.extension()));
                 split.current = Some(open(&path, self.format, &self.schema)?);
             }
@@ -232,6 +257,7 @@ fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<Fi
             schema,
         )?),
         FileFormat::Npy => FileWriter::Npy(NpyWriter::create(path, schema)?),
+        FileFormat::Hdf5 => FileWriter::Hdf5(Hdf5Writer::create(path, schema)?),
     })
 }
 
@@ -243,6 +269,7 @@ fn write(writer: &mut FileWriter, batch: &RecordBatch) -> StorageResult<()> {
         FileWriter::Tfrecords(w) => w.write(batch)?,
         FileWriter::TfrecordsGzip(w) => w.write(batch)?,
         FileWriter::Npy(w) => w.write(batch)?,
+        FileWriter::Hdf5(w) => w.write(batch)?,
     }
     Ok(())
 }
@@ -273,6 +300,7 @@ fn close(writer: Option<FileWriter>) -> StorageResult<()> {
             )
         }
         Some(FileWriter::Npy(w)) => w.finish().map(|_| ()),
+        Some(FileWriter::Hdf5(w)) => w.finish().map(|_| ()),
     }
 }
 

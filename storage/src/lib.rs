@@ -6,6 +6,7 @@
 
 mod dataset;
 mod error;
+mod hdf5_file;
 mod location;
 mod offline;
 mod npy;

@@ -14,6 +14,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, SchemaRef};
 
+use crate::dataset::temporal_as_integers;
 use crate::error::{StorageError, StorageResult};
 
 /// The element type of the array.
@@ -189,11 +190,7 @@ impl NpyWriter {
 
     /// A column as the array's element type; dates and timestamps by their integer value.
     fn numbers(&self, array: &ArrayRef, name: &str) -> StorageResult<ArrayRef> {
-        let integer = match array.data_type() {
-            DataType::Date32 => cast(array, &DataType::Int32)?,
-            DataType::Timestamp(_, _) => cast(array, &DataType::Int64)?,
-            _ => array.clone(),
-        };
+        let integer = temporal_as_integers(array)?;
         let target = match self.dtype {
             Dtype::Float32 => DataType::Float32,
             Dtype::Float64 => DataType::Float64,

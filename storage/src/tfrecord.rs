@@ -16,6 +16,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float32Type, Int64Type, SchemaRef};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
+use crate::dataset::temporal_as_integers;
 use crate::error::{StorageError, StorageResult};
 
 /// The tag numbers of `tf.train.Example` (tensorflow/core/example/{example,feature}.proto).
@@ -113,12 +114,7 @@ impl Values {
         let kind = Kind::of(data_type).ok_or_else(|| unsupported(name, data_type))?;
         Ok(match kind {
             Kind::Int64 => {
-                let integer = match data_type {
-                    DataType::Timestamp(_, _) | DataType::Date64 => cast(array, &DataType::Int64)?,
-                    DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
-                    _ => cast(array, &DataType::Int64)?,
-                };
-                Values::Int64(integer)
+                Values::Int64(cast(&temporal_as_integers(array)?, &DataType::Int64)?)
             }
             Kind::Float => Values::Float(cast(array, &DataType::Float32)?),
             Kind::Bytes => Values::Bytes(cast(array, &DataType::LargeBinary)?),
