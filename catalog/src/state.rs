@@ -310,7 +310,9 @@ impl CatalogState {
                 Applied::TrainingDataset(oid)
             }
             CatalogCommand::DropTrainingDatasets { oids } => {
-                if let Some(missing) = oids.iter().find(|o| !self.training_datasets.contains_key(o))
+                if let Some(missing) = oids
+                    .iter()
+                    .find(|o| !self.training_datasets.contains_key(o))
                 {
                     return Err(CatalogError::UndefinedObject {
                         kind: "training dataset",
@@ -492,7 +494,7 @@ impl CatalogState {
                     version: v,
                 })
             }
-                (None, _) => Err(CatalogError::UndefinedFeatureGroup(name.to_string())),
+            (None, _) => Err(CatalogError::UndefinedFeatureGroup(name.to_string())),
         }
     }
 

@@ -199,8 +199,17 @@ fn a_feature_view_is_versioned_and_keeps_the_groups_it_reads() {
     catalog.execute(feature_view("fv", 1, vec![group])).unwrap();
     catalog.execute(feature_view("fv", 2, vec![group])).unwrap();
     let state = catalog.snapshot();
-    assert_eq!(state.resolve_feature_view("quiver", "fv").unwrap().version, 2);
-    assert_eq!(state.resolve_feature_view("quiver", "fv_1").unwrap().version, 1);
+    assert_eq!(
+        state.resolve_feature_view("quiver", "fv").unwrap().version,
+        2
+    );
+    assert_eq!(
+        state
+            .resolve_feature_view("quiver", "fv_1")
+            .unwrap()
+            .version,
+        1
+    );
     assert!(matches!(
         state.feature_view("quiver", "fv", Some(3)),
         Err(CatalogError::UndefinedVersion { .. })

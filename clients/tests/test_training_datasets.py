@@ -224,3 +224,32 @@ def test_transformations_are_fitted_on_the_train_split(conn, tmp_path):
         assert row[1] == pytest.approx((source[int(row[0])] - mean) / std)
     fitted = conn.execute("SELECT transformed FROM quiver.training_datasets WHERE name = 'fv_td'").fetchone()[0]
     assert fitted == "x, cat"
+
+
+def test_a_long_write_reports_progress_and_a_cancel_leaves_nothing(quiver, tmp_path):
+    import threading
+
+    notices = []
+    progressed = threading.Event()
+
+    def on_notice(diagnostic):
+        notices.append(diagnostic.message_primary)
+        if "rows written" in diagnostic.message_primary:
+            progressed.set()
+
+    location = tmp_path / "big"
+    with psycopg.connect(host="127.0.0.1", port=quiver, user="quiver", dbname="quiver", autocommit=True) as conn:
+        conn.add_notice_handler(on_notice)
+        canceller = threading.Thread(target=lambda: progressed.wait(120) and conn.cancel())
+        canceller.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(
+                "CREATE TRAINING DATASET big AS SELECT v, v * 0.5 AS x FROM generate_series(1, 200000000) AS g(v) "
+                f"FORMAT csv LOCATION 'file://{location}'"
+            )
+        canceller.join()
+        assert any("rows written" in n for n in notices), notices
+        assert conn.execute("SELECT count(*) FROM quiver.training_datasets").fetchone()[0] == 0
+    assert not location.exists() or not any(location.iterdir())
+    staging = tmp_path / "data" / "staging"
+    assert not any(staging.iterdir()), list(staging.iterdir())

@@ -22,10 +22,11 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, PgWireConnectionState, PgWireServerHandlers,
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
+use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::Flush;
-use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use quiver_sql::{CommandTag, CopyFormat, CopyIn, Engine, Output, Prepared, Session, SqlError};
@@ -49,6 +50,58 @@ impl PendingCopy {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
+
+/// The receiving end of a session's NOTICE messages.
+struct NoticeSlot(Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>);
+
+/// Runs a statement while forwarding the NOTICE messages it sends, each as soon as it is sent.
+async fn with_notices<C, T>(client: &mut C, work: impl Future<Output = T>) -> PgWireResult<T>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let Some(slot) = client
+        .session_extensions()
+        .get::<NoticeSlot>()
+        .map(|slot| slot.0.clone())
+    else {
+        return Ok(work.await);
+    };
+    let mut notices = slot.lock().await;
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                while let Ok(message) = notices.try_recv() {
+                    send_notice(client, message, false).await?;
+                }
+                return Ok(result);
+            }
+            Some(message) = notices.recv() => send_notice(client, message, true).await?,
+        }
+    }
+}
+
+async fn send_notice<C>(client: &mut C, message: String, now: bool) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let notice = NoticeResponse::from(ErrorInfo::new("NOTICE".into(), "00000".into(), message));
+    client
+        .feed(PgWireBackendMessage::NoticeResponse(notice))
+        .await?;
+    if now {
+        // Progress is worth nothing late: out it goes, not at the next ReadyForQuery.
+        if let Some(request) = client.session_extensions().get::<Arc<FlushRequest>>() {
+            request.request();
+        }
+        client.flush().await?;
+    }
+    Ok(())
 }
 
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Mutex<Session>>> {
@@ -177,6 +230,10 @@ impl StartupHandler for Startup {
                 .set("application_name", &name)
                 .map_err(to_pgwire)?;
         }
+        let notices = session.subscribe_notices();
+        client
+            .session_extensions()
+            .insert(NoticeSlot(Arc::new(Mutex::new(notices))));
         let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
         client.set_pid_and_secret_key(pid, secret_key.clone());
         let (handle, guard) = self.connections.register(pid, secret_key.clone());
@@ -447,7 +504,8 @@ impl SimpleQueryHandler for QueryHandler {
         let session = session_of(client)?;
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            let response = match session.lock().await.run(statement).await {
+            let run = async { session.lock().await.run(statement).await };
+            let response = match with_notices(client, run).await? {
                 Ok(output) => self.respond(client, output, &Format::UnifiedText, None),
                 Err(error) => Err(to_pgwire(error)),
             };
@@ -517,12 +575,14 @@ impl ExtendedQueryHandler for QueryHandler {
             .collect();
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?;
         let session = session_of(client)?;
-        let output = session
-            .lock()
-            .await
-            .execute(&statement.prepared, Some(params))
-            .await
-            .map_err(to_pgwire)?;
+        let execute = async {
+            session
+                .lock()
+                .await
+                .execute(&statement.prepared, Some(params))
+                .await
+        };
+        let output = with_notices(client, execute).await?.map_err(to_pgwire)?;
         self.respond(
             client,
             output,

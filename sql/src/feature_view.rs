@@ -405,9 +405,7 @@ fn public_name(name: &ObjectName) -> Option<String> {
     let parts: Vec<&Ident> = name.0.iter().filter_map(|p| p.as_ident()).collect();
     match parts.as_slice() {
         [single] => Some(normalize_ident(single)),
-        [schema, table] if normalize_ident(schema) == PUBLIC_SCHEMA => {
-            Some(normalize_ident(table))
-        }
+        [schema, table] if normalize_ident(schema) == PUBLIC_SCHEMA => Some(normalize_ident(table)),
         _ => None,
     }
 }

@@ -14,7 +14,6 @@ mod ddl;
 mod discovery;
 mod error;
 mod feature_view;
-mod training_dataset;
 mod lookup;
 mod online;
 pub mod parser;
@@ -25,6 +24,7 @@ mod serving;
 mod session;
 mod settings;
 mod system_catalog;
+mod training_dataset;
 pub mod types;
 
 use std::path::Path;

@@ -108,7 +108,10 @@ async fn replay(
     let oid = relation.oid;
     let version = engine.offline.version(oid).await?;
     let context = SessionContext::new();
-    let provider = engine.offline.table_provider(oid, None, &context.state()).await?;
+    let provider = engine
+        .offline
+        .table_provider(oid, None, &context.state())
+        .await?;
     let stored = provider.schema();
     let mut frame = context.read_table(provider)?;
     if let Some(after) = after {

@@ -367,9 +367,7 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
     Ok(None)
 }
 
-fn parse_training_dataset_statement(
-    parser: &mut Parser,
-) -> Result<Option<Statement>, ParserError> {
+fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statement>, ParserError> {
     if peek_words(parser, &["CREATE", "TRAINING", "DATASET"]) {
         consume_words(parser, 3);
         let name = parse_name(parser)?;
@@ -872,7 +870,8 @@ mod tests {
         assert!(view.query.with.is_some());
         assert_eq!(view.options.len(), 2);
         // A query whose last relation is a plain table keeps the options out of its hints.
-        let statements = parse("CREATE FEATURE VIEW v AS SELECT * FROM t WITH (label = 'y')").unwrap();
+        let statements =
+            parse("CREATE FEATURE VIEW v AS SELECT * FROM t WITH (label = 'y')").unwrap();
         let [Statement::CreateFeatureView(view)] = statements.as_slice() else {
             panic!("unexpected {statements:?}");
         };

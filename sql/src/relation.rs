@@ -20,8 +20,8 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_expr::projection::ProjectionExpr;
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::PlanProperties;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
@@ -262,12 +262,12 @@ fn conform_scan(
         .enumerate()
         .map(|(index, field)| {
             let column: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(field.name(), index));
-            let expr: Arc<dyn PhysicalExpr> = if produced.field(index).data_type() == field.data_type()
-            {
-                column
-            } else {
-                Arc::new(CastExpr::new(column, field.data_type().clone(), None))
-            };
+            let expr: Arc<dyn PhysicalExpr> =
+                if produced.field(index).data_type() == field.data_type() {
+                    column
+                } else {
+                    Arc::new(CastExpr::new(column, field.data_type().clone(), None))
+                };
             ProjectionExpr {
                 expr,
                 alias: field.name().clone(),

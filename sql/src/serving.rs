@@ -174,7 +174,11 @@ fn serving_query(
             | JoinOperator::Inner(c)
             | JoinOperator::Left(c)
             | JoinOperator::LeftOuter(c) => (c, None),
-            _ => return Err(unservable("it joins with an operator other than ASOF, INNER or LEFT")),
+            _ => {
+                return Err(unservable(
+                    "it joins with an operator other than ASOF, INNER or LEFT",
+                ));
+            }
         };
         let mut pairs = Vec::new();
         match constraint {
@@ -342,7 +346,11 @@ fn fitted_transforms(
 }
 
 /// `(SELECT * FROM online.<group> WHERE filters) AS alias`, for an online feature group.
-fn online_lookup(joined: &Joined, filters: &[String], view: &FeatureView) -> SqlResult<TableFactor> {
+fn online_lookup(
+    joined: &Joined,
+    filters: &[String],
+    view: &FeatureView,
+) -> SqlResult<TableFactor> {
     let Some(spec) = joined.relation.feature_group() else {
         return Err(SqlError::NotSupported(format!(
             "feature view \"{}\" reads table \"{}\", which has no online store; only feature groups are served",

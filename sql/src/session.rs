@@ -25,14 +25,14 @@ use crate::asof;
 use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::ddl;
-use crate::feature_view;
-use crate::serving;
-use crate::training_dataset;
 use crate::error::{SqlError, SqlResult};
+use crate::feature_view;
 use crate::lookup::KeyLookup;
 use crate::parser::Statement;
 use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
+use crate::serving;
 use crate::settings::Settings;
+use crate::training_dataset;
 
 /// What executing a statement produced.
 pub enum Output {
@@ -118,6 +118,8 @@ pub struct Session {
     user: String,
     context: SessionContext,
     settings: Settings,
+    /// Where NOTICE messages of running statements go, once the protocol layer listens.
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Session {
@@ -135,12 +137,28 @@ impl Session {
             user: user.to_string(),
             context,
             settings: Settings::default(),
+            notices: None,
         })
     }
 
     /// The project (database) this session is connected to.
     pub fn project(&self) -> &str {
         &self.project
+    }
+
+    /// The NOTICE messages statements send while they run (progress of long writes), for the
+    /// protocol layer to forward to the client as they come.
+    pub fn subscribe_notices(&mut self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.notices = Some(sender);
+        receiver
+    }
+
+    /// Sends a NOTICE to the client, if anyone listens.
+    pub(crate) fn notice(&self, message: String) {
+        if let Some(notices) = &self.notices {
+            let _ = notices.send(message);
+        }
     }
 
     /// The user this session runs as.
@@ -522,7 +540,11 @@ pub(crate) fn build_context(
     let catalogs = MemoryCatalogProviderList::new();
     catalogs.register_catalog(
         project.to_string(),
-        Arc::new(ProjectCatalog::new(engine.clone(), project.to_string(), pins)),
+        Arc::new(ProjectCatalog::new(
+            engine.clone(),
+            project.to_string(),
+            pins,
+        )),
     );
     let state = engine
         .system_catalog

@@ -32,17 +32,17 @@ use datafusion::datasource::listing::{
 use datafusion::functions_aggregate::expr_fn::{avg, max, min, stddev_pop};
 use datafusion::logical_expr::conditional_expressions::CaseBuilder;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-    cast, lit, when,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
+    lit, when,
 };
 use datafusion::sql::sqlparser::ast::{self, TableFactor, VisitMut, VisitorMut};
-use std::ops::ControlFlow;
 use futures::StreamExt;
 use quiver_catalog::{
     CatalogCommand, DatasetFormat, DatasetSource, FittedTransform, Oid, Split, TimeComparison,
     TrainingDataset, Transform, TransformKind,
 };
 use quiver_storage::{DatasetWriter, FileFormat, StoreLocation};
+use std::ops::ControlFlow;
 
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view::{pin_versions, result_columns, view_query};
@@ -57,6 +57,9 @@ const SPLIT_COLUMN: &str = "__quiver_split";
 
 /// Rows per file for the sharded formats.
 const ROWS_PER_FILE: usize = 1_000_000;
+
+/// How often a long write reports its progress with a NOTICE.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The most columns `one_hot` makes of one column.
 const MAX_ONE_HOT_CATEGORIES: usize = 1_000;
@@ -151,6 +154,13 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         .await?;
     let split = resolve_split(&create.split, frame.schema().as_arrow())?;
     let with_split = with_split_column(frame, &split)?;
+    if !definition.transforms.is_empty() {
+        session.notice(format!(
+            "training dataset \"{}\": fitting transformations on split {}",
+            create.name,
+            split.names()[train_index(&split) as usize]
+        ));
+    }
     let fitted = fit(&with_split, &definition.transforms, &split).await?;
     let written = write_files(
         session,
@@ -315,8 +325,7 @@ fn dataset_location(text: &str) -> SqlResult<StoreLocation> {
 }
 
 fn absolute(path: &Path) -> SqlResult<PathBuf> {
-    std::path::absolute(path)
-        .map_err(|e| SqlError::Internal(format!("{}: {e}", path.display())))
+    std::path::absolute(path).map_err(|e| SqlError::Internal(format!("{}: {e}", path.display())))
 }
 
 /// The split as the catalog records it: weights normalised, a seed chosen when none is given,
@@ -328,7 +337,10 @@ fn resolve_split(clause: &SplitClause, schema: &Schema) -> SqlResult<Split> {
             check_split_names(weights.iter().map(|(n, _)| n))?;
             let total: f64 = weights.iter().map(|(_, w)| w).sum();
             Split::Random {
-                weights: weights.iter().map(|(n, w)| (n.clone(), w / total)).collect(),
+                weights: weights
+                    .iter()
+                    .map(|(n, w)| (n.clone(), w / total))
+                    .collect(),
                 seed: seed.unwrap_or_else(rand_seed),
             }
         }
@@ -476,11 +488,7 @@ fn with_split_column(frame: DataFrame, split: &Split) -> SqlResult<DataFrame> {
 
 /// The split transformations are fitted on: `train`, or the first one.
 fn train_index(split: &Split) -> i32 {
-    split
-        .names()
-        .iter()
-        .position(|n| n == "train")
-        .unwrap_or(0) as i32
+    split.names().iter().position(|n| n == "train").unwrap_or(0) as i32
 }
 
 /// Fits each transformation on the train split's rows.
@@ -492,9 +500,9 @@ async fn fit(
     if transforms.is_empty() {
         return Ok(Vec::new());
     }
-    let train = frame.clone().filter(
-        Expr::Column(Column::from_name(SPLIT_COLUMN)).eq(lit(train_index(split))),
-    )?;
+    let train = frame
+        .clone()
+        .filter(Expr::Column(Column::from_name(SPLIT_COLUMN)).eq(lit(train_index(split))))?;
     let value = |column: &str| Expr::Column(Column::from_name(column));
     let scaled: Vec<&Transform> = transforms
         .iter()
@@ -515,14 +523,20 @@ async fn fit(
             aggregates.push(min(x.clone()));
             aggregates.push(max(x));
         }
-        let batches = train.clone().aggregate(vec![], aggregates)?.collect().await?;
+        let batches = train
+            .clone()
+            .aggregate(vec![], aggregates)?
+            .collect()
+            .await?;
         let batch = batches
             .first()
             .ok_or_else(|| SqlError::Internal("fitting returned no row".into()))?;
         for (i, transform) in scaled.iter().enumerate() {
             let mut values = [0.0; 4];
             for (j, value) in values.iter_mut().enumerate() {
-                let column = batch.column(4 * i + j).as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>();
+                let column = batch
+                    .column(4 * i + j)
+                    .as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>();
                 *value = match column {
                     Some(c) if c.len() == 1 && !c.is_null(0) => c.value(0),
                     _ => {
@@ -707,7 +721,11 @@ async fn write_files(
                 .collect::<Vec<_>>(),
         )
     };
-    let names: Vec<String> = data_schema.fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = data_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let mut projection = Vec::with_capacity(names.len() + 1);
     for (sql, name) in transformed_columns(&names, fitted)? {
         projection.push(with_split.parse_sql_expr(&sql)?.alias(name));
@@ -728,8 +746,17 @@ async fn write_files(
         ROWS_PER_FILE,
     )?;
     let mut batches = session.stream_frame(output);
+    let mut written: u64 = 0;
+    let mut reported = std::time::Instant::now();
     while let Some(batch) = batches.next().await {
         let batch = batch?;
+        written += batch.num_rows() as u64;
+        if reported.elapsed() >= PROGRESS_INTERVAL {
+            reported = std::time::Instant::now();
+            session.notice(format!(
+                "training dataset \"{name}\": {written} rows written"
+            ));
+        }
         let (result, returned) = tokio::task::spawn_blocking(move || {
             let result = write_batch(&mut writer, &batch);
             (result, writer)
@@ -742,6 +769,9 @@ async fn write_files(
     let rows = tokio::task::spawn_blocking(move || writer.finish())
         .await
         .map_err(|e| SqlError::Internal(format!("writing a training dataset failed: {e}")))??;
+    session.notice(format!(
+        "training dataset \"{name}\": {written} rows written; publishing the files"
+    ));
     let published = quiver_storage::publish(&staging.0, location, &split_names).await;
     if let Err(e) = published {
         quiver_storage::remove_splits(location, &split_names).await?;
@@ -797,8 +827,11 @@ fn write_batch(writer: &mut DatasetWriter, batch: &RecordBatch) -> SqlResult<()>
     seen.sort_unstable();
     seen.dedup();
     for split in seen {
-        let mask = eq(&splits, &datafusion::arrow::array::Int32Array::new_scalar(split))
-            .map_err(DataFusionError::from)?;
+        let mask = eq(
+            &splits,
+            &datafusion::arrow::array::Int32Array::new_scalar(split),
+        )
+        .map_err(DataFusionError::from)?;
         let rows = filter_record_batch(&data, &mask).map_err(DataFusionError::from)?;
         writer.write(split as usize, &rows)?;
     }
@@ -1006,7 +1039,8 @@ impl SchemaProvider for DatasetSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let mut parts = name.rsplitn(3, '/');
-        let (Some(split), Some(version), Some(dataset)) = (parts.next(), parts.next(), parts.next())
+        let (Some(split), Some(version), Some(dataset)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Ok(None);
         };
@@ -1044,10 +1078,7 @@ fn split_table(
     let (file_format, extension): (Arc<dyn datafusion::datasource::file_format::FileFormat>, _) =
         match dataset.format {
             DatasetFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
-            DatasetFormat::Csv => (
-                Arc::new(CsvFormat::default().with_has_header(true)),
-                ".csv",
-            ),
+            DatasetFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
             DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
             other => {
                 return Err(SqlError::NotSupported(format!(

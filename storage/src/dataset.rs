@@ -17,12 +17,12 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use flate2::write::GzEncoder;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{StorageError, StorageResult};
-use crate::location::StoreLocation;
 use crate::hdf5_file::Hdf5Writer;
+use crate::location::StoreLocation;
 use crate::npy::NpyWriter;
 use crate::tfrecord::TfRecordWriter;
 
@@ -164,16 +164,15 @@ impl DatasetWriter {
                 .get_mut(split)
                 .ok_or_else(|| StorageError::Internal(format!("no split {split}")))?;
             // npy and hdf5 are one file per split; the others start a new file every so many rows.
-            if files.current.is_some()
-                && format.is_sharded()
-                && files.rows_in_file >= rows_per_file
+            if files.current.is_some() && format.is_sharded() && files.rows_in_file >= rows_per_file
             {
                 close(files.current.take())?;
             }
             if files.current.is_none() {
-                let path = files
-                    .dir
-                    .join(format!("part-{:05}.{}", files.files, format.extension()));
+                let path =
+                    files
+                        .dir
+                        .join(format!("part-{:05}.{}", files.files, format.extension()));
                 files.current = Some(open(&path, format, &schema)?);
                 files.files += 1;
                 files.rows_in_file = 0;
@@ -200,7 +199,9 @@ impl DatasetWriter {
         for split in &mut self.splits {
             if split.current.is_none() && split.files == 0 && !self.format.is_sharded() {
                 // An empty split is still an array (of shape (0, columns)) or a file of datasets.
-                let path = split.dir.join(format!("part-00000.{}", self.format.extension()));
+                let path = split
+                    .dir
+                    .join(format!("part-00000.{}", self.format.extension()));
                 split.current = Some(open(&path, self.format, &self.schema)?);
             }
             close(split.current.take())?;
@@ -243,11 +244,9 @@ fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<Fi
                 Some(properties),
             )?)
         }
-        FileFormat::Csv => FileWriter::Csv(
-            csv::WriterBuilder::new()
-                .with_header(true)
-                .build(create()?),
-        ),
+        FileFormat::Csv => {
+            FileWriter::Csv(csv::WriterBuilder::new().with_header(true).build(create()?))
+        }
         FileFormat::Arrow => FileWriter::Arrow(IpcWriter::try_new(create()?, schema)?),
         FileFormat::Tfrecords { gzip: false } => {
             FileWriter::Tfrecords(TfRecordWriter::new(create()?, schema)?)
@@ -276,7 +275,8 @@ fn write(writer: &mut FileWriter, batch: &RecordBatch) -> StorageResult<()> {
 
 fn close(writer: Option<FileWriter>) -> StorageResult<()> {
     let flush = |mut out: BufWriter<File>| -> StorageResult<()> {
-        out.flush().map_err(|e| StorageError::Internal(e.to_string()))?;
+        out.flush()
+            .map_err(|e| StorageError::Internal(e.to_string()))?;
         let file = out
             .into_inner()
             .map_err(|e| StorageError::Internal(e.to_string()))?;

@@ -123,7 +123,13 @@ impl Hdf5Writer {
                     let values = cast(array, &DataType::Float32)?;
                     let floats = values.as_primitive::<Float32Type>();
                     let data: Vec<f32> = (0..rows)
-                        .map(|i| if floats.is_null(i) { f32::NAN } else { floats.value(i) })
+                        .map(|i| {
+                            if floats.is_null(i) {
+                                f32::NAN
+                            } else {
+                                floats.value(i)
+                            }
+                        })
                         .collect();
                     append(dataset, &data, start).map_err(error)?;
                 }
@@ -131,7 +137,13 @@ impl Hdf5Writer {
                     let values = cast(array, &DataType::Float64)?;
                     let floats = values.as_primitive::<Float64Type>();
                     let data: Vec<f64> = (0..rows)
-                        .map(|i| if floats.is_null(i) { f64::NAN } else { floats.value(i) })
+                        .map(|i| {
+                            if floats.is_null(i) {
+                                f64::NAN
+                            } else {
+                                floats.value(i)
+                            }
+                        })
                         .collect();
                     append(dataset, &data, start).map_err(error)?;
                 }

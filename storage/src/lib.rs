@@ -8,8 +8,8 @@ mod dataset;
 mod error;
 mod hdf5_file;
 mod location;
-mod offline;
 mod npy;
+mod offline;
 mod online;
 mod tfrecord;
 

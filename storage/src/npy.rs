@@ -197,7 +197,9 @@ impl NpyWriter {
             Dtype::Int64 => DataType::Int64,
         };
         cast(&integer, &target).map_err(|e| {
-            StorageError::UnsupportedFormat(format!("column \"{name}\" cannot be written to npy: {e}"))
+            StorageError::UnsupportedFormat(format!(
+                "column \"{name}\" cannot be written to npy: {e}"
+            ))
         })
     }
 

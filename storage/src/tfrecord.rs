@@ -52,9 +52,10 @@ impl Kind {
             | DataType::Date32
             | DataType::Date64
             | DataType::Timestamp(_, _) => Some(Kind::Int64),
-            DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
-                Some(Kind::Float)
-            }
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(..) => Some(Kind::Float),
             DataType::Utf8
             | DataType::LargeUtf8
             | DataType::Utf8View
@@ -113,9 +114,7 @@ impl Values {
         }
         let kind = Kind::of(data_type).ok_or_else(|| unsupported(name, data_type))?;
         Ok(match kind {
-            Kind::Int64 => {
-                Values::Int64(cast(&temporal_as_integers(array)?, &DataType::Int64)?)
-            }
+            Kind::Int64 => Values::Int64(cast(&temporal_as_integers(array)?, &DataType::Int64)?),
             Kind::Float => Values::Float(cast(array, &DataType::Float32)?),
             Kind::Bytes => Values::Bytes(cast(array, &DataType::LargeBinary)?),
         })
@@ -402,6 +401,8 @@ mod tests {
         #[prost(oneof = "FeatureKind", tags = "1, 2, 3")]
         kind: Option<FeatureKind>,
     }
+    // The names of feature.proto's oneof cases.
+    #[allow(clippy::enum_variant_names)]
     #[derive(Clone, PartialEq, prost::Oneof)]
     enum FeatureKind {
         #[prost(message, tag = "1")]
