@@ -28,11 +28,20 @@ SELECT avg_amount FROM online.card_aggs WHERE cc_num = 42;
 SELECT t.amount, a.avg_amount FROM transactions t
   ASOF JOIN card_aggs a MATCH_CONDITION (t.ts >= a.ts)
   ON t.cc_num = a.cc_num ORDER BY t.ts;
+CREATE FEATURE VIEW spend AS
+  SELECT t.cc_num, t.amount, a.avg_amount FROM transactions t
+  ASOF JOIN card_aggs a MATCH_CONDITION (t.ts >= a.ts) ON t.cc_num = a.cc_num
+  WITH (label = 'amount', transform = 'avg_amount:standard_scaler');
+CREATE TRAINING DATASET spend_td FROM FEATURE VIEW spend FORMAT tfrecords;
+CREATE TRAINING DATASET spend_pq FROM FEATURE VIEW spend FORMAT parquet;
+SELECT count(*) FROM training_dataset('spend_pq', 1, 'train');
+CREATE FEATURE VIEW card_features AS SELECT cc_num, avg_amount FROM card_aggs;
+SELECT * FROM feature_vector('card_features', 42);
 SELECT name, offline_rows FROM quiver.feature_groups ORDER BY name;
 """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "42|46.25", "46.25", "12.5|", "80.0|46.25", "card_aggs|1", "transactions|2",
+        "42|46.25", "46.25", "12.5|", "80.0|46.25", "2", "42|46.25", "card_aggs|1", "transactions|2",
     ]
 
 
