@@ -405,6 +405,8 @@ pub struct TrainingDataset {
     pub query: String,
     pub label: Option<String>,
     pub format: DatasetFormat,
+    /// Whether the files are gzip-compressed (tfrecords only).
+    pub gzip: bool,
     /// The URL of the directory holding `<split>/` subdirectories.
     pub location: String,
     pub split: Split,

@@ -182,6 +182,13 @@ def test_tfrecords_read_as_tf_train_examples(conn, tmp_path):
         assert list(example["emb"]) == pytest.approx(want[4])
         assert list(example["flag"]) == [int(want[5])]
         assert list(example["ts"]) == [(want[6] - epoch) // datetime.timedelta(microseconds=1)]
+    # The same records gzip-compressed, as TFRecordDataset(compression_type='GZIP') reads them.
+    create(conn, "td_tf_gz", f"SELECT {columns} FROM tx", "tfrecords (compression = 'gzip')", tmp_path / "gz")
+    [path] = files(tmp_path / "gz", "train", "*.tfrecord.gz")
+    zipped = sorted(tfrecord_loader(path, None, description, compression_type="gzip"), key=lambda e: int(e["id"][0]))
+    assert [list(e["n"]) for e in zipped] == [list(e["n"]) for e in examples]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="format parquet takes no option"):
+        create(conn, "td_pq_gz", "SELECT id FROM tx", "parquet (compression = 'gzip')", tmp_path / "pq_gz")
 
 
 def split_ids(location, split):

@@ -94,6 +94,8 @@ pub struct CreateTrainingDataset {
     pub source: DatasetSourceClause,
     /// The format's name as written (checked when the statement runs).
     pub format: String,
+    /// `FORMAT name (key = value, ...)`: the format's options.
+    pub format_options: Vec<OptionEntry>,
     pub split: SplitClause,
     pub location: Option<String>,
 }
@@ -394,6 +396,11 @@ fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statem
         }
         consume_words(parser, 1);
         let format = parse_name(parser)?;
+        let format_options = if parser.peek_token().token == Token::LParen {
+            parse_option_list(parser)?
+        } else {
+            Vec::new()
+        };
         let split = parse_split_clause(parser)?;
         let location = if peek_words(parser, &["LOCATION"]) {
             consume_words(parser, 1);
@@ -407,6 +414,7 @@ fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statem
                 version,
                 source,
                 format,
+                format_options,
                 split,
                 location,
             },

@@ -47,7 +47,8 @@ use std::ops::ControlFlow;
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view::{pin_versions, result_columns, view_query};
 use crate::parser::{
-    CreateTrainingDataset, DatasetSourceClause, SplitClause, quote_ident, quote_literal,
+    CreateTrainingDataset, DatasetSourceClause, OptionEntry, OptionValue, SplitClause, quote_ident,
+    quote_literal,
 };
 use crate::session::{CommandTag, Session};
 use crate::{Engine, STAGING_DIR};
@@ -102,6 +103,7 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         )));
     }
     let format = dataset_format(&create.format)?;
+    let gzip = gzip_option(format, &create.format_options)?;
     let definition = match &create.source {
         DatasetSourceClause::FeatureView { name, version } => {
             let view = snapshot.feature_view(project, name, *version)?;
@@ -167,7 +169,7 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         with_split,
         &fitted,
         &split,
-        format,
+        file_format(format, gzip),
         &location,
         &create.name,
     )
@@ -181,6 +183,7 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         query: definition.query.to_string(),
         label: definition.label,
         format,
+        gzip,
         location: location_text,
         split,
         columns: written.columns,
@@ -239,7 +242,7 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
         with_split,
         &dataset.transforms,
         &dataset.split,
-        dataset.format,
+        file_format(dataset.format, dataset.gzip),
         &location,
         name,
     )
@@ -303,12 +306,44 @@ fn dataset_format(name: &str) -> SqlResult<DatasetFormat> {
     }
 }
 
-fn file_format(format: DatasetFormat) -> FileFormat {
+/// `FORMAT tfrecords (compression = 'gzip')`: the one format option there is.
+fn gzip_option(format: DatasetFormat, options: &[OptionEntry]) -> SqlResult<bool> {
+    let mut gzip = false;
+    for option in options {
+        match (option.key.as_str(), &option.value, format) {
+            ("compression", OptionValue::String(value), DatasetFormat::Tfrecords) => {
+                gzip = match value.to_ascii_lowercase().as_str() {
+                    "gzip" => true,
+                    "none" => false,
+                    other => {
+                        return Err(SqlError::InvalidParameter(format!(
+                            "unknown compression \"{other}\" for tfrecords (gzip and none are)"
+                        )));
+                    }
+                }
+            }
+            (key, _, format) => {
+                return Err(SqlError::InvalidParameter(format!(
+                    "format {} takes no option \"{key}\"{}",
+                    format.sql_name(),
+                    if format == DatasetFormat::Tfrecords {
+                        " (compression = 'gzip' is its one option)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+    }
+    Ok(gzip)
+}
+
+fn file_format(format: DatasetFormat, gzip: bool) -> FileFormat {
     match format {
         DatasetFormat::Parquet => FileFormat::Parquet,
         DatasetFormat::Csv => FileFormat::Csv,
         DatasetFormat::Arrow => FileFormat::Arrow,
-        DatasetFormat::Tfrecords => FileFormat::Tfrecords { gzip: false },
+        DatasetFormat::Tfrecords => FileFormat::Tfrecords { gzip },
         DatasetFormat::Npy => FileFormat::Npy,
         DatasetFormat::Hdf5 => FileFormat::Hdf5,
     }
@@ -702,12 +737,11 @@ async fn write_files(
     with_split: DataFrame,
     fitted: &[FittedTransform],
     split: &Split,
-    format: DatasetFormat,
+    file_format: FileFormat,
     location: &StoreLocation,
     name: &str,
 ) -> SqlResult<Written> {
     let engine = session.engine();
-    let file_format = file_format(format);
     let split_names = split.names();
     check_location_is_free(location, &split_names, name).await?;
     let data_schema = {
