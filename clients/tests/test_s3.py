@@ -94,3 +94,30 @@ def test_unreachable_or_unsupported_store_is_a_clear_startup_error(s3, tmp_path)
         result = subprocess.run(server.command(), env=server.env, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0
         assert expected in result.stderr, result.stderr
+
+
+def test_a_training_dataset_is_written_to_s3_and_read_back(s3, tmp_path):
+    endpoint, client = s3
+    server = QuiverServer(tmp_path / "data", env=s3_env(endpoint))
+    port = server.start()
+    try:
+        with connect(port) as conn:
+            conn.execute("CREATE FEATURE GROUP g (id BIGINT, x DOUBLE PRECISION, PRIMARY KEY (id))")
+            conn.execute("INSERT INTO g SELECT value, value * 0.5 FROM generate_series(1, 1000)")
+            conn.execute(
+                f"CREATE TRAINING DATASET td AS SELECT id, x FROM g FORMAT parquet "
+                f"SPLIT (train = 0.8, test = 0.2) SEED 3 LOCATION 's3://{BUCKET}/datasets/td'"
+            )
+            stored = keys(client, "datasets/td/")
+            assert "datasets/td/train/part-00000.parquet" in stored, stored
+            assert "datasets/td/test/part-00000.parquet" in stored, stored
+            train = conn.execute("SELECT count(*), sum(x) FROM training_dataset('td', 1, 'train')").fetchone()
+            test = conn.execute("SELECT count(*), sum(x) FROM training_dataset('td', 1, 'test')").fetchone()
+            assert train[0] + test[0] == 1000 and train[1] + test[1] == 0.5 * 1000 * 1001 / 2
+            # The location holds a dataset now: another one there is refused, and nothing is written.
+            with pytest.raises(psycopg.errors.DuplicateTable):
+                conn.execute(f"CREATE TRAINING DATASET td2 AS SELECT id FROM g FORMAT csv LOCATION 's3://{BUCKET}/datasets/td'")
+            conn.execute("DROP TRAINING DATASET td")
+            assert keys(client, "datasets/td/") == []
+    finally:
+        server.stop()
