@@ -213,15 +213,7 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
     let dataset = snapshot
         .training_dataset(session.project(), name, Some(version))?
         .clone();
-    let statements = crate::parser::parse(&dataset.query)
-        .map_err(|e| SqlError::Internal(format!("the stored query does not parse: {e}")))?;
-    let Ok([crate::parser::Statement::Sql(statement)]) =
-        <[crate::parser::Statement; 1]>::try_from(statements)
-    else {
-        return Err(SqlError::Internal(format!(
-            "the stored query of training dataset \"{name}\" is not one statement"
-        )));
-    };
+    let statement = stored_statement(&dataset)?;
     for (oid, _) in &dataset.read_versions {
         if snapshot.relation(*oid).is_none() {
             return Err(SqlError::UndefinedTable(format!(
@@ -230,7 +222,7 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
         }
     }
     let frame = session
-        .pinned_frame(*statement, dataset.read_versions.iter().copied().collect())
+        .pinned_frame(statement, dataset.read_versions.iter().copied().collect())
         .await?;
     let with_split = with_split_column(frame, &dataset.split)?;
     let location = dataset_location(&dataset.location)?;
@@ -254,6 +246,19 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
         )));
     }
     Ok(CommandTag::new("RECREATE TRAINING DATASET"))
+}
+
+/// The query a dataset was computed from, parsed again.
+fn stored_statement(dataset: &TrainingDataset) -> SqlResult<ast::Statement> {
+    let statements = crate::parser::parse(&dataset.query)
+        .map_err(|e| SqlError::Internal(format!("the stored query does not parse: {e}")))?;
+    match <[crate::parser::Statement; 1]>::try_from(statements) {
+        Ok([crate::parser::Statement::Sql(statement)]) => Ok(*statement),
+        _ => Err(SqlError::Internal(format!(
+            "the stored query of training dataset \"{}\" is not one statement",
+            dataset.name
+        ))),
+    }
 }
 
 /// `DROP TRAINING DATASET name [VERSION n]`: the catalog entries, then the files.
@@ -423,6 +428,44 @@ fn resolve_split(clause: &SplitClause, schema: &Schema) -> SqlResult<Split> {
             }
         }
     })
+}
+
+async fn computed_split(
+    engine: &Arc<Engine>,
+    project: &str,
+    dataset: &TrainingDataset,
+    split: &str,
+) -> SqlResult<Arc<dyn TableProvider>> {
+    for (oid, _) in &dataset.read_versions {
+        if engine.catalog.snapshot().relation(*oid).is_none() {
+            return Err(SqlError::UndefinedTable(format!(
+                "training dataset \"{}\" version {} is in {} and read a relation (oid {oid}) that has been dropped; read its files instead",
+                dataset.name,
+                dataset.version,
+                dataset.format.sql_name()
+            )));
+        }
+    }
+    let pins = Arc::new(dataset.read_versions.iter().copied().collect());
+    let context = crate::session::build_context(engine, project, pins)?;
+    let mut statement = stored_statement(dataset)?;
+    crate::asof::nest_asof_joins(&mut statement);
+    let plan = context
+        .state()
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
+        .await?;
+    let frame = context.execute_logical_plan(plan).await?;
+    let index = dataset
+        .split
+        .names()
+        .iter()
+        .position(|s| s == split)
+        .unwrap_or_default() as i32;
+    let rows = with_split_column(frame, &dataset.split)?
+        .filter(Expr::Column(Column::from_name(SPLIT_COLUMN)).eq(lit(index)))?;
+    Ok(transformed(rows, &dataset.transforms, false)?.into_view())
 }
 
 fn check_split_names<'a>(names: impl Iterator<Item = &'a String>) -> SqlResult<()> {
@@ -744,28 +787,7 @@ async fn write_files(
     let engine = session.engine();
     let split_names = split.names();
     check_location_is_free(location, &split_names, name).await?;
-    let data_schema = {
-        let arrow = with_split.schema().as_arrow();
-        Schema::new(
-            arrow
-                .fields()
-                .iter()
-                .filter(|f| f.name() != SPLIT_COLUMN)
-                .cloned()
-                .collect::<Vec<_>>(),
-        )
-    };
-    let names: Vec<String> = data_schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut projection = Vec::with_capacity(names.len() + 1);
-    for (sql, name) in transformed_columns(&names, fitted)? {
-        projection.push(with_split.parse_sql_expr(&sql)?.alias(name));
-    }
-    projection.push(Expr::Column(Column::from_name(SPLIT_COLUMN)));
-    let output = with_split.select(projection)?;
+    let output = transformed(with_split, fitted, true)?;
     let output_schema: SchemaRef = Arc::new(output.schema().as_arrow().clone());
     let file_schema: SchemaRef = Arc::new(Schema::new(
         output_schema.fields()[..output_schema.fields().len() - 1].to_vec(),
@@ -841,6 +863,29 @@ fn split_names_of(clause: &SplitClause) -> Vec<String> {
         SplitClause::Random { weights, .. } => weights.iter().map(|(n, _)| n.clone()).collect(),
         SplitClause::ByTime { bounds, .. } => bounds.iter().map(|(n, _, _)| n.clone()).collect(),
     }
+}
+
+/// The rows with their transformations applied, keeping the split column last when asked.
+fn transformed(
+    with_split: DataFrame,
+    fitted: &[FittedTransform],
+    keep_split: bool,
+) -> SqlResult<DataFrame> {
+    let names: Vec<String> = with_split
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|name| name != SPLIT_COLUMN)
+        .collect();
+    let mut projection = Vec::with_capacity(names.len() + 1);
+    for (sql, name) in transformed_columns(&names, fitted)? {
+        projection.push(with_split.parse_sql_expr(&sql)?.alias(name));
+    }
+    if keep_split {
+        projection.push(Expr::Column(Column::from_name(SPLIT_COLUMN)));
+    }
+    Ok(with_split.select(projection)?)
 }
 
 /// Writes each row of `batch` (whose last column is the split index) to its split.
@@ -1082,6 +1127,7 @@ impl SchemaProvider for DatasetSchema {
             return Ok(None);
         };
         split_table(&self.engine, &self.project, dataset, version, split)
+            .await
             .map(Some)
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
@@ -1091,9 +1137,12 @@ impl SchemaProvider for DatasetSchema {
     }
 }
 
-/// The files of one split of a training dataset, as a table.
-fn split_table(
-    engine: &Engine,
+/// One split of a training dataset, as a table: its files for parquet, csv and arrow; for npy,
+/// hdf5 and tfrecords, whose files DataFusion does not read, the split computed again from the
+/// recorded query, offline versions, split and transformations (the rows that were written,
+/// before the format's own conversions).
+async fn split_table(
+    engine: &Arc<Engine>,
     project: &str,
     name: &str,
     version: u32,
@@ -1114,11 +1163,8 @@ fn split_table(
             DatasetFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
             DatasetFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
             DatasetFormat::Arrow => (Arc::new(ArrowFormat), ".arrow"),
-            other => {
-                return Err(SqlError::NotSupported(format!(
-                    "training_dataset() reads parquet, csv and arrow datasets; \"{name}\" is in {} (read its files with numpy, h5py or TensorFlow)",
-                    other.sql_name()
-                )));
+            DatasetFormat::Npy | DatasetFormat::Hdf5 | DatasetFormat::Tfrecords => {
+                return computed_split(engine, project, dataset, split).await;
             }
         };
     let location = dataset_location(&dataset.location)?;
