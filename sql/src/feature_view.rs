@@ -368,6 +368,28 @@ impl VisitorMut for Rewriter<'_> {
     }
 }
 
+/// A view as a DataFusion view table, for listings (pg_catalog, information_schema): its query
+/// planned in a context of its own.
+pub(crate) async fn view_table(
+    engine: &std::sync::Arc<crate::Engine>,
+    project: &str,
+    view: &FeatureView,
+) -> SqlResult<std::sync::Arc<dyn datafusion::catalog::TableProvider>> {
+    let context = crate::session::build_context(engine, project, Default::default())?;
+    let mut statement = ast::Statement::Query(view_query(view)?);
+    crate::asof::nest_asof_joins(&mut statement);
+    let plan = context
+        .state()
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
+        .await?;
+    Ok(std::sync::Arc::new(datafusion::datasource::ViewTable::new(
+        plan,
+        Some(view.query.clone()),
+    )))
+}
+
 /// The stored query of a view, parsed again.
 pub(crate) fn view_query(view: &FeatureView) -> SqlResult<Box<ast::Query>> {
     let statements = parser::parse(&view.query).map_err(|e| {

@@ -13,6 +13,7 @@ use quiver_catalog::Oid;
 
 use crate::Engine;
 use crate::discovery;
+use crate::feature_view;
 use crate::online::{ONLINE_SCHEMA, OnlineTable};
 use crate::relation::RelationTable;
 use crate::training_dataset::{DATASET_SCHEMA, DatasetSchema};
@@ -123,18 +124,26 @@ impl SchemaProvider for PublicSchema {
                 names.push(relation.name.clone());
             }
         }
+        for view in snapshot.feature_views(&self.project) {
+            names.push(view.qualified_name());
+            if !names.contains(&view.name) {
+                names.push(view.name.clone());
+            }
+        }
         names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(relation) = self
-            .engine
-            .catalog
-            .snapshot()
-            .resolve(&self.project, name)
-            .cloned()
-        else {
-            return Ok(None);
+        let snapshot = self.engine.catalog.snapshot();
+        let Some(relation) = snapshot.resolve(&self.project, name).cloned() else {
+            // Queries never get here for a view (they expand it first); listings do.
+            return match snapshot.resolve_feature_view(&self.project, name) {
+                Some(view) => feature_view::view_table(&self.engine, &self.project, view)
+                    .await
+                    .map(Some)
+                    .map_err(|e| DataFusionError::External(Box::new(e))),
+                None => Ok(None),
+            };
         };
         let pinned = self.pins.get(&relation.oid).copied();
         Ok(Some(Arc::new(
@@ -143,11 +152,9 @@ impl SchemaProvider for PublicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.engine
-            .catalog
-            .snapshot()
-            .resolve(&self.project, name)
-            .is_some()
+        let snapshot = self.engine.catalog.snapshot();
+        snapshot.resolve(&self.project, name).is_some()
+            || snapshot.resolve_feature_view(&self.project, name).is_some()
     }
 }
 
