@@ -9,12 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rows="${1:-10000000}"
 tf_rows="${2:-200000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver/target}"
-scripts/install-deps
-cargo build --release -p quiver-server
-venv="$CARGO_TARGET_DIR/bench-venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q -r bench/requirements.txt
+source bench/lib.sh
+bench_build
+bench_venv
 
 work=$(mktemp -d /tmp/quiver-export.XXXXXX)
 cleanup() {
@@ -22,12 +19,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-"$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:5496 --data-dir "$work/quiver" 2>>"$work/quiver.log" &
-quiver_pid=$!
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/5496) 2>/dev/null && break
-  sleep 0.1
-done
+bench_start_quiver 5496 "$work/quiver"
 py() { "$venv/bin/python" bench/export/export.py --rows "$rows" --tf-rows "$tf_rows" --work "$work" "$@"; }
 py load-quiver
 py run

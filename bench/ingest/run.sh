@@ -5,13 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rows="${1:-5000000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver/target}"
-scripts/install-deps
+source bench/lib.sh
 dpkg -s postgresql-15 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
-cargo build --release -p quiver-server
-venv="$CARGO_TARGET_DIR/bench-venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q -r bench/requirements.txt
+bench_build
+bench_venv
 
 work=$(mktemp -d /tmp/quiver-bench.XXXXXX)
 chmod 755 "$work"

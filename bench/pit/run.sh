@@ -14,12 +14,9 @@ keys="${2:-50}"
 probes="${3:-5000000}"
 spine="${4:-1000000}"
 group_rows="${5:-10000000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver/target}"
-scripts/install-deps
-cargo build --release -p quiver-server
-venv="$CARGO_TARGET_DIR/bench-venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q -r bench/requirements.txt
+source bench/lib.sh
+bench_build
+bench_venv
 
 work=$(mktemp -d /tmp/quiver-bench.XXXXXX)
 cleanup() {
@@ -30,14 +27,7 @@ trap cleanup EXIT
 
 start_quiver() {
   # Two cores' worth of query partitions, as DuckDB gets two threads.
-  "$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:5495 --data-dir "$work/quiver" 2>>"$work/quiver.log" &
-  quiver_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/5495) 2>/dev/null && return
-    sleep 0.1
-  done
-  echo "quiver did not start" >&2
-  exit 1
+  bench_start_quiver 5495 "$work/quiver"
 }
 
 py() {

@@ -23,6 +23,55 @@ use crate::partitioning::{Partitioning, stored_schema};
 use crate::session::CommandTag;
 use crate::types::column_type;
 
+/// The version a `CREATE <kind> name [VERSION n]` makes: the one named, or 1 for a new name
+/// (omitting VERSION for an existing name is 42P07). `None` when IF NOT EXISTS finds it there.
+pub(crate) fn version_to_create(
+    kind: &str,
+    name: &str,
+    requested: Option<u32>,
+    existing: &[u32],
+    if_not_exists: bool,
+) -> SqlResult<Option<u32>> {
+    let version = match requested {
+        Some(v) => v,
+        None if existing.is_empty() => 1,
+        None if if_not_exists => return Ok(None),
+        None => {
+            return Err(SqlError::Duplicate(format!(
+                "{kind} \"{name}\" already exists; name a new VERSION to create another version"
+            )));
+        }
+    };
+    if if_not_exists && existing.contains(&version) {
+        return Ok(None);
+    }
+    Ok(Some(version))
+}
+
+/// The OIDs a `DROP <kind> [IF EXISTS] name [VERSION n]` removes: the version named (`exact`),
+/// or every version (`all`). Empty when IF EXISTS finds nothing; 42P01 without it.
+pub(crate) fn oids_to_drop<T>(
+    kind: &str,
+    name: &str,
+    exact: Option<Result<T, CatalogError>>,
+    all: impl FnOnce() -> Vec<u32>,
+    oid: impl Fn(T) -> u32,
+    if_exists: bool,
+) -> SqlResult<Vec<u32>> {
+    let oids = match exact {
+        Some(Ok(found)) => vec![oid(found)],
+        Some(Err(_)) if if_exists => Vec::new(),
+        Some(Err(e)) => return Err(e.into()),
+        None => all(),
+    };
+    if oids.is_empty() && !if_exists {
+        return Err(SqlError::UndefinedTable(format!(
+            "{kind} \"{name}\" does not exist"
+        )));
+    }
+    Ok(oids)
+}
+
 /// Executes one of Quiver's own DDL statements.
 pub async fn execute(
     engine: &Engine,
@@ -68,28 +117,20 @@ async fn create_feature_group(
 ) -> SqlResult<CommandTag> {
     let tag = CommandTag::new("CREATE FEATURE GROUP");
     let snapshot = engine.catalog.snapshot();
-    let exists = snapshot
+    let existing: Vec<u32> = snapshot
         .feature_group_versions(project, &create.name)
-        .next()
-        .is_some();
-    let version = match create.version {
-        Some(v) => v,
-        None if !exists => 1,
-        None if create.if_not_exists => return Ok(tag),
-        None => {
-            return Err(SqlError::Duplicate(format!(
-                "feature group \"{}\" already exists; name a new VERSION to create another version",
-                create.name
-            )));
-        }
-    };
-    if create.if_not_exists
-        && snapshot
-            .feature_group(project, &create.name, Some(version))
-            .is_ok()
-    {
+        .filter_map(|r| r.feature_group().map(|s| s.version))
+        .collect();
+    let Some(version) = version_to_create(
+        "feature group",
+        &create.name,
+        create.version,
+        &existing,
+        create.if_not_exists,
+    )?
+    else {
         return Ok(tag);
-    }
+    };
     if create.primary_key.is_empty() {
         return Err(SqlError::InvalidParameter(format!(
             "feature group \"{}\" needs a PRIMARY KEY",
@@ -444,22 +485,21 @@ async fn drop_feature_group(
 ) -> SqlResult<CommandTag> {
     let tag = CommandTag::new("DROP FEATURE GROUP");
     let snapshot = engine.catalog.snapshot();
-    let oids: Vec<u32> = match version {
-        Some(v) => match snapshot.feature_group(project, name, Some(v)) {
-            Ok(group) => vec![group.oid],
-            Err(_) if if_exists => return Ok(tag),
-            Err(e) => return Err(e.into()),
+    let oids = oids_to_drop(
+        "feature group",
+        name,
+        version.map(|v| snapshot.feature_group(project, name, Some(v))),
+        || {
+            snapshot
+                .feature_group_versions(project, name)
+                .map(|r| r.oid)
+                .collect()
         },
-        None => snapshot
-            .feature_group_versions(project, name)
-            .map(|r| r.oid)
-            .collect(),
-    };
+        |group| group.oid,
+        if_exists,
+    )?;
     if oids.is_empty() {
-        if if_exists {
-            return Ok(tag);
-        }
-        return Err(CatalogError::UndefinedFeatureGroup(name.to_string()).into());
+        return Ok(tag);
     }
     drop_relations(engine, oids).await?;
     Ok(tag)

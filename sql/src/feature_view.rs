@@ -18,6 +18,7 @@ use quiver_catalog::{
     CatalogCommand, CatalogState, FeatureView, Oid, ResultColumn, Transform, TransformKind,
 };
 
+use crate::ddl::{oids_to_drop, version_to_create};
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{self, CreateFeatureView, OptionValue, normalize_ident};
 use crate::project_catalog::PUBLIC_SCHEMA;
@@ -29,28 +30,20 @@ pub async fn create(session: &Session, create: &CreateFeatureView) -> SqlResult<
     let engine = session.engine();
     let project = session.project();
     let snapshot = engine.catalog.snapshot();
-    let exists = snapshot
+    let existing: Vec<u32> = snapshot
         .feature_view_versions(project, &create.name)
-        .next()
-        .is_some();
-    let version = match create.version {
-        Some(v) => v,
-        None if !exists => 1,
-        None if create.if_not_exists => return Ok(tag),
-        None => {
-            return Err(SqlError::Duplicate(format!(
-                "feature view \"{}\" already exists; name a new VERSION to create another version",
-                create.name
-            )));
-        }
-    };
-    if create.if_not_exists
-        && snapshot
-            .feature_view(project, &create.name, Some(version))
-            .is_ok()
-    {
+        .map(|v| v.version)
+        .collect();
+    let Some(version) = version_to_create(
+        "feature view",
+        &create.name,
+        create.version,
+        &existing,
+        create.if_not_exists,
+    )?
+    else {
         return Ok(tag);
-    }
+    };
     let mut query = create.query.clone();
     let depends_on = pin_versions(&mut query, &snapshot, project)?;
     let plan = session
@@ -152,24 +145,22 @@ pub async fn drop(
     let tag = CommandTag::new("DROP FEATURE VIEW");
     let engine = session.engine();
     let snapshot = engine.catalog.snapshot();
-    let oids: Vec<Oid> = match version {
-        Some(_) => match snapshot.feature_view(session.project(), name, version) {
-            Ok(view) => vec![view.oid],
-            Err(_) if if_exists => return Ok(tag),
-            Err(e) => return Err(e.into()),
+    let project = session.project();
+    let oids = oids_to_drop(
+        "feature view",
+        name,
+        version.map(|v| snapshot.feature_view(project, name, Some(v))),
+        || {
+            snapshot
+                .feature_view_versions(project, name)
+                .map(|v| v.oid)
+                .collect()
         },
-        None => snapshot
-            .feature_view_versions(session.project(), name)
-            .map(|v| v.oid)
-            .collect(),
-    };
+        |view| view.oid,
+        if_exists,
+    )?;
     if oids.is_empty() {
-        if if_exists {
-            return Ok(tag);
-        }
-        return Err(SqlError::UndefinedTable(format!(
-            "feature view \"{name}\" does not exist"
-        )));
+        return Ok(tag);
     }
     engine
         .change_catalog(CatalogCommand::DropFeatureViews { oids })

@@ -44,6 +44,7 @@ use quiver_catalog::{
 use quiver_storage::{DatasetWriter, FileFormat, StoreLocation};
 use std::ops::ControlFlow;
 
+use crate::ddl::{oids_to_drop, version_to_create};
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view::{pin_versions, result_columns, view_query};
 use crate::parser::{
@@ -79,19 +80,21 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
     let engine = session.engine();
     let project = session.project();
     let snapshot = engine.catalog.snapshot();
-    let exists = snapshot
+    let existing: Vec<u32> = snapshot
         .training_dataset_versions(project, &create.name)
-        .next()
-        .is_some();
-    let version = match create.version {
-        Some(v) => v,
-        None if !exists => 1,
-        None => {
-            return Err(SqlError::Duplicate(format!(
-                "training dataset \"{}\" already exists; name a new VERSION to create another version",
-                create.name
-            )));
-        }
+        .map(|d| d.version)
+        .collect();
+    let Some(version) = version_to_create(
+        "training dataset",
+        &create.name,
+        create.version,
+        &existing,
+        false,
+    )?
+    else {
+        return Err(SqlError::Internal(
+            "CREATE TRAINING DATASET has no IF NOT EXISTS".into(),
+        ));
     };
     if snapshot
         .training_dataset(project, &create.name, Some(version))
@@ -271,24 +274,22 @@ pub async fn drop(
     let tag = CommandTag::new("DROP TRAINING DATASET");
     let engine = session.engine();
     let snapshot = engine.catalog.snapshot();
-    let oids: Vec<Oid> = match version {
-        Some(_) => match snapshot.training_dataset(session.project(), name, version) {
-            Ok(dataset) => vec![dataset.oid],
-            Err(_) if if_exists => return Ok(tag),
-            Err(e) => return Err(e.into()),
+    let project = session.project();
+    let oids = oids_to_drop(
+        "training dataset",
+        name,
+        version.map(|v| snapshot.training_dataset(project, name, Some(v))),
+        || {
+            snapshot
+                .training_dataset_versions(project, name)
+                .map(|d| d.oid)
+                .collect()
         },
-        None => snapshot
-            .training_dataset_versions(session.project(), name)
-            .map(|d| d.oid)
-            .collect(),
-    };
+        |dataset| dataset.oid,
+        if_exists,
+    )?;
     if oids.is_empty() {
-        if if_exists {
-            return Ok(tag);
-        }
-        return Err(SqlError::UndefinedTable(format!(
-            "training dataset \"{name}\" does not exist"
-        )));
+        return Ok(tag);
     }
     if let quiver_catalog::Applied::DroppedDatasets(dropped) = engine
         .change_catalog(CatalogCommand::DropTrainingDatasets { oids })
