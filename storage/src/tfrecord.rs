@@ -40,22 +40,12 @@ enum Kind {
 impl Kind {
     fn of(data_type: &DataType) -> Option<Kind> {
         match data_type {
-            DataType::Boolean
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _) => Some(Kind::Int64),
-            DataType::Float16
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal128(..) => Some(Kind::Float),
+            t if t.is_integer() => Some(Kind::Int64),
+            DataType::Boolean | DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _) => {
+                Some(Kind::Int64)
+            }
+            t if t.is_floating() => Some(Kind::Float),
+            DataType::Decimal128(..) => Some(Kind::Float),
             DataType::Utf8
             | DataType::LargeUtf8
             | DataType::Utf8View
