@@ -175,6 +175,7 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         file_format(format, gzip),
         &location,
         &create.name,
+        None,
     )
     .await?;
     let dataset = TrainingDataset {
@@ -229,10 +230,7 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
         .await?;
     let with_split = with_split_column(frame, &dataset.split)?;
     let location = dataset_location(&dataset.location)?;
-    let split_names = dataset.split.names();
-    // The old files go first: the new ones are published where they were.
-    quiver_storage::remove_splits(&location, &split_names).await?;
-    let written = write_files(
+    write_files(
         session,
         with_split,
         &dataset.transforms,
@@ -240,14 +238,9 @@ pub async fn recreate(session: &Session, name: &str, version: u32) -> SqlResult<
         file_format(dataset.format, dataset.gzip),
         &location,
         name,
+        Some(&dataset.split_rows),
     )
     .await?;
-    if written.split_rows != dataset.split_rows {
-        return Err(SqlError::Internal(format!(
-            "training dataset \"{name}\" version {version} was written again with {:?} rows per split, not the {:?} recorded",
-            written.split_rows, dataset.split_rows
-        )));
-    }
     Ok(CommandTag::new("RECREATE TRAINING DATASET"))
 }
 
@@ -775,7 +768,10 @@ struct Written {
     split_rows: Vec<(String, u64)>,
 }
 
-/// Computes the rows, writes them in staging, and publishes them to `location`.
+/// Computes the rows, writes them in staging, and publishes them to `location`. `replacing`: the
+/// rows per split of the files being written again (RECREATE); they are replaced only once the
+/// new files are complete and hold the same number of rows.
+#[allow(clippy::too_many_arguments)]
 async fn write_files(
     session: &Session,
     with_split: DataFrame,
@@ -784,10 +780,13 @@ async fn write_files(
     file_format: FileFormat,
     location: &StoreLocation,
     name: &str,
+    replacing: Option<&[(String, u64)]>,
 ) -> SqlResult<Written> {
     let engine = session.engine();
     let split_names = split.names();
-    check_location_is_free(location, &split_names, name).await?;
+    if replacing.is_none() {
+        check_location_is_free(location, &split_names, name).await?;
+    }
     let output = transformed(with_split, fitted, true)?;
     let output_schema: SchemaRef = Arc::new(output.schema().as_arrow().clone());
     let file_schema: SchemaRef = Arc::new(Schema::new(
@@ -826,6 +825,15 @@ async fn write_files(
     let rows = tokio::task::spawn_blocking(move || writer.finish())
         .await
         .map_err(|e| SqlError::Internal(format!("writing a training dataset failed: {e}")))??;
+    let split_rows: Vec<(String, u64)> = split_names.iter().cloned().zip(rows).collect();
+    if let Some(expected) = replacing {
+        if split_rows != expected {
+            return Err(SqlError::Internal(format!(
+                "training dataset \"{name}\" was computed again with {split_rows:?} rows per split, not the {expected:?} recorded; its files are left as they were"
+            )));
+        }
+        quiver_storage::remove_splits(location, &split_names).await?;
+    }
     session.notice(format!(
         "training dataset \"{name}\": {written} rows written; publishing the files"
     ));
@@ -839,7 +847,7 @@ async fn write_files(
     Ok(Written {
         columns,
         file_schema,
-        split_rows: split_names.into_iter().zip(rows).collect(),
+        split_rows,
     })
 }
 
