@@ -260,3 +260,22 @@ def test_a_long_write_reports_progress_and_a_cancel_leaves_nothing(quiver, tmp_p
     assert not location.exists() or not any(location.iterdir())
     staging = tmp_path / "data" / "staging"
     assert not any(staging.iterdir()), list(staging.iterdir())
+
+
+def test_feature_vectors_with_parameters(quiver):
+    with psycopg.connect(host="127.0.0.1", port=quiver, user="quiver", dbname="quiver", autocommit=True) as conn:
+        conn.execute("CREATE FEATURE GROUP g (cc BIGINT, amount DOUBLE PRECISION, ts TIMESTAMP NOT NULL, "
+                     "PRIMARY KEY (cc), EVENT TIME ts) WITH (online = true)")
+        conn.execute("INSERT INTO g VALUES (1, 10.0, '2026-01-01 00:00:00'), (2, 20.0, '2026-01-02 00:00:00')")
+        conn.execute("CREATE TABLE spine (cc BIGINT, ts TIMESTAMP, y BOOLEAN)")
+        conn.execute("CREATE FEATURE VIEW joined AS SELECT s.cc, g.amount, s.y FROM spine s "
+                     "ASOF JOIN g MATCH_CONDITION (s.ts >= g.ts) ON s.cc = g.cc WITH (label = 'y')")
+        conn.execute("CREATE FEATURE VIEW direct AS SELECT cc, amount FROM g")
+        for view, missing in (("joined", [(3, None)]), ("direct", [])):
+            # A prepared serving statement: the key is a parameter, executed again and again.
+            for key, amount in ((1, 10.0), (2, 20.0)):
+                rows = conn.execute(f"SELECT * FROM feature_vector('{view}', %s)", (key,), prepare=True).fetchall()
+                assert rows == [(key, amount)], view
+            assert conn.execute(f"SELECT * FROM feature_vector('{view}', %s)", (3,), prepare=True).fetchall() == missing
+            rows = conn.execute(f"SELECT * FROM feature_vectors('{view}', %s) ORDER BY cc", ([2, 1, 3],)).fetchall()
+            assert rows == [(1, 10.0), (2, 20.0)] + missing, view

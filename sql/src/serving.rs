@@ -277,7 +277,15 @@ fn serving_query(
                 .collect();
             let source = match keys {
                 Keys::One(_) => String::new(),
-                Keys::Many(array) => format!(" FROM unnest({array}) AS __quiver_keys(k)"),
+                // Typed, so that a parameter ($1) gets the key's array type.
+                Keys::Many(array) => {
+                    let key_type = spine
+                        .relation
+                        .column(&spine_keys[0])
+                        .map(|c| c.data_type.sql_name())
+                        .unwrap_or_else(|| "bigint".into());
+                    format!(" FROM unnest(CAST({array} AS {key_type}[])) AS __quiver_keys(k)")
+                }
             };
             derived(
                 &format!("SELECT {}{source}", columns.join(", ")),
