@@ -181,6 +181,8 @@ pub struct TfRecordWriter<W: Write> {
     keys: Vec<Vec<u8>>,
     /// One record, reused.
     record: Vec<u8>,
+    /// Each column's (list, feature, map entry) message lengths for the current row, reused.
+    lengths: Vec<(usize, usize, usize)>,
 }
 
 impl<W: Write> TfRecordWriter<W> {
@@ -201,6 +203,7 @@ impl<W: Write> TfRecordWriter<W> {
             out,
             keys,
             record: Vec::new(),
+            lengths: Vec::new(),
         })
     }
 
@@ -216,17 +219,15 @@ impl<W: Write> TfRecordWriter<W> {
             self.record.clear();
             let mut features_len = 0;
             // Lengths first: protobuf puts every message's length before its bytes.
-            let lengths: Vec<(usize, usize, usize)> = columns
-                .iter()
-                .enumerate()
-                .map(|(i, values)| {
-                    let list = list_len(values, row);
-                    let feature = tag_len(values.kind().feature_tag()) + len_prefixed(list);
-                    let entry = self.keys[i].len() + tag_len(MAP_VALUE) + len_prefixed(feature);
-                    features_len += tag_len(FEATURES_FEATURE) + len_prefixed(entry);
-                    (list, feature, entry)
-                })
-                .collect();
+            self.lengths.clear();
+            for (i, values) in columns.iter().enumerate() {
+                let list = list_len(values, row);
+                let feature = tag_len(values.kind().feature_tag()) + len_prefixed(list);
+                let entry = self.keys[i].len() + tag_len(MAP_VALUE) + len_prefixed(feature);
+                features_len += tag_len(FEATURES_FEATURE) + len_prefixed(entry);
+                self.lengths.push((list, feature, entry));
+            }
+            let lengths = &self.lengths;
             let buf = &mut self.record;
             encode_key(EXAMPLE_FEATURES, WireType::LengthDelimited, buf);
             encode_varint(features_len as u64, buf);
