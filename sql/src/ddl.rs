@@ -23,29 +23,30 @@ use crate::partitioning::{Partitioning, stored_schema};
 use crate::session::CommandTag;
 use crate::types::column_type;
 
-/// The version a `CREATE <kind> name [VERSION n]` makes: the one named, or 1 for a new name
-/// (omitting VERSION for an existing name is 42P07). `None` when IF NOT EXISTS finds it there.
+/// Whether `CREATE <kind> IF NOT EXISTS name [VERSION n]` finds what it would create: that
+/// version, or (without VERSION) any version of the name.
+pub(crate) fn already_exists(requested: Option<u32>, existing: &[u32]) -> bool {
+    match requested {
+        Some(version) => existing.contains(&version),
+        None => !existing.is_empty(),
+    }
+}
+
+/// The version a `CREATE <kind> name [VERSION n]` makes: the one named, or 1 for a new name;
+/// omitting VERSION for an existing name is 42P07.
 pub(crate) fn version_to_create(
     kind: &str,
     name: &str,
     requested: Option<u32>,
     existing: &[u32],
-    if_not_exists: bool,
-) -> SqlResult<Option<u32>> {
-    let version = match requested {
-        Some(v) => v,
-        None if existing.is_empty() => 1,
-        None if if_not_exists => return Ok(None),
-        None => {
-            return Err(SqlError::Duplicate(format!(
-                "{kind} \"{name}\" already exists; name a new VERSION to create another version"
-            )));
-        }
-    };
-    if if_not_exists && existing.contains(&version) {
-        return Ok(None);
+) -> SqlResult<u32> {
+    match requested {
+        Some(version) => Ok(version),
+        None if existing.is_empty() => Ok(1),
+        None => Err(SqlError::Duplicate(format!(
+            "{kind} \"{name}\" already exists; name a new VERSION to create another version"
+        ))),
     }
-    Ok(Some(version))
 }
 
 /// The OIDs a `DROP <kind> [IF EXISTS] name [VERSION n]` removes: the version named (`exact`),
@@ -121,16 +122,10 @@ async fn create_feature_group(
         .feature_group_versions(project, &create.name)
         .filter_map(|r| r.feature_group().map(|s| s.version))
         .collect();
-    let Some(version) = version_to_create(
-        "feature group",
-        &create.name,
-        create.version,
-        &existing,
-        create.if_not_exists,
-    )?
-    else {
+    if create.if_not_exists && already_exists(create.version, &existing) {
         return Ok(tag);
-    };
+    }
+    let version = version_to_create("feature group", &create.name, create.version, &existing)?;
     if create.primary_key.is_empty() {
         return Err(SqlError::InvalidParameter(format!(
             "feature group \"{}\" needs a PRIMARY KEY",

@@ -18,7 +18,7 @@ use quiver_catalog::{
     CatalogCommand, CatalogState, FeatureView, Oid, ResultColumn, Transform, TransformKind,
 };
 
-use crate::ddl::{oids_to_drop, version_to_create};
+use crate::ddl::{already_exists, oids_to_drop, version_to_create};
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{self, CreateFeatureView, OptionValue, normalize_ident};
 use crate::project_catalog::PUBLIC_SCHEMA;
@@ -34,16 +34,10 @@ pub async fn create(session: &Session, create: &CreateFeatureView) -> SqlResult<
         .feature_view_versions(project, &create.name)
         .map(|v| v.version)
         .collect();
-    let Some(version) = version_to_create(
-        "feature view",
-        &create.name,
-        create.version,
-        &existing,
-        create.if_not_exists,
-    )?
-    else {
+    if create.if_not_exists && already_exists(create.version, &existing) {
         return Ok(tag);
-    };
+    }
+    let version = version_to_create("feature view", &create.name, create.version, &existing)?;
     let mut query = create.query.clone();
     let depends_on = pin_versions(&mut query, &snapshot, project)?;
     let plan = session
@@ -249,10 +243,8 @@ pub(crate) fn pin_versions(
         ctes: HashSet::new(),
         read: Vec::new(),
     };
-    match query.visit(&mut rewriter) {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(rewriter.read),
-    }
+    rewrite(query, &mut rewriter)?;
+    Ok(rewriter.read)
 }
 
 /// Replaces every feature view a statement names by its query.
@@ -271,7 +263,15 @@ pub(crate) fn inline_views(
         ctes: HashSet::new(),
         read: Vec::new(),
     };
-    match statement.visit(&mut rewriter) {
+    rewrite(statement, &mut rewriter)
+}
+
+/// Runs an AST rewriter that stops at the first error.
+pub(crate) fn rewrite(
+    node: &mut impl VisitMut,
+    rewriter: &mut impl VisitorMut<Break = SqlError>,
+) -> SqlResult<()> {
+    match node.visit(rewriter) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -367,14 +367,8 @@ pub(crate) async fn view_table(
     view: &FeatureView,
 ) -> SqlResult<std::sync::Arc<dyn datafusion::catalog::TableProvider>> {
     let context = crate::session::build_context(engine, project, Default::default())?;
-    let mut statement = ast::Statement::Query(view_query(view)?);
-    crate::asof::nest_asof_joins(&mut statement);
-    let plan = context
-        .state()
-        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-            statement,
-        )))
-        .await?;
+    let plan =
+        crate::session::plan_in_context(&context, ast::Statement::Query(view_query(view)?)).await?;
     Ok(std::sync::Arc::new(datafusion::datasource::ViewTable::new(
         plan,
         Some(view.query.clone()),

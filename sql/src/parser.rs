@@ -256,8 +256,7 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
     if peek_words(parser, &["DROP", "FEATURE", "GROUP"]) {
         consume_words(parser, 3);
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Statement::DropFeatureGroup {
             name,
             version,
@@ -270,8 +269,7 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
     }
     if peek_words(parser, &["DESCRIBE", "FEATURE", "GROUP"]) {
         consume_words(parser, 3);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Statement::DescribeFeatureGroup { name, version });
     }
     if peek_words(parser, &["CREATE", "PROJECT"]) {
@@ -322,8 +320,7 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
     if peek_words(parser, &["CREATE", "FEATURE", "VIEW"]) {
         consume_words(parser, 3);
         let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         parser.expect_keyword(Keyword::AS)?;
         // The options follow the query: the query ends at the last `WITH (` outside parentheses
         // (a CTE's WITH is followed by a name, never by a parenthesis).
@@ -348,8 +345,7 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
     if peek_words(parser, &["DROP", "FEATURE", "VIEW"]) {
         consume_words(parser, 3);
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Some(Statement::DropFeatureView {
             name,
             version,
@@ -362,8 +358,7 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
     }
     if peek_words(parser, &["DESCRIBE", "FEATURE", "VIEW"]) {
         consume_words(parser, 3);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Some(Statement::DescribeFeatureView { name, version }));
     }
     Ok(None)
@@ -372,14 +367,11 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
 fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statement>, ParserError> {
     if peek_words(parser, &["CREATE", "TRAINING", "DATASET"]) {
         consume_words(parser, 3);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         let source = if peek_words(parser, &["FROM", "FEATURE", "VIEW"]) {
             consume_words(parser, 3);
-            DatasetSourceClause::FeatureView {
-                name: parse_name(parser)?,
-                version: parse_optional_version(parser)?,
-            }
+            let (name, version) = parse_versioned_name(parser)?;
+            DatasetSourceClause::FeatureView { name, version }
         } else if parser.parse_keyword(Keyword::AS) {
             // The query ends at the last `FORMAT <format name>` outside parentheses.
             DatasetSourceClause::Query(parse_query_until(parser, |parser, i| {
@@ -431,8 +423,7 @@ fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statem
     if peek_words(parser, &["DROP", "TRAINING", "DATASET"]) {
         consume_words(parser, 3);
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Some(Statement::DropTrainingDataset {
             name,
             version,
@@ -445,8 +436,7 @@ fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statem
     }
     if peek_words(parser, &["DESCRIBE", "TRAINING", "DATASET"]) {
         consume_words(parser, 3);
-        let name = parse_name(parser)?;
-        let version = parse_optional_version(parser)?;
+        let (name, version) = parse_versioned_name(parser)?;
         return Ok(Some(Statement::DescribeTrainingDataset { name, version }));
     }
     Ok(None)
@@ -590,8 +580,7 @@ fn translate_synonyms(statement: ast::Statement) -> Statement {
 
 fn parse_create_feature_group(parser: &mut Parser) -> Result<CreateFeatureGroup, ParserError> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
-    let name = parse_name(parser)?;
-    let version = parse_optional_version(parser)?;
+    let (name, version) = parse_versioned_name(parser)?;
     parser.expect_token(&Token::LParen)?;
     let mut columns = Vec::new();
     let mut primary_key = Vec::new();
@@ -646,8 +635,7 @@ fn parse_create_feature_group(parser: &mut Parser) -> Result<CreateFeatureGroup,
 }
 
 fn parse_alter_feature_group(parser: &mut Parser) -> Result<Statement, ParserError> {
-    let name = parse_name(parser)?;
-    let version = parse_optional_version(parser)?;
+    let (name, version) = parse_versioned_name(parser)?;
     let action = if parser.parse_keyword(Keyword::SET) {
         AlterFeatureGroupAction::Set(parse_option_list(parser)?)
     } else if parser.parse_keyword(Keyword::ADD) {
@@ -677,6 +665,12 @@ fn parse_column_list(parser: &mut Parser) -> Result<Vec<String>, ParserError> {
     let idents = parser.parse_comma_separated(|p| p.parse_identifier())?;
     parser.expect_token(&Token::RParen)?;
     Ok(idents.iter().map(normalize_ident).collect())
+}
+
+/// `name [VERSION n]`.
+fn parse_versioned_name(parser: &mut Parser) -> Result<(String, Option<u32>), ParserError> {
+    let name = parse_name(parser)?;
+    Ok((name, parse_optional_version(parser)?))
 }
 
 fn parse_optional_version(parser: &mut Parser) -> Result<Option<u32>, ParserError> {

@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, JoinConstraint, JoinOperator, SetExpr, TableAlias,
-    TableFactor, VisitMut, VisitorMut,
+    TableFactor, VisitorMut,
 };
 use quiver_catalog::{CatalogState, DatasetSource, FeatureView, Relation};
 
@@ -30,11 +30,7 @@ pub(crate) fn rewrite_serving_calls(
     snapshot: &CatalogState,
     project: &str,
 ) -> SqlResult<()> {
-    let mut calls = ServingCalls { snapshot, project };
-    match statement.visit(&mut calls) {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(()),
-    }
+    crate::feature_view::rewrite(statement, &mut ServingCalls { snapshot, project })
 }
 
 struct ServingCalls<'a> {
@@ -417,23 +413,21 @@ fn parse_query(sql: &str) -> SqlResult<Box<ast::Query>> {
 /// A FROM item naming a relation of the project, with the name the query qualifies it by.
 fn joined(snapshot: &CatalogState, project: &str, factor: &TableFactor) -> Option<Joined> {
     let TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
+        name, args: None, ..
     } = factor
     else {
         return None;
     };
-    let relation_name = crate::parser::object_name_to_string(name);
-    let relation = snapshot.resolve(project, &relation_name)?.clone();
-    let alias = alias
-        .as_ref()
-        .map(|a| normalize_ident(&a.name))
-        .unwrap_or(relation_name);
-    Some(Joined { relation, alias })
+    let relation = snapshot
+        .resolve(project, &crate::parser::object_name_to_string(name))?
+        .clone();
+    Some(Joined {
+        relation,
+        alias: alias_of(factor)?,
+    })
 }
 
+/// The name a query qualifies a relation's columns with: its alias, or its name.
 fn alias_of(factor: &TableFactor) -> Option<String> {
     match factor {
         TableFactor::Table { name, alias, .. } => Some(

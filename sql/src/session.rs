@@ -306,11 +306,7 @@ impl Session {
             &self.engine.catalog.snapshot(),
             &self.project,
         )?;
-        asof::nest_asof_joins(&mut statement);
-        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-        let plan = context.state().statement_to_plan(statement).await?;
-        reject_session_local_ddl(&plan)?;
-        Ok(plan)
+        plan_in_context(context, statement).await
     }
 
     /// A query planned so that its reads of the relations in `pins` see those offline versions
@@ -558,6 +554,19 @@ pub(crate) fn build_context(
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
     Ok(context)
+}
+
+/// Plans a statement whose feature views and Quiver functions are already expanded (a stored
+/// query): ASOF joins are nested, then DataFusion plans it in `context`.
+pub(crate) async fn plan_in_context(
+    context: &SessionContext,
+    mut statement: ast::Statement,
+) -> SqlResult<LogicalPlan> {
+    asof::nest_asof_joins(&mut statement);
+    let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+    let plan = context.state().statement_to_plan(statement).await?;
+    reject_session_local_ddl(&plan)?;
+    Ok(plan)
 }
 
 /// DataFusion would keep `CREATE VIEW` and friends in the session's memory and lose them at

@@ -10,7 +10,6 @@
 //! Files are staged under the data dir and published at the end; the catalog entry comes last.
 //! Any failure or cancellation before that leaves neither files nor an entry.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,13 +28,13 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::functions_aggregate::expr_fn::{avg, max, min, stddev_pop};
+use datafusion::functions_aggregate::expr_fn::{array_agg, avg, max, min, stddev_pop};
 use datafusion::logical_expr::conditional_expressions::CaseBuilder;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
-    lit, when,
+    ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, cast, lit, when,
 };
-use datafusion::sql::sqlparser::ast::{self, TableFactor, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{self, TableFactor, VisitorMut};
 use futures::StreamExt;
 use quiver_catalog::{
     CatalogCommand, DatasetFormat, DatasetSource, FittedTransform, Oid, Split, TimeComparison,
@@ -84,18 +83,7 @@ pub async fn create(session: &Session, create: &CreateTrainingDataset) -> SqlRes
         .training_dataset_versions(project, &create.name)
         .map(|d| d.version)
         .collect();
-    let Some(version) = version_to_create(
-        "training dataset",
-        &create.name,
-        create.version,
-        &existing,
-        false,
-    )?
-    else {
-        return Err(SqlError::Internal(
-            "CREATE TRAINING DATASET has no IF NOT EXISTS".into(),
-        ));
-    };
+    let version = version_to_create("training dataset", &create.name, create.version, &existing)?;
     if snapshot
         .training_dataset(project, &create.name, Some(version))
         .is_ok()
@@ -442,14 +430,7 @@ async fn computed_split(
     }
     let pins = Arc::new(dataset.read_versions.iter().copied().collect());
     let context = crate::session::build_context(engine, project, pins)?;
-    let mut statement = stored_statement(dataset)?;
-    crate::asof::nest_asof_joins(&mut statement);
-    let plan = context
-        .state()
-        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-            statement,
-        )))
-        .await?;
+    let plan = crate::session::plan_in_context(&context, stored_statement(dataset)?).await?;
     let frame = context.execute_logical_plan(plan).await?;
     let index = dataset
         .split
@@ -572,45 +553,46 @@ async fn fit(
     if transforms.is_empty() {
         return Ok(Vec::new());
     }
+    // One pass over the train split: the scalers' statistics and the categories' distinct values
+    // of every transformed column, in one aggregate.
     let train = frame
         .clone()
         .filter(Expr::Column(Column::from_name(SPLIT_COLUMN)).eq(lit(train_index(split))))?;
-    let value = |column: &str| Expr::Column(Column::from_name(column));
-    let scaled: Vec<&Transform> = transforms
-        .iter()
-        .filter(|t| {
-            matches!(
-                t.kind,
-                TransformKind::StandardScaler | TransformKind::MinMaxScaler
-            )
-        })
-        .collect();
-    let mut statistics: HashMap<&str, [f64; 4]> = HashMap::new();
-    if !scaled.is_empty() {
-        let mut aggregates = Vec::new();
-        for transform in &scaled {
-            let x = cast(value(&transform.column), DataType::Float64);
-            aggregates.push(avg(x.clone()));
-            aggregates.push(stddev_pop(x.clone()));
-            aggregates.push(min(x.clone()));
-            aggregates.push(max(x));
+    let mut aggregates = Vec::new();
+    for transform in transforms {
+        let value = Expr::Column(Column::from_name(&transform.column));
+        match transform.kind {
+            TransformKind::StandardScaler | TransformKind::MinMaxScaler => {
+                let x = cast(value, DataType::Float64);
+                aggregates.extend([
+                    avg(x.clone()),
+                    stddev_pop(x.clone()),
+                    min(x.clone()),
+                    max(x),
+                ]);
+            }
+            TransformKind::OneHot | TransformKind::LabelEncoder => {
+                aggregates.push(array_agg(cast(value, DataType::Utf8)).distinct().build()?);
+            }
         }
-        let batches = train
-            .clone()
-            .aggregate(vec![], aggregates)?
-            .collect()
-            .await?;
-        let batch = batches
-            .first()
-            .ok_or_else(|| SqlError::Internal("fitting returned no row".into()))?;
-        for (i, transform) in scaled.iter().enumerate() {
+    }
+    let batches = train.aggregate(vec![], aggregates)?.collect().await?;
+    let row = batches
+        .iter()
+        .find(|b| b.num_rows() == 1)
+        .ok_or_else(|| SqlError::Internal("fitting returned no row".into()))?;
+    let mut next_column = 0;
+    let mut fitted = Vec::with_capacity(transforms.len());
+    for transform in transforms {
+        let column = transform.column.clone();
+        let scaler_statistics = || -> SqlResult<[f64; 4]> {
             let mut values = [0.0; 4];
             for (j, value) in values.iter_mut().enumerate() {
-                let column = batch
-                    .column(4 * i + j)
+                let statistic = row
+                    .column(next_column + j)
                     .as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>();
-                *value = match column {
-                    Some(c) if c.len() == 1 && !c.is_null(0) => c.value(0),
+                *value = match statistic {
+                    Some(s) if !s.is_null(0) => s.value(0),
                     _ => {
                         return Err(SqlError::Data(format!(
                             "{} cannot be fitted: column \"{}\" has no value in the train split",
@@ -620,15 +602,12 @@ async fn fit(
                     }
                 };
             }
-            statistics.insert(&transform.column, values);
-        }
-    }
-    let mut fitted = Vec::with_capacity(transforms.len());
-    for transform in transforms {
-        let column = transform.column.clone();
+            Ok(values)
+        };
         fitted.push(match transform.kind {
             TransformKind::StandardScaler => {
-                let [mean, stddev, _, _] = statistics[transform.column.as_str()];
+                let [mean, stddev, _, _] = scaler_statistics()?;
+                next_column += 4;
                 FittedTransform::StandardScaler {
                     column,
                     mean,
@@ -636,33 +615,31 @@ async fn fit(
                 }
             }
             TransformKind::MinMaxScaler => {
-                let [_, _, min, max] = statistics[transform.column.as_str()];
+                let [_, _, min, max] = scaler_statistics()?;
+                next_column += 4;
                 FittedTransform::MinMaxScaler { column, min, max }
             }
             TransformKind::OneHot | TransformKind::LabelEncoder => {
-                let text = cast(value(&transform.column), DataType::Utf8).alias("category");
-                let batches = train
-                    .clone()
-                    .select(vec![text])?
-                    .filter(Expr::Column(Column::from_name("category")).is_not_null())?
-                    .distinct()?
-                    .sort(vec![
-                        Expr::Column(Column::from_name("category")).sort(true, false),
-                    ])?
-                    .collect()
-                    .await?;
-                let mut categories = Vec::new();
-                for batch in &batches {
-                    let strings = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
-                        .map_err(DataFusionError::from)?;
-                    categories.extend(
+                let lists = row.column(next_column).as_list_opt::<i32>().ok_or_else(|| {
+                    SqlError::Internal("the categories of a column are not a list".into())
+                })?;
+                next_column += 1;
+                let mut categories: Vec<String> = match lists.is_null(0) {
+                    true => Vec::new(),
+                    false => {
+                        let values = lists.value(0);
+                        let strings =
+                            datafusion::arrow::compute::cast(&values, &DataType::Utf8)
+                                .map_err(DataFusionError::from)?;
                         strings
                             .as_string::<i32>()
                             .iter()
                             .flatten()
-                            .map(str::to_string),
-                    );
-                }
+                            .map(str::to_string)
+                            .collect()
+                    }
+                };
+                categories.sort_unstable();
                 if transform.kind == TransformKind::OneHot
                     && categories.len() > MAX_ONE_HOT_CATEGORIES
                 {
@@ -1035,10 +1012,7 @@ pub(crate) const DATASET_SCHEMA: &str = "__quiver_training_dataset";
 /// Rewrites every `training_dataset(name, version, split)` in a statement into a read of
 /// [`DATASET_SCHEMA`]`."name/version/split"`, aliased `training_dataset` unless it has an alias.
 pub(crate) fn rewrite_dataset_calls(statement: &mut ast::Statement) -> SqlResult<()> {
-    match statement.visit(&mut DatasetCalls) {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(()),
-    }
+    crate::feature_view::rewrite(statement, &mut DatasetCalls)
 }
 
 struct DatasetCalls;
