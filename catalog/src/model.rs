@@ -320,6 +320,18 @@ pub enum TimeComparison {
     GtEq,
 }
 
+impl TimeComparison {
+    /// The SQL operator.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            TimeComparison::Lt => "<",
+            TimeComparison::LtEq => "<=",
+            TimeComparison::Gt => ">",
+            TimeComparison::GtEq => ">=",
+        }
+    }
+}
+
 /// How the rows of a training dataset are divided into splits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Split {

@@ -456,12 +456,7 @@ fn training_datasets(datasets: &[&TrainingDataset]) -> SqlResult<RecordBatch> {
                         bounds
                             .iter()
                             .map(|(n, c, b)| {
-                                let op = match c {
-                                    quiver_catalog::TimeComparison::Lt => "<",
-                                    quiver_catalog::TimeComparison::LtEq => "<=",
-                                    quiver_catalog::TimeComparison::Gt => ">",
-                                    quiver_catalog::TimeComparison::GtEq => ">=",
-                                };
+                                let op = c.symbol();
                                 format!("{n} {op} '{b}'")
                             })
                             .collect()

@@ -166,7 +166,7 @@ impl DatasetWriter {
             // npy and hdf5 are one file per split; the others start a new file every so many rows.
             if files.current.is_some() && format.is_sharded() && files.rows_in_file >= rows_per_file
             {
-                close(files.current.take())?;
+                close(files.current.take(), &files.dir)?;
             }
             if files.current.is_none() {
                 let path =
@@ -204,7 +204,7 @@ impl DatasetWriter {
                     .join(format!("part-00000.{}", self.format.extension()));
                 split.current = Some(open(&path, self.format, &self.schema)?);
             }
-            close(split.current.take())?;
+            close(split.current.take(), &split.dir)?;
             if self.format == FileFormat::Npy {
                 write_npy_columns(&split.dir, &self.schema)?;
             }
@@ -273,15 +273,13 @@ fn write(writer: &mut FileWriter, batch: &RecordBatch) -> StorageResult<()> {
     Ok(())
 }
 
-fn close(writer: Option<FileWriter>) -> StorageResult<()> {
+/// Finishes a split's open file and syncs it; `dir` (the split's directory) names it in errors.
+fn close(writer: Option<FileWriter>, dir: &Path) -> StorageResult<()> {
+    let io = |e: std::io::Error| StorageError::io(dir, e);
     let flush = |mut out: BufWriter<File>| -> StorageResult<()> {
-        out.flush()
-            .map_err(|e| StorageError::Internal(e.to_string()))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| StorageError::Internal(e.to_string()))?;
-        file.sync_all()
-            .map_err(|e| StorageError::Internal(e.to_string()))
+        out.flush().map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)
     };
     match writer {
         None => Ok(()),
@@ -292,13 +290,7 @@ fn close(writer: Option<FileWriter>) -> StorageResult<()> {
             flush(w.into_inner()?)
         }
         Some(FileWriter::Tfrecords(w)) => flush(w.finish()?),
-        Some(FileWriter::TfrecordsGzip(w)) => {
-            let gzip = w.finish()?;
-            flush(
-                gzip.finish()
-                    .map_err(|e| StorageError::Internal(e.to_string()))?,
-            )
-        }
+        Some(FileWriter::TfrecordsGzip(w)) => flush(w.finish()?.finish().map_err(io)?),
         Some(FileWriter::Npy(w)) => w.finish().map(|_| ()),
         Some(FileWriter::Hdf5(w)) => w.finish().map(|_| ()),
     }
