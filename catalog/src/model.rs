@@ -434,3 +434,88 @@ pub struct TrainingDataset {
     pub owner: String,
     pub created_at: DateTime<Utc>,
 }
+
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelTask {
+    /// A number.
+    Regression,
+    /// The probability that the label is the positive one of its two classes.
+    BinaryClassification,
+}
+
+impl ModelTask {
+    /// The name listings show.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ModelTask::Regression => "regression",
+            ModelTask::BinaryClassification => "binary_classification",
+        }
+    }
+}
+
+/// A model version: an artifact fitted on a training dataset's train split, and what it needs to
+/// score rows the way it was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Assigned by the catalog when the model is registered.
+    pub oid: Oid,
+    pub project: String,
+    pub name: String,
+    pub version: u32,
+    pub algorithm: String,
+    pub task: ModelTask,
+    /// The hyperparameters the algorithm ran with, as a JSON object (defaults filled in).
+    pub params: String,
+    pub label: String,
+    /// For classification, the label's two values as text: negative, then positive.
+    pub classes: Vec<String>,
+    /// The columns `predict` takes, in order, before the transformations.
+    pub inputs: Vec<ResultColumn>,
+    /// The columns the algorithm reads, in order, after the transformations.
+    pub features: Vec<String>,
+    /// The transformations of the training dataset, applied to the inputs before scoring.
+    pub transforms: Vec<FittedTransform>,
+    pub training_dataset: String,
+    pub training_dataset_version: u32,
+    /// The feature view the training dataset came from, if any: `serve` reads it online.
+    pub feature_view: Option<(String, u32)>,
+    /// Evaluated on the training dataset's test split.
+    pub metrics: Vec<(String, f64)>,
+    /// The URL of the serialized model.
+    pub artifact: String,
+    /// The experiment run that trained it.
+    pub run_id: String,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Model {
+    /// The metric runs of this task are compared by (tune_model keeps the best), and whether
+    /// higher is better.
+    pub fn headline_metric(task: ModelTask) -> (&'static str, bool) {
+        match task {
+            ModelTask::Regression => ("rmse", false),
+            ModelTask::BinaryClassification => ("roc_auc", true),
+        }
+    }
+}
+
+/// One training run, as an experiment tracker records it: whether or not it became a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRun {
+    pub run_id: String,
+    pub project: String,
+    pub model: String,
+    /// The version registered from this run, if it was.
+    pub model_version: Option<u32>,
+    pub algorithm: String,
+    /// As a JSON object.
+    pub params: String,
+    pub metrics: Vec<(String, f64)>,
+    pub training_dataset: String,
+    pub training_dataset_version: u32,
+    pub duration_ms: u64,
+    pub user: String,
+    pub started_at: DateTime<Utc>,
+}

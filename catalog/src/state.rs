@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CatalogError, CatalogResult};
 use crate::model::{
-    Column, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, FeatureView, Oid, Project,
-    Relation, RelationKind, TrainingDataset, User,
+    Column, ExperimentRun, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, FeatureView,
+    Model, Oid, Project, Relation, RelationKind, TrainingDataset, User,
 };
 
 /// A change to the catalog. Commands are the entries of the catalog log.
@@ -68,6 +68,17 @@ pub enum CatalogCommand {
     DropTrainingDatasets {
         oids: Vec<Oid>,
     },
+    /// Registers a model version and records the run that trained it, as one change; the OID in
+    /// the model is replaced by a fresh one and the run gets the model's version.
+    CreateModel {
+        model: Box<Model>,
+        run: Box<ExperimentRun>,
+    },
+    /// Records runs that registered no model (the trials of a search that were not the best).
+    RecordRuns(Vec<ExperimentRun>),
+    DropModels {
+        oids: Vec<Oid>,
+    },
 }
 
 /// What applying a command produced, for the caller to act on (e.g. storage to create or remove).
@@ -82,6 +93,9 @@ pub enum Applied {
     TrainingDataset(Oid),
     /// The training datasets a drop removed, whose files may now be deleted.
     DroppedDatasets(Vec<TrainingDataset>),
+    Model(Oid),
+    /// The model versions a drop removed, whose artifacts may now be deleted.
+    DroppedModels(Vec<Model>),
 }
 
 /// The whole catalog: everything needed to answer a name lookup or a listing.
@@ -95,6 +109,11 @@ pub struct CatalogState {
     relations: BTreeMap<Oid, Relation>,
     feature_views: BTreeMap<Oid, FeatureView>,
     training_datasets: BTreeMap<Oid, TrainingDataset>,
+    #[serde(default)]
+    models: BTreeMap<Oid, Model>,
+    /// Every training run, in the order they were recorded.
+    #[serde(default)]
+    experiment_runs: Vec<ExperimentRun>,
 }
 
 impl CatalogState {
@@ -172,6 +191,8 @@ impl CatalogState {
                 // were written (a location may be shared storage the project never owned).
                 self.feature_views.retain(|_, v| &v.project != name);
                 self.training_datasets.retain(|_, d| &d.project != name);
+                self.models.retain(|_, m| &m.project != name);
+                self.experiment_runs.retain(|r| &r.project != name);
                 let dropped = contained
                     .iter()
                     .filter_map(|oid| self.relations.remove(oid))
@@ -325,9 +346,73 @@ impl CatalogState {
                     .collect();
                 Applied::DroppedDatasets(dropped)
             }
+            CatalogCommand::CreateModel { model, run } => {
+                if !self.projects.contains_key(&model.project) {
+                    return Err(CatalogError::UndefinedProject(model.project.clone()));
+                }
+                if self
+                    .model_versions(&model.project, &model.name)
+                    .any(|m| m.version == model.version)
+                {
+                    return Err(CatalogError::Duplicate(format!(
+                        "model \"{}\" version {}",
+                        model.name, model.version
+                    )));
+                }
+                self.check_new_runs(std::slice::from_ref(run.as_ref()))?;
+                let oid = self.allocate_oid();
+                self.models.insert(
+                    oid,
+                    Model {
+                        oid,
+                        ..model.as_ref().clone()
+                    },
+                );
+                self.experiment_runs.push(ExperimentRun {
+                    model_version: Some(model.version),
+                    ..run.as_ref().clone()
+                });
+                Applied::Model(oid)
+            }
+            CatalogCommand::RecordRuns(runs) => {
+                self.check_new_runs(runs)?;
+                self.experiment_runs.extend(runs.iter().cloned());
+                Applied::Nothing
+            }
+            CatalogCommand::DropModels { oids } => {
+                if let Some(missing) = oids.iter().find(|o| !self.models.contains_key(o)) {
+                    return Err(CatalogError::UndefinedObject {
+                        kind: "model",
+                        name: format!("oid {missing}"),
+                    });
+                }
+                let dropped = oids
+                    .iter()
+                    .filter_map(|oid| self.models.remove(oid))
+                    .collect();
+                Applied::DroppedModels(dropped)
+            }
         };
         self.applied_commands += 1;
         Ok(applied)
+    }
+
+    /// Runs are recorded once, in projects that exist.
+    fn check_new_runs(&self, runs: &[ExperimentRun]) -> CatalogResult<()> {
+        for (i, run) in runs.iter().enumerate() {
+            if !self.projects.contains_key(&run.project) {
+                return Err(CatalogError::UndefinedProject(run.project.clone()));
+            }
+            if self.experiment_runs.iter().any(|r| r.run_id == run.run_id)
+                || runs[..i].iter().any(|r| r.run_id == run.run_id)
+            {
+                return Err(CatalogError::Duplicate(format!(
+                    "experiment run \"{}\"",
+                    run.run_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn allocate_oid(&mut self) -> Oid {
@@ -635,6 +720,52 @@ impl CatalogState {
         self.training_datasets
             .values()
             .filter(move |d| d.project == project)
+    }
+}
+
+impl CatalogState {
+    /// Every version of a model, oldest first.
+    pub fn model_versions<'a>(
+        &'a self,
+        project: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Model> + 'a {
+        self.models
+            .values()
+            .filter(move |m| m.project == project && m.name == name)
+    }
+
+    /// A model version, or its latest version when `version` is `None`.
+    pub fn model(&self, project: &str, name: &str, version: Option<u32>) -> CatalogResult<&Model> {
+        latest_or_exact(
+            self.models
+                .values()
+                .filter(|m| m.project == project && m.name == name),
+            |m| m.version,
+            version,
+            "model",
+            name,
+        )
+    }
+
+    /// A model version by OID.
+    pub fn model_by_oid(&self, oid: Oid) -> Option<&Model> {
+        self.models.get(&oid)
+    }
+
+    /// Every model version of a project, in registration order.
+    pub fn models<'a>(&'a self, project: &'a str) -> impl Iterator<Item = &'a Model> + 'a {
+        self.models.values().filter(move |m| m.project == project)
+    }
+
+    /// Every experiment run of a project, in the order they were recorded.
+    pub fn experiment_runs<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> impl Iterator<Item = &'a ExperimentRun> + 'a {
+        self.experiment_runs
+            .iter()
+            .filter(move |r| r.project == project)
     }
 }
 

@@ -655,6 +655,11 @@ impl ExtensionPlanner for AsofExtensionPlanner {
         session_state: &dyn Session,
         planning_context: &PhysicalPlanningContext,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        if let [input] = physical_inputs
+            && let Some(logged) = crate::models::LogPredictions::plan(node, input)
+        {
+            return Ok(Some(logged));
+        }
         let Some(join) = node.as_any().downcast_ref::<AsofJoin>() else {
             return Ok(None);
         };

@@ -6,18 +6,22 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, IntervalMonthDayNanoBuilder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder,
+    IntervalMonthDayNanoBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, TimeUnit,
 };
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use quiver_catalog::{DatasetSource, FeatureView, Project, Relation, Split, TrainingDataset};
+use quiver_catalog::{
+    DatasetSource, ExperimentRun, FeatureView, Model, Project, Relation, Split, TrainingDataset,
+};
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
+use crate::models::metrics_json;
 use crate::types::UTC;
 
 /// The names of the discovery tables.
@@ -29,6 +33,8 @@ pub const TABLES: &[&str] = &[
     "feature_views",
     "feature_view_columns",
     "training_datasets",
+    "models",
+    "experiments",
 ];
 
 /// Builds the discovery table `name` of a project, or `None` if there is no such table.
@@ -76,6 +82,8 @@ pub async fn table(
         "feature_view_columns" => {
             feature_view_columns(&snapshot.feature_views(project).collect::<Vec<_>>())?
         }
+        "models" => models(&snapshot.models(project).collect::<Vec<_>>())?,
+        "experiments" => experiments(&snapshot.experiment_runs(project).collect::<Vec<_>>())?,
         _ => return Ok(None),
     };
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
@@ -526,6 +534,118 @@ fn training_datasets(datasets: &[&TrainingDataset]) -> SqlResult<RecordBatch> {
             Arc::new(query.finish()),
             Arc::new(owner.finish()),
             Arc::new(created_at.finish()),
+        ],
+    )
+}
+
+fn timestamps(values: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from_iter_values(values).with_timezone(UTC))
+}
+
+fn models(models: &[&Model]) -> SqlResult<RecordBatch> {
+    let text = |f: fn(&Model) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(models.iter().map(|m| f(m))))
+    };
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("oid", DataType::Int64, false),
+            Field::new("algorithm", DataType::Utf8, false),
+            Field::new("task", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("inputs", DataType::Utf8, false),
+            Field::new("features", DataType::Utf8, false),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("training_dataset", DataType::Utf8, false),
+            Field::new("training_dataset_version", DataType::Int32, false),
+            Field::new("feature_view", DataType::Utf8, true),
+            Field::new("feature_view_version", DataType::Int32, true),
+            Field::new("artifact", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("created_at", timestamptz(), false),
+        ],
+        vec![
+            text(|m| m.name.clone()),
+            Arc::new(Int32Array::from_iter_values(
+                models.iter().map(|m| m.version as i32),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                models.iter().map(|m| m.oid as i64),
+            )),
+            text(|m| m.algorithm.clone()),
+            text(|m| m.task.sql_name().to_string()),
+            text(|m| m.label.clone()),
+            text(|m| {
+                m.inputs
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+            text(|m| m.features.join(", ")),
+            text(|m| m.params.clone()),
+            text(|m| metrics_json(&m.metrics)),
+            text(|m| m.training_dataset.clone()),
+            Arc::new(Int32Array::from_iter_values(
+                models.iter().map(|m| m.training_dataset_version as i32),
+            )),
+            Arc::new(StringArray::from_iter(
+                models
+                    .iter()
+                    .map(|m| m.feature_view.as_ref().map(|(n, _)| n.as_str())),
+            )),
+            Arc::new(Int32Array::from_iter(
+                models
+                    .iter()
+                    .map(|m| m.feature_view.as_ref().map(|(_, v)| *v as i32)),
+            )),
+            text(|m| m.artifact.clone()),
+            text(|m| m.run_id.clone()),
+            text(|m| m.owner.clone()),
+            timestamps(models.iter().map(|m| m.created_at.timestamp_micros())),
+        ],
+    )
+}
+
+fn experiments(runs: &[&ExperimentRun]) -> SqlResult<RecordBatch> {
+    let text = |f: fn(&ExperimentRun) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| f(r))))
+    };
+    batch(
+        vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("model_version", DataType::Int32, true),
+            Field::new("algorithm", DataType::Utf8, false),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("training_dataset", DataType::Utf8, false),
+            Field::new("training_dataset_version", DataType::Int32, false),
+            Field::new("duration_ms", DataType::Int64, false),
+            Field::new("user", DataType::Utf8, false),
+            Field::new("started_at", timestamptz(), false),
+        ],
+        vec![
+            text(|r| r.run_id.clone()),
+            text(|r| r.model.clone()),
+            Arc::new(Int32Array::from_iter(
+                runs.iter().map(|r| r.model_version.map(|v| v as i32)),
+            )),
+            text(|r| r.algorithm.clone()),
+            text(|r| r.params.clone()),
+            text(|r| metrics_json(&r.metrics)),
+            text(|r| r.training_dataset.clone()),
+            Arc::new(Int32Array::from_iter_values(
+                runs.iter().map(|r| r.training_dataset_version as i32),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.duration_ms as i64),
+            )),
+            text(|r| r.user.clone()),
+            timestamps(runs.iter().map(|r| r.started_at.timestamp_micros())),
         ],
     )
 }

@@ -15,6 +15,7 @@ mod discovery;
 mod error;
 mod feature_view;
 mod lookup;
+mod models;
 mod online;
 pub mod parser;
 pub mod partitioning;
@@ -98,6 +99,10 @@ pub struct Engine {
     executor: tokio::runtime::Handle,
     system_catalog: system_catalog::SystemCatalog,
     data_dir: std::path::PathBuf,
+    /// Fitted models, loaded from their artifacts on first use.
+    models: models::ModelCache,
+    /// Rows served by models, waiting to be written to their prediction logs.
+    prediction_log: Arc<models::PredictionLog>,
 }
 
 impl Engine {
@@ -147,18 +152,21 @@ impl Engine {
         let target_partitions = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let engine = Engine {
+        let system_catalog = system_catalog::SystemCatalog::new()?;
+        let engine = Arc::new_cyclic(|engine| Engine {
             catalog: Arc::new(catalog),
             offline: Arc::new(offline),
             online: Arc::new(online),
             runtime,
             target_partitions,
             executor,
-            system_catalog: system_catalog::SystemCatalog::new()?,
+            system_catalog,
             data_dir: data_dir.to_path_buf(),
-        };
+            models: Default::default(),
+            prediction_log: Arc::new(models::PredictionLog::new(engine.clone())),
+        });
         online::reconcile(&engine).await?;
-        Ok(Arc::new(engine))
+        Ok(engine)
     }
 
     /// The query runtime shared by all sessions.

@@ -74,6 +74,11 @@ pub enum Statement {
         name: String,
         version: Option<u32>,
     },
+    DropModel {
+        name: String,
+        version: Option<u32>,
+        if_exists: bool,
+    },
 }
 
 /// `CREATE FEATURE VIEW ...` as written.
@@ -438,6 +443,16 @@ fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statem
         consume_words(parser, 3);
         let (name, version) = parse_versioned_name(parser)?;
         return Ok(Some(Statement::DescribeTrainingDataset { name, version }));
+    }
+    if peek_words(parser, &["DROP", "MODEL"]) {
+        consume_words(parser, 2);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let (name, version) = parse_versioned_name(parser)?;
+        return Ok(Some(Statement::DropModel {
+            name,
+            version,
+            if_exists,
+        }));
     }
     Ok(None)
 }

@@ -38,8 +38,8 @@ struct ServingCalls<'a> {
     project: &'a str,
 }
 
-/// The keys asked for: one key's columns, or an array of single-column keys.
-enum Keys {
+/// The keys asked for: one key's columns (as SQL), or an array of single-column keys.
+pub(crate) enum Keys {
     One(Vec<String>),
     Many(String),
 }
@@ -124,7 +124,8 @@ impl ServingCalls<'_> {
             .ok_or_else(|| {
                 SqlError::UndefinedTable(format!("feature view \"{view_name}\" does not exist"))
             })?;
-        serving_query(self.snapshot, self.project, view, &keys)
+        let fitted = fitted_transforms(self.snapshot, self.project, view)?;
+        serving_query(self.snapshot, self.project, view, &keys, &fitted)
     }
 }
 
@@ -134,11 +135,13 @@ struct Joined {
     alias: String,
 }
 
-fn serving_query(
+/// The feature vectors of `view` for `keys`, transformed by `fitted`.
+pub(crate) fn serving_query(
     snapshot: &CatalogState,
     project: &str,
     view: &FeatureView,
     keys: &Keys,
+    fitted: &[quiver_catalog::FittedTransform],
 ) -> SqlResult<Box<ast::Query>> {
     let unservable = |why: &str| {
         SqlError::NotSupported(format!(
@@ -304,14 +307,13 @@ fn serving_query(
             .collect();
         join.relation = online_lookup(&right, &filters, view)?;
     }
-    let fitted = fitted_transforms(snapshot, project, view)?;
     let columns: Vec<String> = view
         .columns
         .iter()
         .map(|c| c.name.clone())
         .filter(|c| view.label.as_deref() != Some(c.as_str()))
         .collect();
-    let items: Vec<String> = transformed_columns(&columns, &fitted)?
+    let items: Vec<String> = transformed_columns(&columns, fitted)?
         .into_iter()
         .map(|(sql, name)| format!("{sql} AS {}", quote_ident(&name)))
         .collect();
@@ -399,7 +401,7 @@ fn derived(sql: &str, alias: &str) -> SqlResult<TableFactor> {
     })
 }
 
-fn parse_query(sql: &str) -> SqlResult<Box<ast::Query>> {
+pub(crate) fn parse_query(sql: &str) -> SqlResult<Box<ast::Query>> {
     let statements = crate::parser::parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
     match <[crate::parser::Statement; 1]>::try_from(statements) {
         Ok([crate::parser::Statement::Sql(statement)]) => match *statement {

@@ -18,7 +18,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::Engine;
 use crate::asof;
@@ -28,6 +28,7 @@ use crate::ddl;
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view;
 use crate::lookup::KeyLookup;
+use crate::models;
 use crate::parser::Statement;
 use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
 use crate::serving;
@@ -80,6 +81,9 @@ pub struct Prepared {
     result_schema: Option<SchemaRef>,
     /// Set when the statement is a key lookup on the online store, which then skips DataFusion.
     lookup: Option<Arc<KeyLookup>>,
+    /// Set when reading the rows has effects (train_model): the statement then runs to its end
+    /// in `execute`, so its NOTICEs and errors reach the client before its rows.
+    eager: bool,
 }
 
 impl Prepared {
@@ -118,8 +122,33 @@ pub struct Session {
     user: String,
     context: SessionContext,
     settings: Settings,
-    /// Where NOTICE messages of running statements go, once the protocol layer listens.
-    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    notices: Notices,
+}
+
+/// Where NOTICE messages of a session's running statements go, once the protocol layer listens;
+/// shared with the functions of the session's context that report progress (train_model).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Notices(
+    Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>>,
+);
+
+impl Notices {
+    /// Sends a NOTICE to the client, if anyone listens.
+    pub(crate) fn send(&self, message: String) {
+        if let Ok(listener) = self.0.lock()
+            && let Some(listener) = listener.as_ref()
+        {
+            let _ = listener.send(message);
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut listener) = self.0.lock() {
+            *listener = Some(sender);
+        }
+        receiver
+    }
 }
 
 impl Session {
@@ -131,13 +160,23 @@ impl Session {
             )));
         }
         let context = build_context(&engine, project, Default::default())?;
+        let notices = Notices::default();
+        context.register_udtf(
+            "train_model",
+            Arc::new(models::TrainModelFunction {
+                engine: engine.clone(),
+                project: project.to_string(),
+                user: user.to_string(),
+                notices: notices.clone(),
+            }),
+        );
         Ok(Session {
             engine,
             project: project.to_string(),
             user: user.to_string(),
             context,
             settings: Settings::default(),
-            notices: None,
+            notices,
         })
     }
 
@@ -149,16 +188,12 @@ impl Session {
     /// The NOTICE messages statements send while they run (progress of long writes), for the
     /// protocol layer to forward to the client as they come.
     pub fn subscribe_notices(&mut self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        self.notices = Some(sender);
-        receiver
+        self.notices.subscribe()
     }
 
     /// Sends a NOTICE to the client, if anyone listens.
     pub(crate) fn notice(&self, message: String) {
-        if let Some(notices) = &self.notices {
-            let _ = notices.send(message);
-        }
+        self.notices.send(message);
     }
 
     /// The user this session runs as.
@@ -217,11 +252,13 @@ impl Session {
             _ => (None, None),
         };
         let lookup = plan.as_ref().and_then(KeyLookup::recognise).map(Arc::new);
+        let eager = matches!(&statement, Statement::Sql(sql) if models::trains(sql));
         Ok(Prepared {
             statement,
             plan,
             result_schema,
             lookup,
+            eager,
         })
     }
 
@@ -241,7 +278,18 @@ impl Session {
                 Some(params) => plan.clone().with_param_values(params)?,
                 None => plan.clone(),
             };
-            return self.execute_plan(plan).await;
+            let output = self.execute_plan(plan).await?;
+            return match output {
+                Output::Rows { stream } if prepared.eager => {
+                    let schema = stream.schema();
+                    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+                    let batches = futures::stream::iter(batches.into_iter().map(Ok));
+                    Ok(Output::Rows {
+                        stream: Box::pin(RecordBatchStreamAdapter::new(schema, batches)),
+                    })
+                }
+                other => Ok(other),
+            };
         }
         match &prepared.statement {
             Statement::Sql(sql) => self.execute_other_sql(sql).await,
@@ -268,6 +316,13 @@ impl Session {
                 version,
                 if_exists,
             } => training_dataset::drop(self, name, *version, *if_exists)
+                .await
+                .map(Output::Command),
+            Statement::DropModel {
+                name,
+                version,
+                if_exists,
+            } => models::drop(self, name, *version, *if_exists)
                 .await
                 .map(Output::Command),
             statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
@@ -306,7 +361,25 @@ impl Session {
             &self.engine.catalog.snapshot(),
             &self.project,
         )?;
-        plan_in_context(context, statement).await
+        models::rewrite_serve_calls(
+            &mut statement,
+            &self.engine.catalog.snapshot(),
+            &self.project,
+        )?;
+        let scored_by = models::rewrite_predict_calls(
+            &mut statement,
+            &self.engine.catalog.snapshot(),
+            &self.project,
+        )?;
+        for model in &scored_by {
+            self.engine.models.load(&self.engine, model).await?;
+        }
+        let plan = plan_in_context(context, statement).await?;
+        if models::served_models(&plan).is_empty() {
+            return Ok(plan);
+        }
+        let logs = models::ensure_logs(&self.engine, &self.project, &self.user, &plan).await?;
+        models::with_logging(plan, &logs, &self.engine.prediction_log)
     }
 
     /// A query planned so that its reads of the relations in `pins` see those offline versions
@@ -553,6 +626,9 @@ pub(crate) fn build_context(
         .build();
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
+    context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        models::PredictFunction::new(engine.clone()),
+    ));
     Ok(context)
 }
 

@@ -1124,7 +1124,7 @@ impl SchemaProvider for DatasetSchema {
 /// hdf5 and tfrecords, whose files DataFusion does not read, the split computed again from the
 /// recorded query, offline versions, split and transformations (the rows that were written,
 /// before the format's own conversions).
-async fn split_table(
+pub(crate) async fn split_table(
     engine: &Arc<Engine>,
     project: &str,
     name: &str,

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::artifact::object_path;
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::FileWriter as IpcWriter;
@@ -320,7 +321,7 @@ pub async fn splits_exist(location: &StoreLocation, splits: &[String]) -> Storag
             }
             StoreLocation::Remote { store, prefix, .. } => {
                 let listing = store
-                    .list_with_delimiter(Some(&child(prefix, split)))
+                    .list_with_delimiter(Some(&object_path(prefix, split)))
                     .await?;
                 !listing.objects.is_empty() || !listing.common_prefixes.is_empty()
             }
@@ -372,7 +373,7 @@ pub async fn publish(
                     .map_err(|e| StorageError::io(&dir, e))?
                 {
                     let name = entry.file_name().to_string_lossy().to_string();
-                    let target = child(&child(prefix, split), &name);
+                    let target = object_path(&object_path(prefix, split), &name);
                     upload(store.as_ref(), &entry.path(), target).await?;
                 }
             }
@@ -438,7 +439,7 @@ pub async fn remove_splits(location: &StoreLocation, splits: &[String]) -> Stora
             StoreLocation::Remote { store, prefix, .. } => {
                 use futures::TryStreamExt;
                 let objects: Vec<ObjectPath> = store
-                    .list(Some(&child(prefix, split)))
+                    .list(Some(&object_path(prefix, split)))
                     .map_ok(|meta| meta.location)
                     .try_collect()
                     .await?;
@@ -449,13 +450,6 @@ pub async fn remove_splits(location: &StoreLocation, splits: &[String]) -> Stora
         }
     }
     Ok(())
-}
-
-fn child(prefix: &ObjectPath, name: &str) -> ObjectPath {
-    prefix
-        .parts()
-        .chain(ObjectPath::from(name).parts())
-        .collect()
 }
 
 #[cfg(test)]

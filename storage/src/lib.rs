@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate knows tables by id and Arrow schema only; it never reads the
 //! catalog and never parses SQL. A write it acknowledges is atomic and durable.
 
+mod artifact;
 mod dataset;
 mod error;
 mod hdf5_file;
@@ -13,6 +14,7 @@ mod offline;
 mod online;
 mod tfrecord;
 
+pub use artifact::{delete_object, object_url, read_object, write_object};
 pub use dataset::{DatasetWriter, FileFormat, publish, remove_splits, splits_exist};
 pub use error::{StorageError, StorageResult};
 pub use location::StoreLocation;

@@ -1,0 +1,532 @@
+//! `serve(model, key...)`: the online path in one call. The model's feature view is served for the
+//! key from the online store (as `feature_vector` serves it, with the model's own fitted
+//! transformations), scored with `quiver_predict`, and every served row is appended to the model's
+//! prediction log, the feature group `<model>_predictions`, so outcomes can later be ASOF-joined
+//! to what was predicted.
+//!
+//! A call becomes a derived table whose rows are exactly the logged rows: request_id,
+//! model_version, the feature vector, prediction and served_at. After planning, the derived table
+//! is wrapped in a [`LogPredictions`] node, which passes its rows on and queues them for the log.
+//! The log is written in the background, a batch every [`FLUSH_INTERVAL`], so serving never waits
+//! for an offline commit: a crash loses the rows of the last interval.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchemaRef, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion::sql::sqlparser::ast::{
+    self, Expr, FunctionArg, FunctionArgExpr, TableAlias, TableFactor, VisitorMut,
+};
+use futures::StreamExt;
+use quiver_catalog::{CatalogState, Model, Oid};
+
+use super::predict::PREDICT_UDF;
+use crate::Engine;
+use crate::error::{SqlError, SqlResult};
+use crate::parser::{normalize_ident, quote_ident};
+use crate::relation::RelationSink;
+use crate::serving::{Keys, serving_query};
+
+/// How long served rows wait in memory before they are written to the log, together.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The alias marking a serve call's rows in the plan, so they can be found after planning.
+const MARKER_PREFIX: &str = "__quiver_serve_";
+
+/// The feature group a model's served rows are logged to.
+pub(crate) fn log_group_name(model: &str) -> String {
+    format!("{model}_predictions")
+}
+
+/// Rewrites every `serve(model, key...)` FROM item of a statement into the derived table
+/// computing it.
+pub(crate) fn rewrite_serve_calls(
+    statement: &mut ast::Statement,
+    snapshot: &CatalogState,
+    project: &str,
+) -> SqlResult<()> {
+    crate::feature_view::rewrite(statement, &mut ServeCalls { snapshot, project })
+}
+
+struct ServeCalls<'a> {
+    snapshot: &'a CatalogState,
+    project: &'a str,
+}
+
+impl VisitorMut for ServeCalls<'_> {
+    type Break = SqlError;
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: Some(args),
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let is_serve = matches!(name.0.as_slice(),
+            [single] if single.as_ident().map(normalize_ident).as_deref() == Some("serve"));
+        if !is_serve {
+            return ControlFlow::Continue(());
+        }
+        let query = match self.query_for(&args.args) {
+            Ok(query) => query,
+            Err(e) => return ControlFlow::Break(e),
+        };
+        let alias = alias.take().unwrap_or_else(|| TableAlias {
+            explicit: true,
+            name: ast::Ident::new("serve"),
+            columns: vec![],
+            at: None,
+        });
+        *factor = TableFactor::Derived {
+            lateral: false,
+            subquery: query,
+            alias: Some(alias),
+            sample: None,
+        };
+        ControlFlow::Continue(())
+    }
+}
+
+impl ServeCalls<'_> {
+    fn query_for(&self, args: &[FunctionArg]) -> SqlResult<Box<ast::Query>> {
+        let usage = || {
+            SqlError::InvalidParameter(
+                "serve takes a model's name and the key of its feature view: serve('fraud_model', 42); 'fraud_model_2' serves version 2".into(),
+            )
+        };
+        let mut exprs = Vec::with_capacity(args.len());
+        for arg in args {
+            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
+                return Err(usage());
+            };
+            exprs.push(expr);
+        }
+        let Some((Expr::Value(model_name), keys)) = exprs.split_first().map(|(m, k)| (*m, k))
+        else {
+            return Err(usage());
+        };
+        let ast::Value::SingleQuotedString(model_name) = &model_name.value else {
+            return Err(usage());
+        };
+        if keys.is_empty() {
+            return Err(usage());
+        }
+        let model = resolve_model(self.snapshot, self.project, model_name)?;
+        let Some((view_name, view_version)) = &model.feature_view else {
+            return Err(SqlError::NotSupported(format!(
+                "model \"{}\" version {} was trained on training dataset \"{}\", which was not made from a feature view, so there is nothing to read online for a key; score rows with predict() instead",
+                model.name, model.version, model.training_dataset
+            )));
+        };
+        let view = self
+            .snapshot
+            .feature_view(self.project, view_name, Some(*view_version))
+            .map_err(|_| {
+                SqlError::PrerequisiteState(format!(
+                    "model \"{}\" version {} was trained on feature view \"{view_name}\" version {view_version}, which no longer exists; train the model again on a training dataset of a current view",
+                    model.name, model.version
+                ))
+            })?;
+        let keys = Keys::One(keys.iter().map(|k| k.to_string()).collect());
+        let vector = serving_query(self.snapshot, self.project, view, &keys, &model.transforms)?;
+        let features: Vec<String> = model
+            .features
+            .iter()
+            .map(|f| format!("__quiver_vector.{}", quote_ident(f)))
+            .collect();
+        let sql = format!(
+            "SELECT * FROM (SELECT uuid() AS request_id, CAST({version} AS INT) AS model_version, __quiver_vector.*, {PREDICT_UDF}({oid}, {features}) AS prediction, now() AS served_at FROM ({vector}) AS __quiver_vector) AS {MARKER_PREFIX}{oid}",
+            version = model.version,
+            oid = model.oid,
+            features = features.join(", "),
+        );
+        crate::serving::parse_query(&sql)
+    }
+}
+
+/// A model by name: its latest version, or `<name>_<n>` for version n.
+fn resolve_model<'a>(
+    snapshot: &'a CatalogState,
+    project: &str,
+    name: &str,
+) -> SqlResult<&'a Model> {
+    if let Ok(latest) = snapshot.model(project, name, None) {
+        return Ok(latest);
+    }
+    if let Some((base, version)) = name.rsplit_once('_')
+        && let Ok(version) = version.parse::<u32>()
+        && let Ok(model) = snapshot.model(project, base, Some(version))
+    {
+        return Ok(model);
+    }
+    Ok(snapshot.model(project, name, None)?)
+}
+
+/// The models a planned statement serves (by the marker aliases of their rows).
+pub(crate) fn served_models(plan: &LogicalPlan) -> Vec<Oid> {
+    let mut oids = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(oid) = marker_oid(node)
+            && !oids.contains(&oid)
+        {
+            oids.push(oid);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    oids
+}
+
+fn marker_oid(node: &LogicalPlan) -> Option<Oid> {
+    match node {
+        LogicalPlan::SubqueryAlias(alias) => alias
+            .alias
+            .table()
+            .strip_prefix(MARKER_PREFIX)
+            .and_then(|oid| oid.parse().ok()),
+        _ => None,
+    }
+}
+
+/// Wraps each serve call's rows in a [`LogPredictions`] node writing to `logs[model oid]`.
+pub(crate) fn with_logging(
+    plan: LogicalPlan,
+    logs: &HashMap<Oid, Oid>,
+    sink: &Arc<PredictionLog>,
+) -> SqlResult<LogicalPlan> {
+    let logged = plan.transform_up(|node| {
+        let Some(log) = marker_oid(&node).and_then(|oid| logs.get(&oid)) else {
+            return Ok(Transformed::no(node));
+        };
+        Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+            node: Arc::new(LogPredictions {
+                input: node,
+                log: *log,
+                sink: sink.clone(),
+            }),
+        })))
+    })?;
+    Ok(logged.data)
+}
+
+/// Passes its input's rows on and queues them for the prediction log `log`.
+#[derive(Debug, Clone)]
+pub(crate) struct LogPredictions {
+    input: LogicalPlan,
+    /// The OID of the log's feature group.
+    log: Oid,
+    sink: Arc<PredictionLog>,
+}
+
+impl PartialEq for LogPredictions {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input && self.log == other.log
+    }
+}
+
+impl Eq for LogPredictions {}
+
+impl PartialOrd for LogPredictions {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        match self.log.partial_cmp(&other.log) {
+            Some(std::cmp::Ordering::Equal) => self.input.partial_cmp(&other.input),
+            order => order,
+        }
+    }
+}
+
+impl Hash for LogPredictions {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        self.log.hash(state);
+    }
+}
+
+impl UserDefinedLogicalNodeCore for LogPredictions {
+    fn name(&self) -> &str {
+        "LogPredictions"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<datafusion::logical_expr::Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LogPredictions: log={}", self.log)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<datafusion::logical_expr::Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        Ok(LogPredictions {
+            input: inputs.swap_remove(0),
+            log: self.log,
+            sink: self.sink.clone(),
+        })
+    }
+}
+
+impl LogPredictions {
+    /// The physical plan of this node over its planned input.
+    pub(crate) fn plan(
+        node: &dyn UserDefinedLogicalNode,
+        input: &Arc<dyn ExecutionPlan>,
+    ) -> Option<Arc<dyn ExecutionPlan>> {
+        let node = node.as_any().downcast_ref::<LogPredictions>()?;
+        Some(Arc::new(LogPredictionsExec::new(
+            input.clone(),
+            node.log,
+            node.sink.clone(),
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct LogPredictionsExec {
+    input: Arc<dyn ExecutionPlan>,
+    log: Oid,
+    sink: Arc<PredictionLog>,
+    properties: Arc<PlanProperties>,
+}
+
+impl LogPredictionsExec {
+    /// Its properties are its input's: rows pass through as they are, partition by partition
+    /// (recomputed whenever the optimizer gives it a new input).
+    fn new(input: Arc<dyn ExecutionPlan>, log: Oid, sink: Arc<PredictionLog>) -> Self {
+        LogPredictionsExec {
+            properties: Arc::new(PlanProperties::new(
+                input.equivalence_properties().clone(),
+                input.output_partitioning().clone(),
+                input.pipeline_behavior(),
+                input.boundedness(),
+            )),
+            input,
+            log,
+            sink,
+        }
+    }
+}
+
+impl DisplayAs for LogPredictionsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LogPredictionsExec: log={}", self.log)
+    }
+}
+
+impl ExecutionPlan for LogPredictionsExec {
+    fn name(&self) -> &str {
+        "LogPredictionsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(LogPredictionsExec::new(
+            children.swap_remove(0),
+            self.log,
+            self.sink.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        let (log, sink) = (self.log, self.sink.clone());
+        let logged = input.map(move |batch| {
+            if let Ok(batch) = &batch
+                && batch.num_rows() > 0
+            {
+                sink.enqueue(log, batch.clone());
+            }
+            batch
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, logged)))
+    }
+}
+
+/// Served rows waiting to be written to their logs, by the log's feature group OID.
+#[derive(Debug)]
+pub(crate) struct PredictionLog {
+    engine: std::sync::Weak<Engine>,
+    pending: Mutex<HashMap<Oid, Vec<RecordBatch>>>,
+    flush_scheduled: std::sync::atomic::AtomicBool,
+}
+
+impl PredictionLog {
+    pub(crate) fn new(engine: std::sync::Weak<Engine>) -> PredictionLog {
+        PredictionLog {
+            engine,
+            pending: Mutex::new(HashMap::new()),
+            flush_scheduled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn enqueue(self: &Arc<Self>, log: Oid, batch: RecordBatch) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.entry(log).or_default().push(batch);
+        }
+        use std::sync::atomic::Ordering;
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let this = self.clone();
+        let executor = engine.executor().clone();
+        executor.spawn(async move {
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+            // Rows queued from here on schedule the next flush.
+            this.flush_scheduled.store(false, Ordering::Release);
+            this.flush(&engine).await;
+        });
+    }
+
+    /// Writes every queued row, one commit per log.
+    async fn flush(&self, engine: &Engine) {
+        let pending = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return,
+        };
+        for (log, batches) in pending {
+            let snapshot = engine.catalog.snapshot();
+            let Some(relation) = snapshot.relation(log) else {
+                tracing::warn!(log, "prediction log dropped; its queued rows are discarded");
+                continue;
+            };
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            if let Err(e) = RelationSink::write_batches(relation, engine, batches).await {
+                tracing::error!(log = %relation.qualified_name(), rows, error = %e, "writing served predictions failed");
+            }
+        }
+    }
+}
+
+/// The prediction log of each served model (by model OID), created when missing: the latest
+/// version of `<model>_predictions` if its columns are the served rows' columns, else a new
+/// version with them.
+pub(crate) async fn ensure_logs(
+    engine: &Arc<Engine>,
+    project: &str,
+    user: &str,
+    plan: &LogicalPlan,
+) -> SqlResult<HashMap<Oid, Oid>> {
+    let mut rows: Vec<(Oid, DFSchemaRef)> = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(oid) = marker_oid(node)
+            && !rows.iter().any(|(o, _)| *o == oid)
+        {
+            rows.push((oid, node.schema().clone()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let mut logs = HashMap::new();
+    for (model_oid, schema) in rows {
+        let snapshot = engine.catalog.snapshot();
+        let model = snapshot.model_by_oid(model_oid).ok_or_else(|| {
+            SqlError::UndefinedTable(format!("model {model_oid} was dropped meanwhile"))
+        })?;
+        let name = log_group_name(&model.name);
+        let columns: Vec<(String, String)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), column_type(f.data_type())))
+            .collect();
+        let latest = snapshot
+            .feature_group_versions(project, &name)
+            .max_by_key(|g| g.feature_group().map(|spec| spec.version));
+        let fits = latest.is_some_and(|group| {
+            group.columns.len() == columns.len()
+                && group.columns.iter().zip(&columns).all(|(c, (n, t))| {
+                    &c.name == n && &column_type(&crate::types::arrow_type(&c.data_type)) == t
+                })
+        });
+        if let (true, Some(group)) = (fits, latest) {
+            logs.insert(model_oid, group.oid);
+            continue;
+        }
+        let version = latest
+            .and_then(|g| g.feature_group())
+            .map_or(1, |spec| spec.version + 1);
+        let definitions: Vec<String> = columns
+            .iter()
+            .map(|(n, t)| format!("{} {t}", quote_ident(n)))
+            .collect();
+        let ddl = format!(
+            "CREATE FEATURE GROUP {} VERSION {version} ({}, PRIMARY KEY (request_id), EVENT TIME served_at) WITH (description = 'requests served by model {}: feature vectors and predictions')",
+            quote_ident(&name),
+            definitions.join(", "),
+            model.name.replace('\'', "''")
+        );
+        let statement = crate::parser::parse(&ddl)
+            .map_err(|e| SqlError::Internal(format!("{ddl}: {e}")))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| SqlError::Internal(format!("{ddl}: no statement")))?;
+        crate::ddl::execute(engine, project, user, &statement).await?;
+        let created = engine
+            .catalog
+            .snapshot()
+            .feature_group(project, &name, Some(version))?
+            .oid;
+        logs.insert(model_oid, created);
+    }
+    Ok(logs)
+}
+
+/// The type of a log column for CREATE FEATURE GROUP, from the Arrow type of the served column.
+fn column_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
+    let name = crate::feature_view::pg_type_name(data_type);
+    match name.strip_prefix('_') {
+        Some(element) => format!("{element}[]"),
+        None => name,
+    }
+}
