@@ -490,17 +490,6 @@ pub struct Model {
     pub created_at: DateTime<Utc>,
 }
 
-impl Model {
-    /// The metric runs of this task are compared by (tune_model keeps the best), and whether
-    /// higher is better.
-    pub fn headline_metric(task: ModelTask) -> (&'static str, bool) {
-        match task {
-            ModelTask::Regression => ("rmse", false),
-            ModelTask::BinaryClassification => ("roc_auc", true),
-        }
-    }
-}
-
 /// One training run, as an experiment tracker records it: whether or not it became a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentRun {

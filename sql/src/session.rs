@@ -161,15 +161,18 @@ impl Session {
         }
         let context = build_context(&engine, project, Default::default())?;
         let notices = Notices::default();
-        context.register_udtf(
-            "train_model",
-            Arc::new(models::TrainModelFunction {
-                engine: engine.clone(),
-                project: project.to_string(),
-                user: user.to_string(),
-                notices: notices.clone(),
-            }),
-        );
+        for (name, tune) in [("train_model", false), ("tune_model", true)] {
+            context.register_udtf(
+                name,
+                Arc::new(models::TrainModelFunction {
+                    engine: engine.clone(),
+                    project: project.to_string(),
+                    user: user.to_string(),
+                    notices: notices.clone(),
+                    tune,
+                }),
+            );
+        }
         Ok(Session {
             engine,
             project: project.to_string(),
@@ -615,7 +618,7 @@ pub(crate) fn build_context(
             pins,
         )),
     );
-    let state = engine
+    let mut state = engine
         .system_catalog
         .state_builder()
         .with_config(config)
@@ -624,6 +627,8 @@ pub(crate) fn build_context(
         .with_relation_planners(vec![Arc::new(asof::AsofRelationPlanner)])
         .with_query_planner(Arc::new(asof::QuiverQueryPlanner))
         .build();
+    // json_get & co. and the -> / ->> operators, as PostgreSQL users read JSON text with.
+    datafusion_functions_json::register_all(&mut state)?;
     let context = SessionContext::new_with_state(state);
     engine.system_catalog.install(&context, project)?;
     context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(

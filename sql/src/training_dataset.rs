@@ -997,7 +997,7 @@ impl ScalarUDFImpl for SplitFraction {
 }
 
 /// SplitMix64's finaliser: spreads the combined column hashes over all 64 bits.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -181,23 +181,22 @@ pub(crate) enum Fitted {
 }
 
 impl Fitted {
-    /// Fits on `rows` rows of `features` (row-major, `rows * width` values) and their labels.
+    /// Fits on the rows of `x` and their labels; `x` is shared by the trials of a search.
+    #[allow(clippy::ptr_arg)] // smartcore's labels are a Vec
     pub(crate) fn fit(
         parameters: &Hyperparameters,
-        features: Vec<f64>,
-        width: usize,
-        labels: Vec<f64>,
+        x: &DenseMatrix<f64>,
+        labels: &Vec<f64>,
     ) -> SqlResult<Fitted> {
-        let rows = labels.len();
-        let x = matrix(features, rows, width)?;
+        let width = x.shape().1;
         let failed = |e: smartcore::error::Failed| {
             SqlError::Data(format!("{} failed: {e}", parameters.algorithm.sql_name()))
         };
         Ok(match parameters.algorithm {
             Algorithm::LinearRegression => {
                 let model = LinearRegression::<f64, f64, DenseMatrix<f64>, Vec<f64>>::fit(
-                    &x,
-                    &labels,
+                    x,
+                    labels,
                     LinearRegressionParameters::default(),
                 )
                 .map_err(failed)?;
@@ -209,7 +208,7 @@ impl Fitted {
             Algorithm::LogisticRegression => {
                 let classes: Vec<i32> = labels.iter().map(|&y| i32::from(y > 0.5)).collect();
                 let model = LogisticRegression::<f64, i32, DenseMatrix<f64>, Vec<i32>>::fit(
-                    &x,
+                    x,
                     &classes,
                     LogisticRegressionParameters::default().with_alpha(parameters.float("l2")),
                 )
@@ -238,13 +237,13 @@ impl Fitted {
                 if let Some(depth) = parameters.count("max_depth") {
                     forest = forest.with_max_depth(depth as u16);
                 }
-                Fitted::Forest(RandomForestRegressor::fit(&x, &labels, forest).map_err(failed)?)
+                Fitted::Forest(RandomForestRegressor::fit(x, labels, forest).map_err(failed)?)
             }
         })
     }
 
     /// The prediction for each of `rows` rows of `features` (row-major).
-    pub(crate) fn predict(&self, features: Vec<f64>, width: usize) -> SqlResult<Vec<f64>> {
+    pub(crate) fn predict(&self, features: &[f64], width: usize) -> SqlResult<Vec<f64>> {
         let rows = features.len().checked_div(width).unwrap_or(0);
         let linear = |coefficients: &[f64], intercept: f64| -> SqlResult<Vec<f64>> {
             if coefficients.len() != width {
@@ -282,14 +281,15 @@ impl Fitted {
                     return Ok(Vec::new());
                 }
                 forest
-                    .predict(&matrix(features, rows, width)?)
+                    .predict(&matrix(features.to_vec(), rows, width)?)
                     .map_err(|e| SqlError::Data(format!("random forest prediction failed: {e}")))
             }
         }
     }
 }
 
-fn matrix(values: Vec<f64>, rows: usize, width: usize) -> SqlResult<DenseMatrix<f64>> {
+/// A matrix of `rows` rows of `width` values, from row-major `values`.
+pub(crate) fn matrix(values: Vec<f64>, rows: usize, width: usize) -> SqlResult<DenseMatrix<f64>> {
     DenseMatrix::new(rows, width, values, false)
         .map_err(|e| SqlError::Internal(format!("feature matrix: {e}")))
 }
@@ -320,8 +320,13 @@ mod tests {
     #[test]
     fn linear_regression_recovers_the_coefficients() {
         let (x, y) = data(|a, b| 3.0 * a - 2.0 * b + 1.0);
-        let model = Fitted::fit(&parameters(Algorithm::LinearRegression, "{}"), x, 2, y).unwrap();
-        let predicted = model.predict(vec![1.0, 1.0, 0.0, 0.5], 2).unwrap();
+        let model = Fitted::fit(
+            &parameters(Algorithm::LinearRegression, "{}"),
+            &matrix(x, y.len(), 2).unwrap(),
+            &y,
+        )
+        .unwrap();
+        let predicted = model.predict(&[1.0, 1.0, 0.0, 0.5], 2).unwrap();
         assert!((predicted[0] - 2.0).abs() < 1e-9, "{predicted:?}");
         assert!((predicted[1] - 0.0).abs() < 1e-9, "{predicted:?}");
     }
@@ -333,8 +338,13 @@ mod tests {
             Algorithm::RandomForestClassifier,
         ] {
             let (x, y) = data(|a, b| if a + b > 2.0 { 1.0 } else { 0.0 });
-            let model = Fitted::fit(&parameters(algorithm, r#"{"label": "y"}"#), x, 2, y).unwrap();
-            let p = model.predict(vec![1.9, 1.9, 0.1, 0.1], 2).unwrap();
+            let model = Fitted::fit(
+                &parameters(algorithm, r#"{"label": "y"}"#),
+                &matrix(x, y.len(), 2).unwrap(),
+                &y,
+            )
+            .unwrap();
+            let p = model.predict(&[1.9, 1.9, 0.1, 0.1], 2).unwrap();
             assert!(p[0] > 0.8 && p[1] < 0.2, "{algorithm:?}: {p:?}");
             assert!(p.iter().all(|p| (0.0..=1.0).contains(p)));
         }
@@ -348,17 +358,16 @@ mod tests {
                 Algorithm::RandomForestRegressor,
                 r#"{"n_trees": 5, "seed": 7}"#,
             ),
-            x,
-            2,
-            y,
+            &matrix(x, y.len(), 2).unwrap(),
+            &y,
         )
         .unwrap();
         let text = serde_json::to_string(&model).unwrap();
         let back: Fitted = serde_json::from_str(&text).unwrap();
-        let rows = vec![0.5, 0.5, 1.5, 0.0];
+        let rows = [0.5, 0.5, 1.5, 0.0];
         assert_eq!(
-            model.predict(rows.clone(), 2).unwrap(),
-            back.predict(rows, 2).unwrap()
+            model.predict(&rows, 2).unwrap(),
+            back.predict(&rows, 2).unwrap()
         );
     }
 

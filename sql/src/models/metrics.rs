@@ -54,6 +54,35 @@ pub(crate) fn evaluate(task: ModelTask, labels: &[f64], predictions: &[f64]) -> 
     }
 }
 
+/// Whether metrics `b` beat metrics `a`, as tune_model picks its best trial: by ROC AUC for
+/// classification, ties broken by the lower log loss; by the lower RMSE for regression. A trial
+/// without the metric (AUC of a test split with one class) never wins over one with it.
+pub(crate) fn better(task: ModelTask, a: &[(String, f64)], b: &[(String, f64)]) -> bool {
+    let get = |metrics: &[(String, f64)], name: &str| {
+        metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_nan())
+    };
+    match task {
+        ModelTask::Regression => match (get(a, "rmse"), get(b, "rmse")) {
+            (Some(a), Some(b)) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        },
+        ModelTask::BinaryClassification => match (get(a, "roc_auc"), get(b, "roc_auc")) {
+            (Some(x), Some(y)) if x != y => y > x,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            _ => matches!(
+                (get(a, "log_loss"), get(b, "log_loss")),
+                (Some(x), Some(y)) if y < x
+            ),
+        },
+    }
+}
+
 /// Metrics as a JSON object, by name, as train_model and the listings show them.
 pub(crate) fn metrics_json(metrics: &[(String, f64)]) -> String {
     let object: serde_json::Map<String, serde_json::Value> = metrics
@@ -97,6 +126,25 @@ mod tests {
         assert_eq!(metric(&metrics, "roc_auc"), 0.75);
         let expected = -((0.9f64).ln() + (0.4f64).ln() + (0.8f64).ln() + (0.4f64).ln()) / 4.0;
         assert!((metric(&metrics, "log_loss") - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_best_trial_is_chosen_by_auc_then_log_loss_or_by_rmse() {
+        let m = |pairs: &[(&str, f64)]| -> Vec<(String, f64)> {
+            pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+        };
+        let c = ModelTask::BinaryClassification;
+        assert!(better(c, &m(&[("roc_auc", 0.8)]), &m(&[("roc_auc", 0.9)])));
+        assert!(!better(c, &m(&[("roc_auc", 0.9)]), &m(&[("roc_auc", 0.8)])));
+        assert!(better(
+            c,
+            &m(&[("roc_auc", 1.0), ("log_loss", 0.2)]),
+            &m(&[("roc_auc", 1.0), ("log_loss", 0.1)])
+        ));
+        assert!(better(c, &m(&[("log_loss", 0.1)]), &m(&[("roc_auc", 0.6)])));
+        let r = ModelTask::Regression;
+        assert!(better(r, &m(&[("rmse", 2.0)]), &m(&[("rmse", 1.0)])));
+        assert!(!better(r, &m(&[("rmse", 1.0)]), &m(&[("rmse", 1.0)])));
     }
 
     #[test]

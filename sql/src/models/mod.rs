@@ -32,7 +32,8 @@ pub(crate) use serve::{
 };
 pub(crate) use train::TrainModelFunction;
 
-/// Whether a statement calls `train_model`, whose rows are a side effect's result.
+/// Whether a statement calls `train_model` or `tune_model`, whose rows are a side effect's
+/// result.
 pub(crate) fn trains(statement: &ast::Statement) -> bool {
     struct FindTraining(bool);
     impl Visitor for FindTraining {
@@ -44,7 +45,10 @@ pub(crate) fn trains(statement: &ast::Statement) -> bool {
                 ..
             } = factor
                 && let [single] = name.0.as_slice()
-                && single.as_ident().map(normalize_ident).as_deref() == Some("train_model")
+                && matches!(
+                    single.as_ident().map(normalize_ident).as_deref(),
+                    Some("train_model" | "tune_model")
+                )
             {
                 self.0 = true;
                 return ControlFlow::Break(());

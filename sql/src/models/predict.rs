@@ -260,7 +260,7 @@ impl ScalarUDFImpl for PredictFunction {
             }
         }
         let predictions = fitted
-            .predict(features, width)
+            .predict(&features, width)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut predictions = predictions.into_iter();
         let result: Float64Array = complete

@@ -1,12 +1,15 @@
-//! `train_model(model, training_dataset, version, algorithm [, params])`: a table function whose
-//! one row is the registered model version. The work happens when the row is read, not when the
-//! call is planned, so Describe, EXPLAIN and a prepared statement never train.
+//! `train_model(model, training_dataset, version, algorithm [, params])`, a table function whose
+//! one row is the registered model version, and `tune_model(...)` with a grid of parameters, whose
+//! rows are its trials. The work happens when the rows are read, not when the call is planned, so
+//! Describe, EXPLAIN and a prepared statement never train.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use datafusion::arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Int32Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
@@ -22,8 +25,12 @@ use quiver_catalog::{
 };
 use serde_json::{Map, Value};
 
-use super::algorithm::{Algorithm, Fitted, Hyperparameters};
-use super::metrics::{evaluate, metrics_json};
+use futures::{StreamExt, TryStreamExt};
+use smartcore::linalg::basic::arrays::Array as _;
+use smartcore::linalg::basic::matrix::DenseMatrix;
+
+use super::algorithm::{Algorithm, Fitted, Hyperparameters, matrix};
+use super::metrics::{better, evaluate, metrics_json};
 use super::{artifact_path, new_run_id};
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
@@ -33,6 +40,12 @@ use crate::training_dataset::{split_table, transformed_columns};
 /// train_model's own keys of the parameters object; the others are the algorithm's.
 const OWN_PARAMETERS: [&str; 2] = ["label", "exclude"];
 
+/// tune_model's own keys besides train_model's: how the grid is searched.
+const SEARCH_PARAMETERS: [&str; 3] = ["search", "trials", "search_seed"];
+
+/// The most trials one tune_model call runs.
+const MAX_TRIALS: usize = 1_000;
+
 /// How often a running fit reports that it still runs.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -40,13 +53,14 @@ const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 const TRAIN_SPLIT: &str = "train";
 const TEST_SPLIT: &str = "test";
 
-/// `train_model`, as registered in a session's context.
+/// `train_model`, or `tune_model` when `tune`, as registered in a session's context.
 #[derive(Debug)]
 pub(crate) struct TrainModelFunction {
     pub engine: Arc<Engine>,
     pub project: String,
     pub user: String,
     pub notices: Notices,
+    pub tune: bool,
 }
 
 /// What a call asks for, checked as far as it can be without reading data.
@@ -55,7 +69,10 @@ struct Request {
     model: String,
     dataset: String,
     dataset_version: u32,
-    parameters: Hyperparameters,
+    algorithm: Algorithm,
+    /// One for train_model; the grid's points for tune_model.
+    trials: Vec<Hyperparameters>,
+    tune: bool,
     label: Option<String>,
     exclude: Vec<String>,
 }
@@ -71,9 +88,10 @@ impl TableFunctionImpl for TrainModelFunction {
             user: self.user.clone(),
             notices: self.notices.clone(),
             request,
+            schema: result_schema(self.tune),
         });
         Ok(Arc::new(StreamingTable::try_new(
-            result_schema(),
+            job.schema.clone(),
             vec![job],
         )?))
     }
@@ -81,15 +99,17 @@ impl TableFunctionImpl for TrainModelFunction {
 
 impl TrainModelFunction {
     fn request(&self, args: &[Expr]) -> SqlResult<Request> {
-        const USAGE: &str = "train_model takes a model name, a training dataset, its version, an algorithm and optionally parameters as JSON: train_model('m', 'td', 1, 'logistic_regression', '{\"l2\": 0.01}')";
+        const TRAIN_USAGE: &str = "train_model takes a model name, a training dataset, its version, an algorithm and optionally parameters as JSON: train_model('m', 'td', 1, 'logistic_regression', '{\"l2\": 0.01}')";
+        const TUNE_USAGE: &str = "tune_model takes a model name, a training dataset, its version, an algorithm and a grid of parameters as JSON: tune_model('m', 'td', 1, 'random_forest_classifier', '{\"n_trees\": [50, 100], \"max_depth\": [4, 8]}')";
+        let usage = if self.tune { TUNE_USAGE } else { TRAIN_USAGE };
         if !(4..=5).contains(&args.len()) {
-            return Err(SqlError::UndefinedFunction(USAGE.into()));
+            return Err(SqlError::UndefinedFunction(usage.into()));
         }
         let text = |expr: &Expr| match expr {
             Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
                 Ok(s.clone())
             }
-            _ => Err(SqlError::InvalidParameter(USAGE.into())),
+            _ => Err(SqlError::InvalidParameter(usage.into())),
         };
         let model = text(&args[0])?;
         let dataset = text(&args[1])?;
@@ -101,8 +121,8 @@ impl TrainModelFunction {
                     ScalarValue::Int64(Some(v)) => u32::try_from(v).ok(),
                     _ => None,
                 })
-                .ok_or_else(|| SqlError::InvalidParameter(USAGE.into()))?,
-            _ => return Err(SqlError::InvalidParameter(USAGE.into())),
+                .ok_or_else(|| SqlError::InvalidParameter(usage.into()))?,
+            _ => return Err(SqlError::InvalidParameter(usage.into())),
         };
         let algorithm = Algorithm::parse(&text(&args[3])?)?;
         let given: Map<String, Value> = match args.get(4) {
@@ -139,7 +159,11 @@ impl TrainModelFunction {
                 )));
             }
         };
-        let parameters = Hyperparameters::new(algorithm, &given, &OWN_PARAMETERS)?;
+        let trials = if self.tune {
+            grid(algorithm, &given)?
+        } else {
+            vec![Hyperparameters::new(algorithm, &given, &OWN_PARAMETERS)?]
+        };
         // The dataset must exist now; whether its columns fit is checked when it is read.
         self.engine.catalog.snapshot().training_dataset(
             &self.project,
@@ -155,23 +179,122 @@ impl TrainModelFunction {
             model,
             dataset,
             dataset_version,
-            parameters,
+            algorithm,
+            trials,
+            tune: self.tune,
             label,
             exclude,
         })
     }
 }
 
-fn result_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("model", DataType::Utf8, false),
-        Field::new("version", DataType::Int32, false),
-        Field::new("metrics", DataType::Utf8, false),
-        Field::new("run_id", DataType::Utf8, false),
-    ]))
+/// The points of tune_model's grid: each key with an array of values is searched, every other
+/// key is fixed. `"search": "random"` tries `trials` points drawn from the grid (with
+/// `search_seed`) instead of all of them.
+fn grid(algorithm: Algorithm, given: &Map<String, Value>) -> SqlResult<Vec<Hyperparameters>> {
+    let mut fixed = Map::new();
+    let mut dimensions: Vec<(String, Vec<Value>)> = Vec::new();
+    for (key, value) in given {
+        match value {
+            Value::Array(values) if !OWN_PARAMETERS.contains(&key.as_str()) => {
+                if values.is_empty() {
+                    return Err(SqlError::InvalidParameter(format!(
+                        "tune_model's \"{key}\" has no values to try"
+                    )));
+                }
+                dimensions.push((key.clone(), values.clone()));
+            }
+            _ if SEARCH_PARAMETERS.contains(&key.as_str()) => {}
+            _ => {
+                fixed.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let mut points = vec![fixed];
+    for (key, values) in &dimensions {
+        let mut next = Vec::with_capacity(points.len() * values.len());
+        for point in &points {
+            for value in values {
+                let mut point = point.clone();
+                point.insert(key.clone(), value.clone());
+                next.push(point);
+            }
+        }
+        if next.len() > MAX_TRIALS * 100 {
+            return Err(SqlError::InvalidParameter(format!(
+                "tune_model's grid has more than {} points; search it with '{{\"search\": \"random\", \"trials\": 50}}'",
+                MAX_TRIALS * 100
+            )));
+        }
+        points = next;
+    }
+    match given.get("search").and_then(Value::as_str) {
+        None | Some("grid") => {}
+        Some("random") => {
+            let trials = given
+                .get("trials")
+                .and_then(Value::as_u64)
+                .filter(|t| *t >= 1)
+                .ok_or_else(|| {
+                    SqlError::InvalidParameter(
+                        "a random search needs a number of trials: '{\"search\": \"random\", \"trials\": 20}'".into(),
+                    )
+                })? as usize;
+            let mut seed = given
+                .get("search_seed")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            // A seeded partial Fisher-Yates shuffle: the first `trials` points are the sample.
+            let keep = trials.min(points.len());
+            for i in 0..keep {
+                seed = crate::training_dataset::mix(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
+                let j = i + (seed % (points.len() - i) as u64) as usize;
+                points.swap(i, j);
+            }
+            points.truncate(keep);
+        }
+        Some(other) => {
+            return Err(SqlError::InvalidParameter(format!(
+                "tune_model's search is \"grid\" or \"random\", not \"{other}\""
+            )));
+        }
+    }
+    if points.len() > MAX_TRIALS {
+        return Err(SqlError::InvalidParameter(format!(
+            "tune_model's grid has {} points, more than {MAX_TRIALS}; search it with '{{\"search\": \"random\", \"trials\": 50}}'",
+            points.len()
+        )));
+    }
+    let mut reserved: Vec<&str> = OWN_PARAMETERS.to_vec();
+    reserved.extend(SEARCH_PARAMETERS);
+    points
+        .iter()
+        .map(|point| Hyperparameters::new(algorithm, point, &reserved))
+        .collect()
 }
 
-/// One training run, started when its row is read.
+fn result_schema(tune: bool) -> SchemaRef {
+    let fields = if tune {
+        vec![
+            Field::new("model", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, true),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("best", DataType::Boolean, false),
+        ]
+    } else {
+        vec![
+            Field::new("model", DataType::Utf8, false),
+            Field::new("version", DataType::Int32, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]
+    };
+    Arc::new(Schema::new(fields))
+}
+
+/// One training run or search, started when its rows are read.
 #[derive(Debug, Clone)]
 struct TrainJob {
     engine: Arc<Engine>,
@@ -179,12 +302,12 @@ struct TrainJob {
     user: String,
     notices: Notices,
     request: Request,
+    schema: SchemaRef,
 }
 
 impl PartitionStream for TrainJob {
     fn schema(&self) -> &SchemaRef {
-        static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
-        SCHEMA.get_or_init(result_schema)
+        &self.schema
     }
 
     fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
@@ -194,7 +317,7 @@ impl PartitionStream for TrainJob {
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         });
-        Box::pin(RecordBatchStreamAdapter::new(result_schema(), row))
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), row))
     }
 }
 
@@ -212,11 +335,44 @@ struct SplitData {
     labels: Vec<f64>,
 }
 
+/// One fitted and evaluated trial.
+struct Trial {
+    parameters: Hyperparameters,
+    fitted: Arc<Fitted>,
+    metrics: Vec<(String, f64)>,
+    run_id: String,
+    started_at: chrono::DateTime<Utc>,
+    duration_ms: u64,
+}
+
+/// Fits one point of the grid on the train split and scores it on the test split.
+#[allow(clippy::ptr_arg)] // smartcore's labels are a Vec
+fn fit_and_evaluate(
+    parameters: Hyperparameters,
+    x: &DenseMatrix<f64>,
+    y: &Vec<f64>,
+    test: &SplitData,
+    task: ModelTask,
+) -> SqlResult<Trial> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let fitted = Fitted::fit(&parameters, x, y)?;
+    let width = x.shape().1;
+    let predictions = fitted.predict(&test.features, width)?;
+    let metrics = evaluate(task, &test.labels, &predictions);
+    Ok(Trial {
+        parameters,
+        fitted: Arc::new(fitted),
+        metrics,
+        run_id: new_run_id(),
+        started_at,
+        duration_ms: clock.elapsed().as_millis() as u64,
+    })
+}
+
 impl TrainJob {
     async fn run(&self) -> SqlResult<RecordBatch> {
         let request = &self.request;
-        let started_at = Utc::now();
-        let clock = Instant::now();
         let snapshot = self.engine.catalog.snapshot();
         let dataset = snapshot
             .training_dataset(
@@ -248,28 +404,125 @@ impl TrainJob {
                 dataset.name, dataset.version
             )));
         }
-        self.notices.send(format!(
-            "train_model \"{}\": fitting {} on {rows} rows x {width} features",
-            request.model,
-            request.parameters.algorithm.sql_name()
-        ));
-        let parameters = request.parameters.clone();
-        let fitting = tokio::task::spawn_blocking(move || {
-            Fitted::fit(&parameters, train.features, width, train.labels)
-        });
-        let fitted = self.with_progress(fitting, "fitting").await??;
         let (test, _) = self
             .read_split(&dataset, TEST_SPLIT, &columns, Some(&classes))
             .await?;
-        let fitted = Arc::new(fitted);
-        let scoring = {
-            let fitted = fitted.clone();
-            tokio::task::spawn_blocking(move || fitted.predict(test.features, width))
-        };
-        let predictions = self.with_progress(scoring, "evaluating").await??;
-        let metrics = evaluate(columns.task, &test.labels, &predictions);
+        let trials = request.trials.len();
+        self.notices.send(format!(
+            "{} \"{}\": fitting {} on {rows} rows x {width} features{}",
+            if request.tune {
+                "tune_model"
+            } else {
+                "train_model"
+            },
+            request.model,
+            request.algorithm.sql_name(),
+            if request.tune {
+                format!(", {trials} trials")
+            } else {
+                String::new()
+            }
+        ));
+        let train_x = Arc::new(matrix(train.features, rows, width)?);
+        let train_y = Arc::new(train.labels);
+        let test = Arc::new(test);
+        // Trials run side by side, as many at once as the machine has cores.
+        let parallel = self.engine.target_partitions().max(1);
+        let task = columns.task;
+        let runs = futures::stream::iter(request.trials.iter().cloned().map(|parameters| {
+            let (x, y, test) = (train_x.clone(), train_y.clone(), test.clone());
+            tokio::task::spawn_blocking(move || fit_and_evaluate(parameters, &x, &y, &test, task))
+        }))
+        .buffered(parallel)
+        .map(|joined| {
+            joined.map_err(|e| SqlError::Internal(format!("training task failed: {e}")))?
+        })
+        .try_collect::<Vec<Trial>>();
+        let results = self.with_progress(runs, "fitting").await?;
 
-        // Register: the artifact first, then the catalog entry naming it.
+        // The best trial is registered; the others are recorded as runs.
+        let best = (0..results.len())
+            .reduce(|best, i| {
+                if better(task, &results[best].metrics, &results[i].metrics) {
+                    i
+                } else {
+                    best
+                }
+            })
+            .unwrap_or(0);
+        let run = |trial: &Trial| ExperimentRun {
+            run_id: trial.run_id.clone(),
+            project: self.project.clone(),
+            model: request.model.clone(),
+            model_version: None,
+            algorithm: request.algorithm.sql_name().to_string(),
+            params: trial.parameters.to_json(),
+            metrics: trial.metrics.clone(),
+            training_dataset: dataset.name.clone(),
+            training_dataset_version: dataset.version,
+            duration_ms: trial.duration_ms,
+            user: self.user.clone(),
+            started_at: trial.started_at,
+        };
+        let others: Vec<ExperimentRun> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != best)
+            .map(|(_, trial)| run(trial))
+            .collect();
+        if !others.is_empty() {
+            self.engine
+                .change_catalog(CatalogCommand::RecordRuns(others))
+                .await?;
+        }
+        let winner = &results[best];
+        let version = self
+            .register(&dataset, columns, classes, winner, run(winner))
+            .await?;
+
+        let versions: Vec<Option<i32>> = (0..results.len())
+            .map(|i| (i == best).then_some(version as i32))
+            .collect();
+        let text = |f: &dyn Fn(&Trial) -> String| -> Arc<StringArray> {
+            Arc::new(StringArray::from_iter_values(results.iter().map(f)))
+        };
+        let model_names = text(&|_| request.model.clone());
+        let metrics = text(&|t| metrics_json(&t.metrics));
+        let run_ids = text(&|t| t.run_id.clone());
+        let columns: Vec<datafusion::arrow::array::ArrayRef> = if request.tune {
+            vec![
+                model_names,
+                Arc::new(Int32Array::from(versions)),
+                text(&|t| t.parameters.to_json()),
+                metrics,
+                run_ids,
+                Arc::new(BooleanArray::from_iter(
+                    (0..results.len()).map(|i| Some(i == best)),
+                )),
+            ]
+        } else {
+            vec![
+                model_names,
+                Arc::new(Int32Array::from(vec![version as i32])),
+                metrics,
+                run_ids,
+            ]
+        };
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| SqlError::Internal(e.to_string()))
+    }
+
+    /// Registers a trial's model as the next version: the artifact first, then the catalog
+    /// entry naming it (with its run), whose failure removes the artifact again.
+    async fn register(
+        &self,
+        dataset: &TrainingDataset,
+        columns: Columns,
+        classes: Vec<String>,
+        trial: &Trial,
+        run: ExperimentRun,
+    ) -> SqlResult<u32> {
+        let request = &self.request;
         let version = self
             .engine
             .catalog
@@ -279,21 +532,19 @@ impl TrainJob {
             .max()
             .unwrap_or(0)
             + 1;
-        let run_id = new_run_id();
-        let artifact = serde_json::to_vec(fitted.as_ref())
+        let artifact = serde_json::to_vec(trial.fitted.as_ref())
             .map_err(|e| SqlError::Internal(format!("serializing the model: {e}")))?;
         let root = self.engine.offline.location();
-        let relative = artifact_path(&self.project, &request.model, version, &run_id);
+        let relative = artifact_path(&self.project, &request.model, version, &trial.run_id);
         quiver_storage::write_object(root, &relative, artifact).await?;
-        let params = request.parameters.to_json();
         let model = Model {
             oid: 0,
             project: self.project.clone(),
             name: request.model.clone(),
             version,
-            algorithm: request.parameters.algorithm.sql_name().to_string(),
+            algorithm: request.algorithm.sql_name().to_string(),
             task: columns.task,
-            params: params.clone(),
+            params: trial.parameters.to_json(),
             label: columns.label,
             classes,
             inputs: columns.inputs,
@@ -305,25 +556,11 @@ impl TrainJob {
                 DatasetSource::FeatureView { name, version } => Some((name.clone(), *version)),
                 DatasetSource::Query => None,
             },
-            metrics: metrics.clone(),
+            metrics: trial.metrics.clone(),
             artifact: quiver_storage::object_url(root, &relative),
-            run_id: run_id.clone(),
+            run_id: trial.run_id.clone(),
             owner: self.user.clone(),
             created_at: Utc::now(),
-        };
-        let run = ExperimentRun {
-            run_id: run_id.clone(),
-            project: self.project.clone(),
-            model: request.model.clone(),
-            model_version: Some(version),
-            algorithm: model.algorithm.clone(),
-            params,
-            metrics: metrics.clone(),
-            training_dataset: dataset.name.clone(),
-            training_dataset_version: dataset.version,
-            duration_ms: clock.elapsed().as_millis() as u64,
-            user: self.user.clone(),
-            started_at,
         };
         let registered = self
             .engine
@@ -332,49 +569,39 @@ impl TrainJob {
                 run: Box::new(run),
             })
             .await;
-        let oid = match registered {
-            Ok(quiver_catalog::Applied::Model(oid)) => oid,
-            Ok(other) => {
-                return Err(SqlError::Internal(format!(
-                    "registering a model applied {other:?}"
-                )));
+        match registered {
+            Ok(quiver_catalog::Applied::Model(oid)) => {
+                self.engine.models.insert(oid, trial.fitted.clone());
+                Ok(version)
             }
+            Ok(other) => Err(SqlError::Internal(format!(
+                "registering a model applied {other:?}"
+            ))),
             Err(e) => {
                 quiver_storage::delete_object(root, &relative).await?;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.engine.models.insert(oid, fitted);
-        RecordBatch::try_new(
-            result_schema(),
-            vec![
-                Arc::new(StringArray::from(vec![request.model.clone()])),
-                Arc::new(Int32Array::from(vec![version as i32])),
-                Arc::new(StringArray::from(vec![metrics_json(&metrics)])),
-                Arc::new(StringArray::from(vec![run_id])),
-            ],
-        )
-        .map_err(|e| SqlError::Internal(e.to_string()))
+        }
     }
 
-    /// Waits for blocking work, telling the client every few seconds that it still runs. When the
-    /// statement is canceled this future is dropped: the work finishes on its thread and its
-    /// result is thrown away, so nothing is registered.
+    /// Waits for work, telling the client every few seconds that it still runs. When the
+    /// statement is canceled this future is dropped: fits already running finish on their
+    /// threads and their results are thrown away, so nothing is registered.
     async fn with_progress<T>(
         &self,
-        mut work: tokio::task::JoinHandle<T>,
+        work: impl std::future::Future<Output = SqlResult<T>>,
         what: &str,
     ) -> SqlResult<T> {
         let clock = Instant::now();
         let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
         ticks.tick().await;
+        let mut work = std::pin::pin!(work);
         loop {
             tokio::select! {
-                done = &mut work => {
-                    return done.map_err(|e| SqlError::Internal(format!("training task failed: {e}")));
-                }
+                done = &mut work => return done,
                 _ = ticks.tick() => self.notices.send(format!(
-                    "train_model \"{}\": {what}, {} s so far",
+                    "{} \"{}\": {what}, {} s so far",
+                    if self.request.tune { "tune_model" } else { "train_model" },
                     self.request.model,
                     clock.elapsed().as_secs()
                 )),
@@ -457,7 +684,7 @@ impl TrainJob {
             .map(|(_, name)| name)
             .collect();
         Ok(Columns {
-            task: request.parameters.algorithm.task(),
+            task: request.algorithm.task(),
             label,
             inputs,
             features,
@@ -508,7 +735,7 @@ impl TrainJob {
             if !field.data_type().is_numeric() {
                 return Err(SqlError::DatatypeMismatch(format!(
                     "{} predicts a number, and label \"{}\" is {}",
-                    self.request.parameters.algorithm.sql_name(),
+                    self.request.algorithm.sql_name(),
                     columns.label,
                     crate::feature_view::pg_type_name(field.data_type())
                 )));
