@@ -112,6 +112,14 @@ impl PredictCalls<'_> {
         let [Expr::Value(name), Expr::Value(version), inputs @ ..] = exprs.as_slice() else {
             return Err(usage());
         };
+        if [name, version]
+            .iter()
+            .any(|v| matches!(v.value, ast::Value::Placeholder(_)))
+        {
+            return Err(SqlError::NotSupported(
+                "predict's model name and version must be constants, not parameters ($1): the model is chosen when the statement is planned".into(),
+            ));
+        }
         let (ast::Value::SingleQuotedString(name), ast::Value::Number(version, _)) =
             (&name.value, &version.value)
         else {

@@ -105,6 +105,13 @@ impl TrainModelFunction {
         if !(4..=5).contains(&args.len()) {
             return Err(SqlError::UndefinedFunction(usage.into()));
         }
+        // The call is planned before parameters are bound, and what it does depends on them.
+        if args.iter().any(|a| matches!(a, Expr::Placeholder(_))) {
+            return Err(SqlError::NotSupported(format!(
+                "{}'s arguments must be constants, not parameters ($1): they decide what it trains",
+                if self.tune { "tune_model" } else { "train_model" }
+            )));
+        }
         let text = |expr: &Expr| match expr {
             Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
                 Ok(s.clone())
