@@ -697,6 +697,7 @@ async fn drop_project(
             "cannot drop the currently open project \"{name}\"; connect to another project first"
         )));
     }
+    let models: Vec<_> = engine.catalog.snapshot().models(name).cloned().collect();
     let applied = engine
         .change_catalog(CatalogCommand::DropProject {
             name: name.to_string(),
@@ -705,6 +706,7 @@ async fn drop_project(
         .await?;
     if let Applied::Dropped(relations) = applied {
         remove_storage(engine, &relations).await?;
+        crate::models::remove_artifacts(engine, &models).await?;
     }
     Ok(tag)
 }

@@ -152,14 +152,21 @@ pub async fn drop(
         .change_catalog(CatalogCommand::DropModels { oids })
         .await?
     {
-        for model in dropped {
-            engine.models.remove(model.oid);
-            quiver_storage::delete_object(
-                engine.offline.location(),
-                &artifact_path(&model.project, &model.name, model.version, &model.run_id),
-            )
-            .await?;
-        }
+        remove_artifacts(engine, &dropped).await?;
     }
     Ok(tag)
+}
+
+/// Forgets and deletes the artifacts of models the catalog no longer has (a dropped model or
+/// project).
+pub(crate) async fn remove_artifacts(engine: &Engine, dropped: &[Model]) -> SqlResult<()> {
+    for model in dropped {
+        engine.models.remove(model.oid);
+        quiver_storage::delete_object(
+            engine.offline.location(),
+            &artifact_path(&model.project, &model.name, model.version, &model.run_id),
+        )
+        .await?;
+    }
+    Ok(())
 }

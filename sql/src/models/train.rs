@@ -109,7 +109,11 @@ impl TrainModelFunction {
         if args.iter().any(|a| matches!(a, Expr::Placeholder(_))) {
             return Err(SqlError::NotSupported(format!(
                 "{}'s arguments must be constants, not parameters ($1): they decide what it trains",
-                if self.tune { "tune_model" } else { "train_model" }
+                if self.tune {
+                    "tune_model"
+                } else {
+                    "train_model"
+                }
             )));
         }
         let text = |expr: &Expr| match expr {
