@@ -29,3 +29,10 @@ bench_start_quiver() {
   echo "quiver did not start" >&2
   exit 1
 }
+
+# Sets `work` to a fresh scratch directory; on exit the server started by bench_start_quiver is
+# stopped and the directory removed.
+bench_workdir() {
+  work=$(mktemp -d "/tmp/quiver-$1.XXXXXX")
+  trap 'if [ -n "${quiver_pid:-}" ]; then kill "$quiver_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+}

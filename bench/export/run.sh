@@ -13,12 +13,7 @@ source bench/lib.sh
 bench_build
 bench_venv
 
-work=$(mktemp -d /tmp/quiver-export.XXXXXX)
-cleanup() {
-  [ -n "${quiver_pid:-}" ] && kill "$quiver_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir export
 bench_start_quiver 5496 "$work/quiver"
 py() { "$venv/bin/python" bench/export/export.py --rows "$rows" --tf-rows "$tf_rows" --work "$work" "$@"; }
 py load-quiver

@@ -18,12 +18,7 @@ source bench/lib.sh
 bench_build
 bench_venv
 
-work=$(mktemp -d /tmp/quiver-bench.XXXXXX)
-cleanup() {
-  [ -n "${quiver_pid:-}" ] && kill "$quiver_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir pit
 
 start_quiver() {
   # Two cores' worth of query partitions, as DuckDB gets two threads.
