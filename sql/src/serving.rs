@@ -48,46 +48,54 @@ impl VisitorMut for ServingCalls<'_> {
     type Break = SqlError;
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
-        let TableFactor::Table {
-            name,
-            alias,
-            args: Some(args),
-            ..
-        } = factor
-        else {
-            return ControlFlow::Continue(());
-        };
-        let function = match name.0.as_slice() {
-            [single] => single.as_ident().map(normalize_ident),
-            _ => None,
-        };
-        let many = match function.as_deref() {
-            Some("feature_vector") => false,
-            Some("feature_vectors") => true,
-            _ => return ControlFlow::Continue(()),
-        };
-        let query = match self.query_for(many, &args.args) {
-            Ok(query) => query,
-            Err(e) => return ControlFlow::Break(e),
-        };
-        let alias = alias.take().unwrap_or_else(|| TableAlias {
-            explicit: true,
-            name: ast::Ident::new(if many {
-                "feature_vectors"
-            } else {
-                "feature_vector"
-            }),
-            columns: vec![],
-            at: None,
-        });
-        *factor = TableFactor::Derived {
-            lateral: false,
-            subquery: query,
-            alias: Some(alias),
-            sample: None,
-        };
-        ControlFlow::Continue(())
+        expand_table_function(
+            factor,
+            &["feature_vector", "feature_vectors"],
+            |function, args| self.query_for(function == "feature_vectors", args),
+        )
     }
+}
+
+/// Replaces a FROM item calling one of `functions` with the derived table `expand` builds from
+/// the function's name and arguments, aliased as written or else by the function's name.
+pub(crate) fn expand_table_function(
+    factor: &mut TableFactor,
+    functions: &[&str],
+    expand: impl FnOnce(&str, &[FunctionArg]) -> SqlResult<Box<ast::Query>>,
+) -> ControlFlow<SqlError> {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: Some(args),
+        ..
+    } = factor
+    else {
+        return ControlFlow::Continue(());
+    };
+    let Some(function) = (match name.0.as_slice() {
+        [single] => single.as_ident().map(normalize_ident),
+        _ => None,
+    })
+    .filter(|f| functions.contains(&f.as_str())) else {
+        return ControlFlow::Continue(());
+    };
+    let query = match expand(&function, &args.args) {
+        Ok(query) => query,
+        Err(e) => return ControlFlow::Break(e),
+    };
+    let alias = alias.take().unwrap_or_else(|| TableAlias {
+        explicit: true,
+        name: ast::Ident::new(function),
+        columns: vec![],
+        at: None,
+    });
+    *factor = TableFactor::Derived {
+        lateral: false,
+        subquery: query,
+        alias: Some(alias),
+        sample: None,
+    };
+    ControlFlow::Continue(())
 }
 
 impl ServingCalls<'_> {

@@ -28,7 +28,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use datafusion::sql::sqlparser::ast::{
-    self, Expr, FunctionArg, FunctionArgExpr, TableAlias, TableFactor, VisitorMut,
+    self, Expr, FunctionArg, FunctionArgExpr, TableFactor, VisitorMut,
 };
 use futures::StreamExt;
 use quiver_catalog::{CatalogState, Model, Oid};
@@ -36,9 +36,9 @@ use quiver_catalog::{CatalogState, Model, Oid};
 use super::predict::PREDICT_UDF;
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
-use crate::parser::{normalize_ident, quote_ident};
+use crate::parser::quote_ident;
 use crate::relation::RelationSink;
-use crate::serving::{Keys, serving_query};
+use crate::serving::{Keys, expand_table_function, serving_query};
 
 /// How long served rows wait in memory before they are written to the log, together.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -70,37 +70,7 @@ impl VisitorMut for ServeCalls<'_> {
     type Break = SqlError;
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
-        let TableFactor::Table {
-            name,
-            alias,
-            args: Some(args),
-            ..
-        } = factor
-        else {
-            return ControlFlow::Continue(());
-        };
-        let is_serve = matches!(name.0.as_slice(),
-            [single] if single.as_ident().map(normalize_ident).as_deref() == Some("serve"));
-        if !is_serve {
-            return ControlFlow::Continue(());
-        }
-        let query = match self.query_for(&args.args) {
-            Ok(query) => query,
-            Err(e) => return ControlFlow::Break(e),
-        };
-        let alias = alias.take().unwrap_or_else(|| TableAlias {
-            explicit: true,
-            name: ast::Ident::new("serve"),
-            columns: vec![],
-            at: None,
-        });
-        *factor = TableFactor::Derived {
-            lateral: false,
-            subquery: query,
-            alias: Some(alias),
-            sample: None,
-        };
-        ControlFlow::Continue(())
+        expand_table_function(factor, &["serve"], |_, args| self.query_for(args))
     }
 }
 
