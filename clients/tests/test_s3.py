@@ -121,3 +121,28 @@ def test_a_training_dataset_is_written_to_s3_and_read_back(s3, tmp_path):
             assert keys(client, "datasets/td/") == []
     finally:
         server.stop()
+
+
+def test_a_model_artifact_lives_beside_the_offline_store_on_s3(s3, tmp_path):
+    endpoint, client = s3
+    server = QuiverServer(tmp_path / "data", ["--offline-store", f"s3://{BUCKET}/warehouse"], s3_env(endpoint))
+    port = server.start()
+    try:
+        with connect(port) as conn:
+            conn.execute("CREATE FEATURE GROUP g (id BIGINT, x DOUBLE PRECISION, y DOUBLE PRECISION, PRIMARY KEY (id))")
+            conn.execute("INSERT INTO g SELECT value, value * 0.5, value * 1.5 + 2 FROM generate_series(1, 500)")
+            conn.execute("CREATE TRAINING DATASET td AS SELECT x, y FROM g FORMAT parquet SPLIT (train = 0.8, test = 0.2)")
+            conn.execute("SELECT * FROM train_model('lin', 'td', 1, 'linear_regression', '{\"label\": \"y\"}')")
+            (artifact,) = conn.execute("SELECT artifact FROM quiver.models").fetchone()
+            assert artifact.startswith(f"s3://{BUCKET}/warehouse/models/quiver/lin/1-"), artifact
+            assert len(keys(client, "warehouse/models/")) == 1
+        # A restarted server reads the artifact back from S3 to score.
+        server.stop()
+        port = server.start()
+        with connect(port) as conn:
+            (predicted,) = conn.execute("SELECT predict('lin', 1, 10.0)").fetchone()
+            assert abs(predicted - 32.0) < 1e-9  # y = 3x + 2
+            conn.execute("DROP MODEL lin")
+            assert keys(client, "warehouse/models/") == []
+    finally:
+        server.stop()
