@@ -56,6 +56,34 @@ impl VisitorMut for ServingCalls<'_> {
     }
 }
 
+/// Whether a statement calls one of `functions` in a FROM clause.
+pub(crate) fn calls_table_function(statement: &ast::Statement, functions: &[&str]) -> bool {
+    struct FindCall<'a>(&'a [&'a str], bool);
+    impl ast::Visitor for FindCall<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } = factor
+                && let [single] = name.0.as_slice()
+                && single
+                    .as_ident()
+                    .map(normalize_ident)
+                    .is_some_and(|f| self.0.contains(&f.as_str()))
+            {
+                self.1 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = FindCall(functions, false);
+    let _ = ast::Visit::visit(statement, &mut finder);
+    finder.1
+}
+
 /// Replaces a FROM item calling one of `functions` with the derived table `expand` builds from
 /// the function's name and arguments, aliased as written or else by the function's name.
 pub(crate) fn expand_table_function(

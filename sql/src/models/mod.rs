@@ -12,16 +12,13 @@ mod serve;
 mod train;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use datafusion::sql::sqlparser::ast::{self, Visit, Visitor};
 use quiver_catalog::{Applied, CatalogCommand, Model, Oid};
 
 use crate::Engine;
 use crate::ddl::oids_to_drop;
 use crate::error::{SqlError, SqlResult};
-use crate::parser::normalize_ident;
 use crate::session::{CommandTag, Session};
 
 pub(crate) use algorithm::Fitted;
@@ -31,35 +28,6 @@ pub(crate) use serve::{
     LogPredictions, PredictionLog, ensure_logs, rewrite_serve_calls, served_models, with_logging,
 };
 pub(crate) use train::TrainModelFunction;
-
-/// Whether a statement calls `train_model` or `tune_model`, whose rows are a side effect's
-/// result.
-pub(crate) fn trains(statement: &ast::Statement) -> bool {
-    struct FindTraining(bool);
-    impl Visitor for FindTraining {
-        type Break = ();
-        fn pre_visit_table_factor(&mut self, factor: &ast::TableFactor) -> ControlFlow<()> {
-            if let ast::TableFactor::Table {
-                name,
-                args: Some(_),
-                ..
-            } = factor
-                && let [single] = name.0.as_slice()
-                && matches!(
-                    single.as_ident().map(normalize_ident).as_deref(),
-                    Some("train_model" | "tune_model")
-                )
-            {
-                self.0 = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut finder = FindTraining(false);
-    let _ = statement.visit(&mut finder);
-    finder.0
-}
 
 /// Where a model version's artifact lives, under the offline store's location. The run id makes
 /// two runs that raced for the same version write different objects.
