@@ -193,3 +193,17 @@ def test_a_canceled_training_reports_progress_and_registers_nothing(conn):
     assert any("fitting random_forest_classifier" in n for n in notices), notices
     assert conn.execute("SELECT count(*) FROM quiver.models WHERE name = 'slow'").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM quiver.experiments WHERE model = 'slow'").fetchone() == (0,)
+
+
+def test_dropping_a_project_deletes_its_models_artifacts(quiver, tmp_path):
+    with psycopg.connect(host="127.0.0.1", port=quiver, user="quiver", dbname="quiver", autocommit=True) as admin:
+        admin.execute("CREATE PROJECT lab")
+        with psycopg.connect(host="127.0.0.1", port=quiver, user="quiver", dbname="lab", autocommit=True) as conn:
+            conn.execute("CREATE TABLE pts (x DOUBLE PRECISION, y DOUBLE PRECISION)")
+            conn.execute("INSERT INTO pts SELECT value, 2 * value + 1 FROM generate_series(1, 200)")
+            conn.execute("CREATE TRAINING DATASET td AS SELECT x, y FROM pts FORMAT parquet SPLIT (train = 0.8, test = 0.2)")
+            conn.execute("""SELECT * FROM train_model('line', 'td', 1, 'linear_regression', '{"label": "y"}')""")
+        artifacts = tmp_path / "data" / "offline" / "models" / "lab"
+        assert len(list(artifacts.rglob("*.json"))) == 1
+        admin.execute("DROP PROJECT lab CASCADE")
+        assert list(artifacts.rglob("*.json")) == []

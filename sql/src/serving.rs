@@ -56,6 +56,16 @@ impl VisitorMut for ServingCalls<'_> {
     }
 }
 
+/// A call's arguments when all are plain expressions (no names, no `*`).
+pub(crate) fn unnamed_args(args: &[FunctionArg]) -> Option<Vec<&Expr>> {
+    args.iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether a statement calls one of `functions` in a FROM clause.
 pub(crate) fn calls_table_function(statement: &ast::Statement, functions: &[&str]) -> bool {
     struct FindCall<'a>(&'a [&'a str], bool);
@@ -135,13 +145,7 @@ impl ServingCalls<'_> {
                 "feature_vector takes a feature view's name and its key: feature_vector('fraud', 42)".into()
             })
         };
-        let mut exprs = Vec::with_capacity(args.len());
-        for arg in args {
-            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
-                return Err(usage());
-            };
-            exprs.push(expr);
-        }
+        let exprs = unnamed_args(args).ok_or_else(usage)?;
         let Some((Expr::Value(view_name), keys)) = exprs.split_first().map(|(v, k)| (*v, k)) else {
             return Err(usage());
         };

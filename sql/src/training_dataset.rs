@@ -963,14 +963,7 @@ impl ScalarUDFImpl for SplitFraction {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
-        let seed = match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(seed)))) => *seed as u64,
-            _ => {
-                return Err(DataFusionError::Internal(
-                    "quiver_split_fraction needs a seed first".into(),
-                ));
-            }
-        };
+        let seed = leading_int64(&args, "quiver_split_fraction", "a seed")? as u64;
         // A column may arrive as Utf8View in one plan and Utf8 in another (a scan's own types
         // against the planned ones), and the two hash differently: hash one canonical type.
         let arrays = args.args[1..]
@@ -993,6 +986,17 @@ impl ScalarUDFImpl for SplitFraction {
             .map(|h| (mix(*h) >> 11) as f64 / (1u64 << 53) as f64)
             .collect();
         Ok(ColumnarValue::Array(Arc::new(fractions)))
+    }
+}
+
+/// The constant first argument of one of Quiver's internal UDFs (a seed, a model's OID), which
+/// the rewrite that calls it always writes as an integer literal.
+pub(crate) fn leading_int64(args: &ScalarFunctionArgs, udf: &str, what: &str) -> DfResult<i64> {
+    match args.args.first() {
+        Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(value)))) => Ok(*value),
+        _ => Err(DataFusionError::Internal(format!(
+            "{udf} needs {what} first"
+        ))),
     }
 }
 

@@ -61,12 +61,16 @@ impl ModelCache {
             &artifact_path(&model.project, &model.name, model.version, &model.run_id),
         )
         .await?;
-        let fitted: Fitted = serde_json::from_slice(&bytes).map_err(|e| {
-            SqlError::Internal(format!(
-                "the artifact of model \"{}\" version {}: {e}",
-                model.name, model.version
-            ))
-        })?;
+        // A forest's artifact is megabytes of JSON: parsed off the async runtime.
+        let fitted: Fitted = tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes))
+            .await
+            .map_err(|e| SqlError::Internal(format!("loading a model failed: {e}")))?
+            .map_err(|e| {
+                SqlError::Internal(format!(
+                    "the artifact of model \"{}\" version {}: {e}",
+                    model.name, model.version
+                ))
+            })?;
         let fitted = Arc::new(fitted);
         self.insert(model.oid, fitted.clone());
         Ok(fitted)

@@ -11,13 +11,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
-use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::sql::sqlparser::ast::{
-    self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, VisitorMut,
-};
+use datafusion::sql::sqlparser::ast::{self, Expr, FunctionArguments, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use quiver_catalog::{CatalogState, Model, Oid};
@@ -25,7 +23,8 @@ use quiver_catalog::{CatalogState, Model, Oid};
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::normalize_ident;
-use crate::training_dataset::transformed_columns;
+use crate::serving::unnamed_args;
+use crate::training_dataset::{leading_int64, transformed_columns};
 
 /// The UDF calls of `predict` become.
 pub(crate) const PREDICT_UDF: &str = "quiver_predict";
@@ -102,13 +101,7 @@ impl PredictCalls<'_> {
         let FunctionArguments::List(list) = args else {
             return Err(usage());
         };
-        let mut exprs = Vec::with_capacity(list.args.len());
-        for arg in &list.args {
-            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
-                return Err(usage());
-            };
-            exprs.push(expr.clone());
-        }
+        let exprs = unnamed_args(&list.args).ok_or_else(usage)?;
         let [Expr::Value(name), Expr::Value(version), inputs @ ..] = exprs.as_slice() else {
             return Err(usage());
         };
@@ -235,14 +228,7 @@ impl ScalarUDFImpl for PredictFunction {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
-        let oid: Oid = match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(oid)))) => *oid as Oid,
-            _ => {
-                return Err(DataFusionError::Internal(format!(
-                    "{PREDICT_UDF} needs a model oid first"
-                )));
-            }
-        };
+        let oid = leading_int64(&args, PREDICT_UDF, "a model oid")? as Oid;
         let fitted = self.engine.models.get(oid).ok_or_else(|| {
             DataFusionError::Execution(format!("model {oid} is not loaded (was it dropped?)"))
         })?;
@@ -261,11 +247,13 @@ impl ScalarUDFImpl for PredictFunction {
         let complete: Vec<bool> = (0..rows)
             .map(|i| columns.iter().all(|c| c.is_valid(i)))
             .collect();
+        let values: Vec<&[f64]> = columns
+            .iter()
+            .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
+            .collect();
         let mut features = Vec::with_capacity(rows * width);
         for (i, _) in complete.iter().enumerate().filter(|(_, c)| **c) {
-            for column in &columns {
-                features.push(column.as_primitive::<Float64Type>().value(i));
-            }
+            features.extend(values.iter().map(|column| column[i]));
         }
         let predictions = fitted
             .predict(&features, width)

@@ -27,9 +27,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use datafusion::sql::sqlparser::ast::{
-    self, Expr, FunctionArg, FunctionArgExpr, TableFactor, VisitorMut,
-};
+use datafusion::sql::sqlparser::ast::{self, Expr, FunctionArg, TableFactor, VisitorMut};
 use futures::StreamExt;
 use quiver_catalog::{CatalogState, Model, Oid};
 
@@ -38,7 +36,7 @@ use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::quote_ident;
 use crate::relation::RelationSink;
-use crate::serving::{Keys, expand_table_function, serving_query};
+use crate::serving::{Keys, expand_table_function, serving_query, unnamed_args};
 
 /// How long served rows wait in memory before they are written to the log, together.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -81,13 +79,7 @@ impl ServeCalls<'_> {
                 "serve takes a model's name and the key of its feature view: serve('fraud_model', 42); 'fraud_model_2' serves version 2".into(),
             )
         };
-        let mut exprs = Vec::with_capacity(args.len());
-        for arg in args {
-            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
-                return Err(usage());
-            };
-            exprs.push(expr);
-        }
+        let exprs = unnamed_args(args).ok_or_else(usage)?;
         let Some((Expr::Value(model_name), keys)) = exprs.split_first().map(|(m, k)| (*m, k))
         else {
             return Err(usage());

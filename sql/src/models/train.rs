@@ -543,7 +543,11 @@ impl TrainJob {
             .max()
             .unwrap_or(0)
             + 1;
-        let artifact = serde_json::to_vec(trial.fitted.as_ref())
+        // Megabytes of JSON for a forest: written off the async runtime.
+        let fitted = trial.fitted.clone();
+        let artifact = tokio::task::spawn_blocking(move || serde_json::to_vec(fitted.as_ref()))
+            .await
+            .map_err(|e| SqlError::Internal(format!("serializing the model failed: {e}")))?
             .map_err(|e| SqlError::Internal(format!("serializing the model: {e}")))?;
         let root = self.engine.offline.location();
         let relative = artifact_path(&self.project, &request.model, version, &trial.run_id);
