@@ -148,9 +148,11 @@ def served_for(served, key):
     return next(p for k, p in served.values() if k == key)
 
 
-def test_train_model_refuses_parameters(conn):
+def test_train_model_and_predict_refuse_parameters_for_the_model(conn):
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="must be constants"):
         conn.execute("SELECT * FROM train_model('m', 'risk_td', 1, %s)", ("logistic_regression",))
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="must be constants"):
+        conn.execute("SELECT predict(%s, 1, 0.5, 0.5)", ("risk_model",))
 
 
 def test_tune_records_every_trial_and_registers_the_best(conn):
