@@ -633,6 +633,16 @@ impl CatalogState {
         self.users.get(name)
     }
 
+    /// Every user, by name.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    /// The feature view version with this OID.
+    pub fn feature_view_by_oid(&self, oid: Oid) -> Option<&FeatureView> {
+        self.feature_views.get(&oid)
+    }
+
     /// Every version of a feature view, oldest first.
     pub fn feature_view_versions<'a>(
         &'a self,

@@ -112,3 +112,51 @@ CREATE FEATURE GROUP served (id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, score DO
     assert result.returncode == 0, result.stderr
     expected = (pathlib.Path(__file__).parent / "expected" / "describe_online.out").read_text()
     assert result.stdout == expected
+
+
+META_COMMANDS = r"""
+CREATE FEATURE GROUP transactions (cc_num BIGINT NOT NULL, amount DOUBLE PRECISION, category TEXT,
+    ts TIMESTAMP NOT NULL, PRIMARY KEY (cc_num), EVENT TIME ts)
+    WITH (online = true, description = 'card transactions');
+CREATE TABLE labels (id BIGINT PRIMARY KEY, fraud BOOLEAN);
+CREATE FEATURE VIEW spend AS SELECT cc_num, amount FROM transactions;
+CREATE PROJECT fraud;
+\echo == l
+\l
+\echo == dn
+\dn
+\echo == dt
+\dt
+\echo == dv
+\dv
+\echo == di
+\di
+\echo == dt online.*
+\dt online.*
+\echo == d transactions
+\d transactions
+\echo == d+ transactions
+\d+ transactions
+\echo == d online.transactions
+\d online.transactions
+\echo == d labels
+\d labels
+\echo == d+ spend
+\d+ spend
+\echo == d transactions_pkey
+\d transactions_pkey
+\echo == du
+\du
+"""
+
+
+def test_meta_commands(quiver):
+    """psql's meta-commands answered from pg_catalog: listings, \\d and \\d+ with primary-key
+    indexes, owners and view definitions, compared with an expected file."""
+    result = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(quiver), "-U", "quiver", "-X", "-v", "ON_ERROR_STOP=1"],
+        input=META_COMMANDS, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = (pathlib.Path(__file__).parent / "expected" / "meta_commands.out").read_text()
+    assert result.stdout == expected

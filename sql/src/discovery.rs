@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
     TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{
-    DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, TimeUnit,
+    DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, SchemaRef, TimeUnit,
 };
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -88,6 +88,24 @@ pub async fn table(
     };
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
     Ok(Some(Arc::new(table)))
+}
+
+/// The columns of the discovery table `name`, without computing its rows (row counts read the
+/// stores), or `None` if there is no such table.
+pub(crate) fn schema(name: &str) -> SqlResult<Option<SchemaRef>> {
+    let empty = match name {
+        "feature_groups" => feature_groups(&[], &[])?,
+        "features" => features(&[])?,
+        "tables" => tables_batch(&[], &[])?,
+        "projects" => projects(&[])?,
+        "feature_views" => feature_views(&[])?,
+        "training_datasets" => training_datasets(&[])?,
+        "feature_view_columns" => feature_view_columns(&[])?,
+        "models" => models(&[])?,
+        "experiments" => experiments(&[])?,
+        _ => return Ok(None),
+    };
+    Ok(Some(empty.schema()))
 }
 
 fn timestamptz() -> DataType {

@@ -195,7 +195,10 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
     Ok(COMPATIBILITY
         .parse(sql)?
         .into_iter()
-        .map(translate_synonyms)
+        .map(|mut statement| {
+            crate::system_catalog::rewrite_catalog_query(&mut statement);
+            translate_synonyms(statement)
+        })
         .collect())
 }
 

@@ -674,7 +674,7 @@ pub(crate) fn build_context(
     // json_get & co. and the -> / ->> operators, as PostgreSQL users read JSON text with.
     datafusion_functions_json::register_all(&mut state)?;
     let context = SessionContext::new_with_state(state);
-    engine.system_catalog.install(&context, project)?;
+    engine.system_catalog.install(engine, &context, project)?;
     context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         models::PredictFunction::new(engine.clone()),
     ));

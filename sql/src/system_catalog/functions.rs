@@ -1,0 +1,363 @@
+//! The system functions whose answers come from Quiver's catalog, replacing datafusion-pg-catalog's
+//! placeholders: `pg_get_userbyid`, `pg_table_is_visible`, `pg_get_indexdef`,
+//! `pg_get_constraintdef`, `pg_get_viewdef`, `col_description`, `obj_description`,
+//! `pg_function_is_visible` and `version()`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int32Type};
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, create_udf,
+};
+
+use quiver_catalog::CatalogState;
+
+use super::objects::{self, Facet};
+use crate::Engine;
+
+/// Which function a [`CatalogFunction`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    UserById,
+    TableIsVisible,
+    FunctionIsVisible,
+    IndexDef,
+    ConstraintDef,
+    ColumnDescription,
+    ObjectDescription,
+    ViewDef,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::UserById => "pg_get_userbyid",
+            Kind::TableIsVisible => "pg_table_is_visible",
+            Kind::FunctionIsVisible => "pg_function_is_visible",
+            Kind::IndexDef => "pg_get_indexdef",
+            Kind::ConstraintDef => "pg_get_constraintdef",
+            Kind::ColumnDescription => "col_description",
+            Kind::ObjectDescription => "obj_description",
+            Kind::ViewDef => "pg_get_viewdef",
+        }
+    }
+
+    /// How many arguments the function takes (PostgreSQL's optional ones included).
+    fn arities(self) -> &'static [usize] {
+        match self {
+            Kind::IndexDef => &[1, 3],
+            Kind::ConstraintDef | Kind::ObjectDescription | Kind::ViewDef => &[1, 2],
+            Kind::ColumnDescription => &[2],
+            _ => &[1],
+        }
+    }
+}
+
+/// The version string `version()` returns. Drivers and ORMs (SQLAlchemy above all) parse the
+/// PostgreSQL release out of it, so it starts as PostgreSQL's does.
+pub(crate) fn version_string() -> String {
+    format!(
+        "PostgreSQL {} (Quiver {}) on {}-linux, 64-bit",
+        crate::settings::SERVER_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// The functions for one session's context.
+pub(crate) fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
+    [
+        Kind::UserById,
+        Kind::TableIsVisible,
+        Kind::FunctionIsVisible,
+        Kind::IndexDef,
+        Kind::ConstraintDef,
+        Kind::ColumnDescription,
+        Kind::ObjectDescription,
+        Kind::ViewDef,
+    ]
+    .into_iter()
+    .map(|kind| {
+        ScalarUDF::new_from_impl(CatalogFunction {
+            kind,
+            engine: engine.clone(),
+            signature: Signature::one_of(
+                kind.arities()
+                    .iter()
+                    .map(|arity| TypeSignature::Any(*arity))
+                    .collect(),
+                Volatility::Stable,
+            ),
+        })
+    })
+    .chain([create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                version_string(),
+            ))))
+        }),
+    )])
+    .collect()
+}
+
+#[derive(Debug)]
+struct CatalogFunction {
+    kind: Kind,
+    engine: Arc<Engine>,
+    signature: Signature,
+}
+
+impl PartialEq for CatalogFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+
+impl Eq for CatalogFunction {}
+
+impl std::hash::Hash for CatalogFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CatalogFunction {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.kind {
+            Kind::TableIsVisible | Kind::FunctionIsVisible => DataType::Boolean,
+            _ => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let oids = cast(&args.args[0].to_array(rows)?, &DataType::Int32)?;
+        let oids = oids.as_primitive::<Int32Type>();
+        // pg_get_indexdef's second argument: 0 for the whole definition, n for the n-th column;
+        // col_description's: the column's number.
+        let column = match args.args.get(1) {
+            Some(value) if matches!(self.kind, Kind::IndexDef | Kind::ColumnDescription) => {
+                Some(cast(&value.to_array(rows)?, &DataType::Int32)?)
+            }
+            _ => None,
+        };
+        let snapshot = self.engine.catalog.snapshot();
+        let result: ArrayRef = match self.kind {
+            Kind::TableIsVisible => Arc::new(
+                oids.iter()
+                    .map(|oid| oid.map(table_is_visible))
+                    .collect::<BooleanArray>(),
+            ),
+            Kind::FunctionIsVisible => Arc::new(
+                // Every function lives in pg_catalog, which is always on the search path.
+                oids.iter()
+                    .map(|oid| oid.map(|_| true))
+                    .collect::<BooleanArray>(),
+            ),
+            Kind::UserById => Arc::new(
+                oids.iter()
+                    .map(|oid| oid.map(|oid| user_name(&snapshot, oid)))
+                    .collect::<StringArray>(),
+            ),
+            Kind::IndexDef | Kind::ColumnDescription => Arc::new(
+                (0..oids.len())
+                    .map(|i| {
+                        if oids.is_null(i) {
+                            return None;
+                        }
+                        let column = column
+                            .as_ref()
+                            .map(|c| c.as_primitive::<Int32Type>())
+                            .filter(|c| c.is_valid(i))
+                            .map_or(0, |c| c.value(i));
+                        match self.kind {
+                            Kind::IndexDef => index_definition(&snapshot, oids.value(i), column),
+                            _ => description(&snapshot, oids.value(i), column),
+                        }
+                    })
+                    .collect::<StringArray>(),
+            ),
+            Kind::ViewDef => Arc::new(
+                oids.iter()
+                    .map(|oid| {
+                        let (object, _) = Facet::split(oid?)?;
+                        Some(snapshot.feature_view_by_oid(object)?.query.clone())
+                    })
+                    .collect::<StringArray>(),
+            ),
+            Kind::ObjectDescription => Arc::new(
+                oids.iter()
+                    .map(|oid| oid.and_then(|oid| description(&snapshot, oid, 0)))
+                    .collect::<StringArray>(),
+            ),
+            Kind::ConstraintDef => Arc::new(
+                oids.iter()
+                    .map(|oid| oid.and_then(|oid| constraint_definition(&snapshot, oid)))
+                    .collect::<StringArray>(),
+            ),
+        };
+        Ok(ColumnarValue::Array(result))
+    }
+}
+
+/// Whether an unqualified name finds the relation with this OID: only those in `public` (and
+/// `pg_catalog`) are on the search path.
+fn table_is_visible(oid: i32) -> bool {
+    Facet::split(oid).is_some_and(|(_, facet)| objects::namespace_is_visible(facet.namespace()))
+}
+
+/// The comment on a relation (`column` 0) or on its `column`-th column: a feature group's
+/// description, a feature view's, a column's.
+fn description(snapshot: &CatalogState, oid: i32, column: i32) -> Option<String> {
+    let (object, facet) = Facet::split(oid)?;
+    if facet.is_key() {
+        return None;
+    }
+    if let Some(relation) = snapshot.relation(object) {
+        return match column {
+            0 => relation
+                .feature_group()
+                .and_then(|spec| spec.options.description.clone()),
+            n => relation
+                .columns
+                .get(usize::try_from(n).ok()?.checked_sub(1)?)?
+                .description
+                .clone(),
+        };
+    }
+    let view = snapshot.feature_view_by_oid(object)?;
+    (column == 0).then(|| view.description.clone()).flatten()
+}
+
+/// PostgreSQL prints an unknown role OID this way.
+fn user_name(snapshot: &CatalogState, oid: i32) -> String {
+    snapshot
+        .users()
+        .find(|user| user.oid as i32 == oid)
+        .map_or_else(|| format!("unknown (OID={oid})"), |user| user.name.clone())
+}
+
+/// The primary-key index or constraint with this OID: its schema, table, name and key columns.
+struct KeyIndex {
+    schema: &'static str,
+    table: String,
+    name: String,
+    key: Vec<String>,
+}
+
+fn key_index(snapshot: &CatalogState, oid: i32) -> Option<KeyIndex> {
+    let (object, facet) = Facet::split(oid)?;
+    if !facet.is_key() {
+        return None;
+    }
+    let relation = snapshot.relation(object)?;
+    if relation.primary_key.is_empty() {
+        return None;
+    }
+    let table = match facet {
+        Facet::LatestKey | Facet::OnlineLatestKey => relation.name.clone(),
+        _ => relation.qualified_name(),
+    };
+    let schema = objects::namespaces()
+        .into_iter()
+        .find(|namespace| namespace.oid == facet.namespace())
+        .map_or("public", |namespace| namespace.name);
+    Some(KeyIndex {
+        schema,
+        name: format!("{table}_pkey"),
+        table,
+        key: relation.primary_key.clone(),
+    })
+}
+
+/// `CREATE UNIQUE INDEX ...` for a primary-key index, or the name of its `column`-th key column.
+fn index_definition(snapshot: &CatalogState, oid: i32, column: i32) -> Option<String> {
+    let index = key_index(snapshot, oid)?;
+    if column > 0 {
+        return index.key.get(column as usize - 1).map(|c| quote(c));
+    }
+    Some(format!(
+        "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({})",
+        quote(&index.name),
+        index.schema,
+        quote(&index.table),
+        index
+            .key
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// `PRIMARY KEY (...)` for a primary-key constraint.
+fn constraint_definition(snapshot: &CatalogState, oid: i32) -> Option<String> {
+    let index = key_index(snapshot, oid)?;
+    Some(format!(
+        "PRIMARY KEY ({})",
+        index
+            .key
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// An identifier as PostgreSQL prints it: bare when it is a plain lower-case name.
+fn quote(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_as_postgresql_prints_them() {
+        assert_eq!(quote("cc_num"), "cc_num");
+        assert_eq!(quote("Amount"), "\"Amount\"");
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote("1st"), "\"1st\"");
+    }
+
+    #[test]
+    fn only_public_relations_are_visible() {
+        assert!(table_is_visible(Facet::Latest.oid(16_400)));
+        assert!(table_is_visible(Facet::VersionedKey.oid(16_400)));
+        assert!(!table_is_visible(Facet::OnlineLatest.oid(16_400)));
+        assert!(!table_is_visible(14_100));
+    }
+
+    #[test]
+    fn version_names_the_postgresql_release_first() {
+        assert!(version_string().starts_with("PostgreSQL 15.0 (Quiver "));
+    }
+}

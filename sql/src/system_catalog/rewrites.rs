@@ -1,0 +1,261 @@
+//! Rewrites of the PostgreSQL-isms in clients' catalog queries that datafusion-pg-catalog's
+//! compatibility parser leaves, into SQL DataFusion plans. They apply to statements that read
+//! `pg_catalog` only (see `parser::parse`).
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{self, ObjectName, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// Rewrites a catalog query in place.
+pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
+    array_subqueries_to_aggregates(statement);
+    let _ = statement.visit(&mut ExistsInSelectList);
+}
+
+/// `EXISTS (SELECT ... FROM ... WHERE ...)` in a select list (psql's `\d index`) as
+/// `coalesce((SELECT count(*) FROM ... WHERE ...), 0) > 0`: DataFusion plans EXISTS only as a
+/// filter, but it decorrelates a counting scalar subquery anywhere. The coalesce is there
+/// because a decorrelated count of no rows is NULL rather than 0.
+struct ExistsInSelectList;
+
+impl VisitorMut for ExistsInSelectList {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
+        if let ast::SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                let (ast::SelectItem::UnnamedExpr(expr)
+                | ast::SelectItem::ExprWithAlias { expr, .. }) = item
+                else {
+                    continue;
+                };
+                let _ = ast::visit_expressions_mut(expr, |expr| {
+                    if let ast::Expr::Exists { subquery, negated } = expr
+                        && let Some(count) = counted(subquery)
+                    {
+                        let comparison = if *negated { "= 0" } else { "> 0" };
+                        if let Ok(rewritten) = Parser::new(&PostgreSqlDialect {})
+                            .try_with_sql(&format!("coalesce(({count}), 0) {comparison}"))
+                            .and_then(|mut parser| parser.parse_expr())
+                        {
+                            *expr = ast::Expr::Nested(Box::new(rewritten));
+                        }
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `SELECT ... FROM f WHERE w` as `SELECT count(*) FROM f WHERE w`, for a plain select.
+fn counted(query: &ast::Query) -> Option<ast::Query> {
+    let mut query = query.clone();
+    if query.limit_clause.is_some() || query.fetch.is_some() || query.with.is_some() {
+        return None;
+    }
+    query.order_by = None;
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped || select.having.is_some() {
+        return None;
+    }
+    select.distinct = None;
+    select.projection = vec![ast::SelectItem::UnnamedExpr(
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql("count(*)")
+            .and_then(|mut parser| parser.parse_expr())
+            .ok()?,
+    )];
+    Some(query)
+}
+
+/// PostgreSQL's `ARRAY(SELECT e FROM ...)` collects a subquery's rows into an array. DataFusion
+/// has no such constructor, but `(SELECT array_agg(e) FROM ...)` is the same, except that no rows
+/// give NULL rather than an empty array, which the catalog queries that use it (psql's `\d+` and
+/// `\du`) print alike. Subqueries of another shape are left for the planner to refuse.
+fn array_subqueries_to_aggregates(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(call) = expr
+            && let [name] = call.name.0.as_slice()
+            && name
+                .as_ident()
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("array"))
+            && let ast::FunctionArguments::Subquery(query) = &call.args
+            && let Some(array) = array_of_rows(query)
+        {
+            *expr = array;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The array and element alias of `FROM unnest(a) x`, the only relation of a FROM clause.
+fn unnested_array(from: &[ast::TableWithJoins]) -> Option<(ast::Expr, ast::Ident)> {
+    let [relation] = from else {
+        return None;
+    };
+    if !relation.joins.is_empty() {
+        return None;
+    }
+    let ast::TableFactor::Table {
+        name,
+        alias: Some(alias),
+        args: Some(args),
+        ..
+    } = &relation.relation
+    else {
+        return None;
+    };
+    let is_unnest = name
+        .0
+        .last()
+        .and_then(|part| part.as_ident())
+        .is_some_and(|ident| ident.value.eq_ignore_ascii_case("unnest"));
+    match args.args.as_slice() {
+        [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array))]
+            if is_unnest && alias.columns.is_empty() =>
+        {
+            Some((array.clone(), alias.name.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// `ARRAY(SELECT e FROM ... [ORDER BY o])` as `(SELECT array_agg(e [ORDER BY o]) FROM ...)`, and
+/// `ARRAY(SELECT e(x) FROM unnest(a) x)` as `array_transform(a, x -> e(x))`.
+fn array_of_rows(query: &ast::Query) -> Option<ast::Expr> {
+    let mut query = query.clone();
+    if query.limit_clause.is_some() || query.fetch.is_some() || query.with.is_some() {
+        return None;
+    }
+    let order_by = query.order_by.take();
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    if select.distinct.is_some() || grouped || select.having.is_some() {
+        return None;
+    }
+    let element = match select.projection.as_slice() {
+        [ast::SelectItem::UnnamedExpr(expr)] | [ast::SelectItem::ExprWithAlias { expr, .. }] => {
+            expr
+        }
+        _ => return None,
+    };
+    if order_by.is_none()
+        && select.selection.is_none()
+        && let Some((array, alias)) = unnested_array(&select.from)
+    {
+        // `ARRAY(SELECT e(x) FROM unnest(a) x)` maps e over a; the subquery would need a lateral
+        // join, which DataFusion does not plan, but its lambda does the same.
+        let lambda = ast::Expr::Lambda(ast::LambdaFunction {
+            params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+                name: alias,
+                data_type: None,
+            }),
+            body: Box::new(element.clone()),
+            syntax: ast::LambdaSyntax::Arrow,
+        });
+        let transform = ast::Function {
+            name: ObjectName::from(vec![ast::Ident::new("array_transform")]),
+            uses_odbc_syntax: false,
+            parameters: ast::FunctionArguments::None,
+            args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(lambda)),
+                ],
+                clauses: Vec::new(),
+            }),
+            filter: None,
+            null_treatment: None,
+            over: None,
+            within_group: Vec::new(),
+        };
+        return Some(ast::Expr::Function(transform));
+    }
+    let positional = order_by.as_ref().is_some_and(|order_by| {
+        matches!(&order_by.kind, ast::OrderByKind::Expressions(exprs)
+            if exprs.iter().any(|e| matches!(e.expr, ast::Expr::Value(_))))
+    });
+    if positional {
+        // `ORDER BY 1` names a select-list position, not a value to order the aggregate by.
+        return None;
+    }
+    let aggregate = match order_by {
+        Some(order_by) => format!("array_agg({element} {order_by})"),
+        None => format!("array_agg({element})"),
+    };
+    let aggregate = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&aggregate)
+        .and_then(|mut parser| parser.parse_expr())
+        .ok()?;
+    select.projection = vec![ast::SelectItem::UnnamedExpr(aggregate)];
+    Some(ast::Expr::Subquery(Box::new(query)))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parser::{Statement, parse};
+
+    #[test]
+    fn array_subqueries_of_catalog_queries_become_aggregates() {
+        let psql = "SELECT ARRAY(SELECT b.rolname FROM pg_catalog.pg_roles b \
+                    WHERE b.oid = r.oid ORDER BY b.rolname) AS memberof FROM pg_catalog.pg_roles r";
+        let parsed: [Statement; 1] = parse(psql).unwrap().try_into().unwrap();
+        let [Statement::Sql(rewritten)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        assert_eq!(
+            rewritten.to_string(),
+            "SELECT (SELECT array_agg(b.rolname ORDER BY b.rolname) FROM pg_catalog.pg_roles b \
+             WHERE b.oid = r.oid) AS memberof FROM pg_catalog.pg_roles r"
+        );
+
+        // A shape array_agg cannot express is left alone.
+        let limited = "SELECT ARRAY(SELECT relname FROM pg_catalog.pg_class ORDER BY 1)";
+        let parsed: [Statement; 1] = parse(limited).unwrap().try_into().unwrap();
+        let [Statement::Sql(kept)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        assert!(
+            kept.to_string().starts_with("SELECT ARRAY(SELECT"),
+            "{kept}"
+        );
+
+        let unnest = "SELECT array(select 'toast.' || x from pg_catalog.unnest(c.reloptions) x) \
+                      FROM pg_catalog.pg_class c";
+        let parsed: [Statement; 1] = parse(unnest).unwrap().try_into().unwrap();
+        let [Statement::Sql(mapped)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        assert_eq!(
+            mapped.to_string(),
+            "SELECT array_transform(c.reloptions, x -> 'toast.' || x) FROM pg_catalog.pg_class c"
+        );
+    }
+
+    #[test]
+    fn exists_in_a_select_list_becomes_a_count() {
+        let psql = "SELECT NOT i.indimmediate AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                    WHERE conindid = i.indexrelid) AS d FROM pg_catalog.pg_index i \
+                    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = i.indrelid)";
+        let parsed: [Statement; 1] = parse(psql).unwrap().try_into().unwrap();
+        let [Statement::Sql(rewritten)] = parsed else {
+            panic!("one plain statement expected");
+        };
+        assert_eq!(
+            rewritten.to_string(),
+            "SELECT NOT i.indimmediate AND (coalesce((SELECT count(*) FROM pg_catalog.pg_constraint \
+             WHERE conindid = i.indexrelid), 0) > 0) AS d FROM pg_catalog.pg_index i \
+             WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = i.indrelid)"
+        );
+    }
+}
