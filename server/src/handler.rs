@@ -1,6 +1,7 @@
 //! The pgwire handlers: they translate between protocol messages and the SQL layer's sessions and
 //! hold no feature-store logic of their own.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::sql::sqlparser::ast::{self, Ident};
 use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::{
     StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
@@ -17,15 +19,16 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::StoredStatement;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, PgWireConnectionState, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::Flush;
+use pgwire::messages::extendedquery::{Flush, Parse, ParseComplete};
 use pgwire::messages::response::{NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -50,6 +53,48 @@ impl PendingCopy {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
+
+/// The names of the statements the client prepared with Parse, kept in the connection's
+/// extensions so that `DEALLOCATE ALL` can drop them all.
+#[derive(Default)]
+struct PreparedNames(std::sync::Mutex<BTreeSet<String>>);
+
+impl PreparedNames {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// `DEALLOCATE [PREPARE] name | ALL`: drops prepared statements of the extended protocol.
+fn deallocate<C>(client: &C, name: &Ident) -> PgWireResult<Response>
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    let names = client.session_extensions().get::<PreparedNames>();
+    if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+        let all = names.map(|names| std::mem::take(&mut *names.lock()));
+        for name in all.into_iter().flatten() {
+            client.portal_store().rm_statement(&name);
+        }
+        return Ok(Response::Execution(Tag::new("DEALLOCATE ALL")));
+    }
+    if client.portal_store().get_statement(&name.value).is_none() {
+        return Err(error_response(
+            "ERROR",
+            "26000",
+            format!("prepared statement \"{}\" does not exist", name.value),
+        ));
+    }
+    client.portal_store().rm_statement(&name.value);
+    if let Some(names) = names {
+        names.lock().remove(&name.value);
+    }
+    Ok(Response::Execution(Tag::new("DEALLOCATE")))
 }
 
 /// The receiving end of a session's NOTICE messages.
@@ -262,6 +307,7 @@ impl StartupHandler for Startup {
             .session_extensions()
             .insert(SessionSlot(Arc::new(Mutex::new(session))));
         client.session_extensions().insert(PendingCopy::default());
+        client.session_extensions().insert(PreparedNames::default());
         client
             .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
                 TransactionStatus::Idle,
@@ -504,6 +550,19 @@ impl SimpleQueryHandler for QueryHandler {
         let session = session_of(client)?;
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
+            if let quiver_sql::Statement::Sql(sql) = &statement
+                && let ast::Statement::Deallocate { name, .. } = sql.as_ref()
+            {
+                match deallocate(client, name) {
+                    Ok(response) => responses.push(response),
+                    Err(PgWireError::UserError(info)) => {
+                        responses.push(Response::Error(info));
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                }
+                continue;
+            }
             let run = async { session.lock().await.run(statement).await };
             let response = match with_notices(client, run).await? {
                 Ok(output) => self.respond(client, output, &Format::UnifiedText, None),
@@ -540,6 +599,33 @@ impl ExtendedQueryHandler for QueryHandler {
         self.parser.clone()
     }
 
+    /// Parse as pgwire does it, noting the statement's name for `DEALLOCATE ALL`.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if name != DEFAULT_NAME
+            && let Some(names) = client.session_extensions().get::<PreparedNames>()
+        {
+            names.lock().insert(name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
     /// The client's Flush: everything answered so far goes out now, not at the next
     /// ReadyForQuery (see `connection`).
     async fn on_flush<C>(&self, client: &mut C, _message: Flush) -> PgWireResult<()>
@@ -568,10 +654,17 @@ impl ExtendedQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let statement = &portal.statement.statement;
+        // A NULL whose type neither the client nor the plan gives (`$1::varchar` leaves
+        // DataFusion without one) is a text NULL, as PostgreSQL resolves `unknown`: arrow-pg's
+        // decoder for a type it cannot name drops a NULL rather than keeping its place.
         let inferred: Vec<Option<&DataType>> = statement
             .parameter_types
             .iter()
-            .map(|t| t.as_ref())
+            .enumerate()
+            .map(|(i, t)| match (t, portal.parameters.get(i)) {
+                (None, Some(None)) => Some(&DataType::Utf8),
+                (t, _) => t.as_ref(),
+            })
             .collect();
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?;
         let session = session_of(client)?;

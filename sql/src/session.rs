@@ -98,16 +98,23 @@ impl Prepared {
         };
         let mut types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
         infer_any_parameters(plan, &mut types)?;
-        let mut ordered = vec![None; types.len()];
+        let mut indexed = Vec::with_capacity(types.len());
         for (name, data_type) in types {
             let index = name
                 .trim_start_matches('$')
                 .parse::<usize>()
                 .ok()
-                .filter(|i| *i >= 1 && *i <= ordered.len())
+                .filter(|i| *i >= 1)
                 .ok_or_else(|| {
                     SqlError::Syntax(format!("parameter {name} is not of the form $n"))
                 })?;
+            indexed.push((index, data_type));
+        }
+        // A statement may skip a number (a rewrite can drop the expression holding $2); the
+        // client still sends a value for it, of a type the plan leaves open.
+        let count = indexed.iter().map(|(index, _)| *index).max().unwrap_or(0);
+        let mut ordered = vec![None; count];
+        for (index, data_type) in indexed {
             ordered[index - 1] = data_type;
         }
         Ok(ordered)

@@ -1,14 +1,14 @@
 //! The system functions whose answers come from Quiver's catalog, replacing datafusion-pg-catalog's
 //! placeholders: `pg_get_userbyid`, `pg_table_is_visible`, `pg_get_indexdef`,
 //! `pg_get_constraintdef`, `pg_get_viewdef`, `col_description`, `obj_description`,
-//! `pg_function_is_visible` and `version()`.
+//! `pg_type_is_visible`, `pg_function_is_visible`, `to_regtype` and `version()`.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int32Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type};
-use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility, create_udf,
@@ -24,12 +24,14 @@ use crate::Engine;
 enum Kind {
     UserById,
     TableIsVisible,
+    TypeIsVisible,
     FunctionIsVisible,
     IndexDef,
     ConstraintDef,
     ColumnDescription,
     ObjectDescription,
     ViewDef,
+    ToRegtype,
 }
 
 impl Kind {
@@ -37,12 +39,14 @@ impl Kind {
         match self {
             Kind::UserById => "pg_get_userbyid",
             Kind::TableIsVisible => "pg_table_is_visible",
+            Kind::TypeIsVisible => "pg_type_is_visible",
             Kind::FunctionIsVisible => "pg_function_is_visible",
             Kind::IndexDef => "pg_get_indexdef",
             Kind::ConstraintDef => "pg_get_constraintdef",
             Kind::ColumnDescription => "col_description",
             Kind::ObjectDescription => "obj_description",
             Kind::ViewDef => "pg_get_viewdef",
+            Kind::ToRegtype => "to_regtype",
         }
     }
 
@@ -73,12 +77,14 @@ pub(crate) fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
     [
         Kind::UserById,
         Kind::TableIsVisible,
+        Kind::TypeIsVisible,
         Kind::FunctionIsVisible,
         Kind::IndexDef,
         Kind::ConstraintDef,
         Kind::ColumnDescription,
         Kind::ObjectDescription,
         Kind::ViewDef,
+        Kind::ToRegtype,
     ]
     .into_iter()
     .map(|kind| {
@@ -140,13 +146,26 @@ impl ScalarUDFImpl for CatalogFunction {
 
     fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
-            Kind::TableIsVisible | Kind::FunctionIsVisible => DataType::Boolean,
+            Kind::TableIsVisible | Kind::TypeIsVisible | Kind::FunctionIsVisible => {
+                DataType::Boolean
+            }
+            Kind::ToRegtype => DataType::Int32,
             _ => DataType::Utf8,
         })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
+        if self.kind == Kind::ToRegtype {
+            // The one function taking a name: the type's OID, NULL for an unknown type.
+            let names = cast(&args.args[0].to_array(rows)?, &DataType::Utf8)?;
+            let oids: Int32Array = names
+                .as_string::<i32>()
+                .iter()
+                .map(|name| name.and_then(objects::builtin_type_oid))
+                .collect();
+            return Ok(ColumnarValue::Array(Arc::new(oids)));
+        }
         let oids = cast(&args.args[0].to_array(rows)?, &DataType::Int32)?;
         let oids = oids.as_primitive::<Int32Type>();
         // pg_get_indexdef's second argument: 0 for the whole definition, n for the n-th column;
@@ -162,6 +181,13 @@ impl ScalarUDFImpl for CatalogFunction {
             Kind::TableIsVisible => Arc::new(
                 oids.iter()
                     .map(|oid| oid.map(table_is_visible))
+                    .collect::<BooleanArray>(),
+            ),
+            Kind::TypeIsVisible => Arc::new(
+                // The types made by bootstrap (OIDs below 10000) are pg_catalog's; the others
+                // in the static pg_type are information_schema's, which is not on the path.
+                oids.iter()
+                    .map(|oid| oid.map(|oid| (0..10_000).contains(&oid)))
                     .collect::<BooleanArray>(),
             ),
             Kind::FunctionIsVisible => Arc::new(
@@ -201,6 +227,7 @@ impl ScalarUDFImpl for CatalogFunction {
                     })
                     .collect::<StringArray>(),
             ),
+            Kind::ToRegtype => return Err(DataFusionError::Internal("answered above".into())),
             Kind::ObjectDescription => Arc::new(
                 oids.iter()
                     .map(|oid| oid.and_then(|oid| description(&snapshot, oid, 0)))
@@ -219,7 +246,7 @@ impl ScalarUDFImpl for CatalogFunction {
 /// Whether an unqualified name finds the relation with this OID: only those in `public` (and
 /// `pg_catalog`) are on the search path.
 fn table_is_visible(oid: i32) -> bool {
-    Facet::split(oid).is_some_and(|(_, facet)| objects::namespace_is_visible(facet.namespace()))
+    objects::relation_namespace(oid).is_some_and(objects::namespace_is_visible)
 }
 
 /// The comment on a relation (`column` 0) or on its `column`-th column: a feature group's
@@ -354,6 +381,7 @@ mod tests {
         assert!(table_is_visible(Facet::VersionedKey.oid(16_400)));
         assert!(!table_is_visible(Facet::OnlineLatest.oid(16_400)));
         assert!(!table_is_visible(14_100));
+        assert!(table_is_visible(1259));
     }
 
     #[test]

@@ -21,7 +21,9 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::catalog::{
+    CatalogProviderList, MemoryCatalogProviderList, SchemaProvider, TableProvider,
+};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::TableType;
 use datafusion::execution::SessionState;
@@ -30,7 +32,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::{
-    PgCatalogSchemaProvider, PgCatalogStaticTables, create_current_database_udf,
+    PG_CATALOG_TABLES, PgCatalogSchemaProvider, PgCatalogStaticTables, create_current_database_udf,
 };
 use datafusion_pg_catalog::setup_pg_catalog;
 
@@ -44,6 +46,8 @@ pub(crate) use rewrites::rewrite_catalog_query;
 #[derive(Debug)]
 pub(crate) struct SystemCatalog {
     static_tables: Arc<PgCatalogStaticTables>,
+    /// The columns of every `pg_catalog` table, which `pg_class` lists too.
+    system_tables: Arc<Vec<(String, SchemaRef)>>,
     /// DataFusion's default functions and planners plus pg_catalog's functions and type planner.
     template: SessionState,
 }
@@ -59,8 +63,22 @@ impl SystemCatalog {
             .default_catalog
             .clone();
         setup_pg_catalog(&template, &catalog, EmptyContextProvider).map_err(|e| *e)?;
+        let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        let no_catalogs: Arc<dyn CatalogProviderList> = Arc::new(MemoryCatalogProviderList::new());
+        let generic = PgCatalogSchemaProvider::try_new(
+            no_catalogs,
+            static_tables.clone(),
+            EmptyContextProvider,
+        )?;
+        let mut system_tables = Vec::new();
+        for name in PG_CATALOG_TABLES {
+            if let Some(table) = generic.build_table_by_name(name)? {
+                system_tables.push((name.to_string(), table.schema()));
+            }
+        }
         Ok(SystemCatalog {
-            static_tables: Arc::new(PgCatalogStaticTables::try_new()?),
+            static_tables,
+            system_tables: Arc::new(system_tables),
             template: template.state(),
         })
     }
@@ -88,6 +106,7 @@ impl SystemCatalog {
         let schema = SystemSchema {
             generic,
             static_tables: self.static_tables.clone(),
+            system_tables: self.system_tables.clone(),
             engine: engine.clone(),
             project: project.to_string(),
             catalogs,
@@ -164,6 +183,7 @@ impl CatalogInfo for SessionCatalogs {
 struct SystemSchema {
     generic: PgCatalogSchemaProvider<SessionCatalogs, EmptyContextProvider>,
     static_tables: Arc<PgCatalogStaticTables>,
+    system_tables: Arc<Vec<(String, SchemaRef)>>,
     engine: Arc<Engine>,
     project: String,
     catalogs: SessionCatalogs,
@@ -181,10 +201,13 @@ impl SchemaProvider for SystemSchema {
             Some(template) if tables::is_built_here(name) => tables::build(
                 &name.to_ascii_lowercase(),
                 &template,
-                &self.static_tables,
-                &self.engine,
-                &self.project,
-                &self.catalogs.get()?,
+                &tables::Sources {
+                    static_tables: &self.static_tables,
+                    system_tables: &self.system_tables,
+                    engine: &self.engine,
+                    project: &self.project,
+                    catalogs: &self.catalogs.get()?,
+                },
             )
             .await
             .map(Some)

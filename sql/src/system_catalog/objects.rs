@@ -9,17 +9,17 @@
 //! 2^28 (268 million objects), which keeps every OID a positive `int4` as pg_catalog's columns are.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::SchemaProvider;
 use datafusion::catalog::information_schema::{
     INFORMATION_SCHEMA_TABLES, InformationSchemaProvider,
 };
-use datafusion::catalog::{CatalogProviderList, SchemaProvider};
 
 use quiver_catalog::{CatalogState, ColumnType, Oid, Relation};
 
-use crate::Engine;
+use super::tables::Sources;
 use crate::discovery;
 use crate::error::SqlResult;
 use crate::online::ONLINE_SCHEMA;
@@ -37,6 +37,35 @@ pub(crate) const ONLINE_NAMESPACE: i32 = 14001;
 pub(crate) const DISCOVERY_NAMESPACE: i32 = 14002;
 const DISCOVERY_RELATIONS: i32 = 14100;
 const INFORMATION_SCHEMA_RELATIONS: i32 = 14200;
+const PG_CATALOG_RELATIONS: i32 = 14300;
+/// The OIDs PostgreSQL gives its main catalogs, which clients compare `classoid`s with
+/// (`'pg_catalog.pg_class'::regclass`); the other `pg_catalog` tables get system-range OIDs.
+const PG_CATALOG_OIDS: &[(&str, i32)] = &[
+    ("pg_type", 1247),
+    ("pg_attribute", 1249),
+    ("pg_proc", 1255),
+    ("pg_class", PG_CLASS_OID),
+    ("pg_authid", 1260),
+    ("pg_auth_members", 1261),
+    ("pg_database", 1262),
+    ("pg_tablespace", 1213),
+    ("pg_am", 2601),
+    ("pg_attrdef", 2604),
+    ("pg_cast", 2605),
+    ("pg_constraint", 2606),
+    ("pg_depend", 2608),
+    ("pg_description", 2609),
+    ("pg_index", 2610),
+    ("pg_inherits", 2611),
+    ("pg_language", 2612),
+    ("pg_namespace", 2615),
+    ("pg_operator", 2617),
+    ("pg_rewrite", 2618),
+    ("pg_trigger", 2620),
+    ("pg_extension", 3079),
+    ("pg_collation", 3456),
+    ("pg_enum", 3501),
+];
 /// PostgreSQL's bootstrap superuser OID: the owner of what no user created when the catalog
 /// has no superuser to name.
 const BOOTSTRAP_SUPERUSER: i32 = 10;
@@ -144,6 +173,22 @@ pub(crate) fn namespaces() -> [PgNamespace; 5] {
     ]
 }
 
+/// The namespace of the relation with this OID, if it is one `pg_class` lists.
+pub(crate) fn relation_namespace(oid: i32) -> Option<i32> {
+    if let Some((_, facet)) = Facet::split(oid) {
+        return Some(facet.namespace());
+    }
+    match oid {
+        DISCOVERY_RELATIONS..INFORMATION_SCHEMA_RELATIONS => Some(DISCOVERY_NAMESPACE),
+        INFORMATION_SCHEMA_RELATIONS..PG_CATALOG_RELATIONS => Some(INFORMATION_SCHEMA_NAMESPACE),
+        PG_CATALOG_RELATIONS..FIRST_USER_OID => Some(PG_CATALOG_NAMESPACE),
+        _ if PG_CATALOG_OIDS.iter().any(|(_, known)| *known == oid) => Some(PG_CATALOG_NAMESPACE),
+        _ => None,
+    }
+}
+
+const FIRST_USER_OID: i32 = quiver_catalog::FIRST_USER_OID as i32;
+
 /// Whether unqualified names find relations of this namespace: PostgreSQL's search path, which
 /// is `public` (and the always-searched `pg_catalog`) in Quiver.
 pub(crate) fn namespace_is_visible(namespace: i32) -> bool {
@@ -208,11 +253,14 @@ pub(crate) struct PgIndex {
 /// Lists the project's relations: its feature groups, tables and feature views from the
 /// Quiver catalog, and the system relations of `quiver` and `information_schema` (whose
 /// columns DataFusion describes from the session's `catalogs`).
-pub(crate) async fn relations(
-    engine: &Arc<Engine>,
-    project: &str,
-    catalogs: &Arc<dyn CatalogProviderList>,
-) -> SqlResult<Vec<PgRelation>> {
+pub(crate) async fn relations(sources: &Sources<'_>) -> SqlResult<Vec<PgRelation>> {
+    let Sources {
+        engine,
+        project,
+        catalogs,
+        system_tables,
+        ..
+    } = sources;
     let snapshot = engine.catalog.snapshot();
     let mut relations = Vec::new();
     for relation in snapshot.relations(project) {
@@ -263,7 +311,21 @@ pub(crate) async fn relations(
             ));
         }
     }
-    let information_schema = InformationSchemaProvider::new(catalogs.clone());
+    for (position, (name, schema)) in system_tables.iter().enumerate() {
+        let oid = PG_CATALOG_OIDS
+            .iter()
+            .find(|(known, _)| known == name)
+            .map_or(PG_CATALOG_RELATIONS + position as i32, |(_, oid)| *oid);
+        relations.push(system_relation(
+            oid,
+            name,
+            PG_CATALOG_NAMESPACE,
+            RelKind::Table,
+            schema,
+            system_owner(&snapshot),
+        ));
+    }
+    let information_schema = InformationSchemaProvider::new((*catalogs).clone());
     for (position, name) in INFORMATION_SCHEMA_TABLES.iter().enumerate() {
         if let Some(table) = information_schema.table(name).await? {
             relations.push(system_relation(
@@ -435,6 +497,13 @@ fn arrow_type_oid(data_type: &DataType) -> i32 {
 /// The OID of a built-in PostgreSQL type by its name (feature views store their columns' type
 /// names); `text` for a name that is not one.
 fn type_oid_by_name(name: &str) -> i32 {
+    builtin_type_oid(name).unwrap_or(postgres_types::Type::TEXT.oid() as i32)
+}
+
+/// The OID of a built-in type named as `to_regtype` accepts it: its internal name (`int4`,
+/// `_float8`), its SQL spelling (`integer`, `double precision`, `text[]`), optionally qualified
+/// with `pg_catalog.`.
+pub(crate) fn builtin_type_oid(name: &str) -> Option<i32> {
     static BY_NAME: OnceLock<HashMap<String, u32>> = OnceLock::new();
     let by_name = BY_NAME.get_or_init(|| {
         // Built-in type OIDs are below FirstGenbkiObjectId (10000).
@@ -443,10 +512,33 @@ fn type_oid_by_name(name: &str) -> i32 {
             .map(|t| (t.name().to_string(), t.oid()))
             .collect()
     });
-    by_name
-        .get(name)
-        .copied()
-        .unwrap_or(postgres_types::Type::TEXT.oid()) as i32
+    let name = name.trim().to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    let (element, array) = match name.strip_suffix("[]") {
+        Some(element) => (element.trim(), true),
+        None => (name, false),
+    };
+    let element = match element {
+        "integer" | "int" => "int4",
+        "smallint" => "int2",
+        "bigint" => "int8",
+        "real" => "float4",
+        "double precision" => "float8",
+        "boolean" => "bool",
+        "character varying" => "varchar",
+        "character" | "char" => "bpchar",
+        "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" => "timestamptz",
+        "time without time zone" => "time",
+        "decimal" => "numeric",
+        other => other,
+    };
+    let internal = if array {
+        format!("_{element}")
+    } else {
+        element.to_string()
+    };
+    by_name.get(&internal).map(|oid| *oid as i32)
 }
 
 #[cfg(test)]
@@ -472,5 +564,9 @@ mod tests {
         assert_eq!(type_oid_by_name("float8"), 701);
         assert_eq!(type_oid_by_name("_float8"), 1022);
         assert_eq!(type_oid_by_name("no such type"), 25);
+        assert_eq!(builtin_type_oid("double precision"), Some(701));
+        assert_eq!(builtin_type_oid("pg_catalog.int4"), Some(23));
+        assert_eq!(builtin_type_oid("text[]"), Some(1009));
+        assert_eq!(builtin_type_oid("hstore"), None);
     }
 }

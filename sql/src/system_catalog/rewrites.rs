@@ -11,7 +11,36 @@ use datafusion::sql::sqlparser::parser::Parser;
 /// Rewrites a catalog query in place.
 pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     array_subqueries_to_aggregates(statement);
+    generate_subscripts_to_unnest(statement);
     let _ = statement.visit(&mut ExistsInSelectList);
+}
+
+/// `generate_subscripts(a, d)` (SQLAlchemy numbers a constraint's key columns with it, beside
+/// `unnest(a)`) as `unnest(CASE WHEN d = 1 THEN range(1, cardinality(a) + 1) END)`: DataFusion
+/// has unnest but not generate_subscripts, and unnests side by side in a select list in step, as
+/// PostgreSQL does. Catalog arrays are one-dimensional, so another dimension has no subscripts.
+fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(call) = expr
+            && let [name] = call.name.0.as_slice()
+            && name
+                .as_ident()
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("generate_subscripts"))
+            && let ast::FunctionArguments::List(list) = &call.args
+            && let [
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(dimension)),
+            ] = list.args.as_slice()
+            && let Ok(rewritten) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!(
+                    "unnest(CASE WHEN {dimension} = 1 THEN range(1, CAST(cardinality({array}) AS BIGINT) + 1) END)"
+                ))
+                .and_then(|mut parser| parser.parse_expr())
+        {
+            *expr = rewritten;
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// `EXISTS (SELECT ... FROM ... WHERE ...)` in a select list (psql's `\d index`) as

@@ -93,6 +93,25 @@ fn optional_text(value: &Option<String>) -> ScalarValue {
     ScalarValue::Utf8(value.clone())
 }
 
+fn small_list(values: &[i16]) -> ScalarValue {
+    let values: Vec<ScalarValue> = values.iter().map(|v| small(*v)).collect();
+    ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Int16))
+}
+
+fn int_list(values: &[i32]) -> ScalarValue {
+    let values: Vec<ScalarValue> = values.iter().map(|v| int(*v)).collect();
+    ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Int32))
+}
+
+/// A nullable array column, as PostgreSQL's array-typed catalog columns are.
+fn list_field(name: &str, element: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", element, true))),
+        true,
+    )
+}
+
 /// `schema` with `name` replaced by (or, if absent, extended with) `field`.
 fn with_field(schema: &SchemaRef, field: Field) -> SchemaRef {
     let mut fields: Vec<Field> = schema
@@ -108,16 +127,29 @@ fn with_field(schema: &SchemaRef, field: Field) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// What the tables are built from.
+pub(crate) struct Sources<'a> {
+    pub static_tables: &'a PgCatalogStaticTables,
+    /// The columns of every `pg_catalog` table.
+    pub system_tables: &'a [(String, SchemaRef)],
+    pub engine: &'a Arc<Engine>,
+    pub project: &'a str,
+    /// The session's catalogs.
+    pub catalogs: &'a Arc<dyn CatalogProviderList>,
+}
+
 /// Builds the table `name` for the project; `template` is datafusion-pg-catalog's table of that
 /// name, whose columns it keeps.
 pub(crate) async fn build(
     name: &str,
     template: &Arc<dyn TableProvider>,
-    static_tables: &PgCatalogStaticTables,
-    engine: &Arc<Engine>,
-    project: &str,
-    catalogs: &Arc<dyn CatalogProviderList>,
+    sources: &Sources<'_>,
 ) -> SqlResult<Arc<dyn TableProvider>> {
+    let Sources {
+        static_tables,
+        engine,
+        ..
+    } = sources;
     let schema = template.schema();
     let mut batches = Vec::new();
     let schema = match name {
@@ -176,15 +208,8 @@ pub(crate) async fn build(
             schema
         }
         "pg_class" => {
-            let relations = objects::relations(engine, project, catalogs).await?;
-            let schema = with_field(
-                &schema,
-                Field::new(
-                    "reloptions",
-                    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-                    true,
-                ),
-            );
+            let relations = objects::relations(sources).await?;
+            let schema = with_field(&schema, list_field("reloptions", DataType::Utf8));
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
                 rows.push(&class_row(relation))?;
@@ -193,7 +218,7 @@ pub(crate) async fn build(
             schema
         }
         "pg_attribute" => {
-            let relations = objects::relations(engine, project, catalogs).await?;
+            let relations = objects::relations(sources).await?;
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
                 for (position, column) in relation.columns.iter().enumerate() {
@@ -226,13 +251,24 @@ pub(crate) async fn build(
             schema
         }
         "pg_index" => {
-            let relations = objects::relations(engine, project, catalogs).await?;
+            let relations = objects::relations(sources).await?;
+            // int2vector and oidvector are arrays to PostgreSQL's clients, which unnest them.
+            let mut schema = schema;
+            for (name, element) in [
+                ("indkey", DataType::Int16),
+                ("indcollation", DataType::Int32),
+                ("indclass", DataType::Int32),
+                ("indoption", DataType::Int16),
+            ] {
+                schema = with_field(&schema, list_field(name, element));
+            }
             let mut rows = Rows::new(schema.clone());
             for relation in relations.iter().filter(|r| r.kind == RelKind::Index) {
                 let Some(index) = &relation.index else {
                     continue;
                 };
                 let key_count = index.key.len() as i16;
+                let zeros = vec![0; index.key.len()];
                 rows.push(&[
                     ("indexrelid", int(index.oid)),
                     ("indrelid", int(index.table)),
@@ -249,35 +285,24 @@ pub(crate) async fn build(
                     ("indisready", flag(true)),
                     ("indislive", flag(true)),
                     ("indisreplident", flag(false)),
-                    ("indkey", text(int2vector(&index.key))),
-                    ("indcollation", text(int2vector(&vec![0; index.key.len()]))),
-                    ("indclass", text(int2vector(&vec![0; index.key.len()]))),
-                    ("indoption", text(int2vector(&vec![0; index.key.len()]))),
+                    ("indkey", small_list(&index.key)),
+                    ("indcollation", int_list(&zeros)),
+                    ("indclass", int_list(&zeros)),
+                    ("indoption", small_list(&vec![0; index.key.len()])),
                 ])?;
             }
             batches.push(rows.finish()?);
             schema
         }
         "pg_constraint" => {
-            let relations = objects::relations(engine, project, catalogs).await?;
+            let relations = objects::relations(sources).await?;
             // PostgreSQL's conkey is int2[]: clients unnest it.
-            let schema = with_field(
-                &schema,
-                Field::new(
-                    "conkey",
-                    DataType::List(Arc::new(Field::new("item", DataType::Int16, true))),
-                    true,
-                ),
-            );
+            let schema = with_field(&schema, list_field("conkey", DataType::Int16));
             let mut rows = Rows::new(schema.clone());
             for relation in relations.iter().filter(|r| r.kind == RelKind::Index) {
                 let Some(index) = &relation.index else {
                     continue;
                 };
-                let key = ScalarValue::List(ScalarValue::new_list_nullable(
-                    &index.key.iter().map(|k| small(*k)).collect::<Vec<_>>(),
-                    &DataType::Int16,
-                ));
                 rows.push(&[
                     ("oid", int(index.oid)),
                     ("conname", text(&index.name)),
@@ -297,7 +322,7 @@ pub(crate) async fn build(
                     ("conislocal", flag(true)),
                     ("coninhcount", small(0)),
                     ("connoinherit", flag(true)),
-                    ("conkey", key),
+                    ("conkey", small_list(&index.key)),
                 ])?;
             }
             batches.push(rows.finish()?);
@@ -306,7 +331,7 @@ pub(crate) async fn build(
         "pg_description" => {
             // The built-in objects' descriptions (functions, types, ...) and the project's.
             batches.extend(static_tables.pg_description.data().iter().cloned());
-            let relations = objects::relations(engine, project, catalogs).await?;
+            let relations = objects::relations(sources).await?;
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
                 let comments = std::iter::once((0, &relation.description)).chain(
@@ -399,15 +424,6 @@ fn storage(type_oid: i32) -> &'static str {
             .contains(&t)
     });
     if variable_width { "x" } else { "p" }
-}
-
-/// An `int2vector` in its text form: the numbers separated by spaces.
-fn int2vector(values: &[i16]) -> String {
-    values
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Which of the tables in [`TABLES`] a name is, case-insensitively.
