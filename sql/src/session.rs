@@ -88,6 +88,8 @@ pub struct Prepared {
     /// partition, as repartitioning them costs more than it could save (measured: p99 of a
     /// prepared serve 6 ms with two partitions, 1.1 ms with one).
     single_partition: bool,
+    /// The settings the statement's `set_config` calls change when it executes.
+    setting_changes: Vec<(String, String)>,
 }
 
 impl Prepared {
@@ -230,13 +232,16 @@ impl Session {
 
     /// Plans a statement without executing it.
     pub async fn prepare(&self, statement: Statement) -> SqlResult<Prepared> {
+        let mut setting_changes = Vec::new();
         let (plan, result_schema) = match &statement {
             Statement::Sql(sql) => match sql.as_ref() {
                 ast::Statement::Query(_)
                 | ast::Statement::Insert(_)
                 | ast::Statement::Delete(_)
                 | ast::Statement::Explain { .. } => {
-                    let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
+                    let mut sql = sql.as_ref().clone();
+                    setting_changes = Settings::take_set_configs(&mut sql);
+                    let plan = self.plan_sql_statement(sql).await?;
                     let schema = match &plan {
                         LogicalPlan::Dml(_) => None,
                         other => Some(Arc::new(other.schema().as_arrow().clone())),
@@ -279,6 +284,7 @@ impl Session {
             lookup,
             eager,
             single_partition,
+            setting_changes,
         })
     }
 
@@ -292,6 +298,9 @@ impl Session {
             return Ok(Output::Rows {
                 stream: lookup.execute(&self.engine, params.as_ref()).await?,
             });
+        }
+        for (name, value) in &prepared.setting_changes {
+            self.settings.set(name, value)?;
         }
         if let Some(plan) = &prepared.plan {
             let plan = match params {
@@ -376,6 +385,8 @@ impl Session {
         context: &SessionContext,
         mut statement: ast::Statement,
     ) -> SqlResult<LogicalPlan> {
+        self.settings
+            .substitute_current_settings(&mut statement, context)?;
         feature_view::inline_views(
             &mut statement,
             &self.engine.catalog.snapshot(),
@@ -717,9 +728,9 @@ fn reject_session_local_ddl(plan: &LogicalPlan) -> SqlResult<()> {
     }
 }
 
-/// DataFusion leaves the type of `$n` in `col = ANY($n)` (planned as `array_has($n, col)`)
-/// unknown; PostgreSQL infers an array of the column's type, and drivers that ask the server for
-/// parameter types (tokio-postgres, JDBC) need it.
+/// DataFusion leaves the type of `$n` in `col = ANY($n)` (planned as `array_has($n, col)`) and
+/// in `$n::type` unknown; PostgreSQL infers an array of the column's type and the cast's type,
+/// and drivers that ask the server for parameter types (tokio-postgres, JDBC, asyncpg) need them.
 fn infer_any_parameters(
     plan: &LogicalPlan,
     types: &mut HashMap<String, Option<DataType>>,
@@ -741,6 +752,14 @@ fn infer_any_parameters(
                 {
                     let list = DataType::List(Arc::new(Field::new_list_field(element, true)));
                     types.insert(p.id.clone(), Some(list));
+                }
+                // `$1::bigint`: PostgreSQL types the parameter as the cast's target, and drivers
+                // that encode by the described type (asyncpg) rely on it.
+                if let Expr::Cast(cast) = e
+                    && let Expr::Placeholder(p) = cast.expr.as_ref()
+                    && matches!(types.get(&p.id), Some(None))
+                {
+                    types.insert(p.id.clone(), Some(cast.field.data_type().clone()));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })?;

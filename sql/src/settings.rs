@@ -34,6 +34,8 @@ const DEFAULTS: &[(&str, &str, bool)] = &[
     ("max_identifier_length", "63", false),
     ("bytea_output", "hex", false),
     ("lc_messages", "C", false),
+    // Query compilation PostgreSQL may do; asyncpg turns it off at connect.
+    ("jit", "off", false),
 ];
 
 /// Settings that describe the server and cannot be changed by a session.
@@ -211,6 +213,65 @@ impl Settings {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Replaces each `set_config('name', 'value', is_local)` with the value it returns, and
+    /// returns the session-wide changes (`is_local` false) for the caller to make when the
+    /// statement executes. A transaction-local change ends with its statement here, as outside
+    /// a transaction block in PostgreSQL, so it changes nothing.
+    pub fn take_set_configs(statement: &mut ast::Statement) -> Vec<(String, String)> {
+        let mut changes = Vec::new();
+        let _ = ast::visit_expressions_mut(statement, |expr| {
+            if let Some(args) = literal_call(expr, "set_config")
+                && let [
+                    Value::SingleQuotedString(name),
+                    Value::SingleQuotedString(value),
+                    Value::Boolean(local),
+                ] = args.as_slice()
+            {
+                if !local {
+                    changes.push((name.clone(), value.clone()));
+                }
+                *expr = Expr::Value(Value::SingleQuotedString(value.clone()).into());
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        changes
+    }
+
+    /// Replaces `current_setting('name' [, missing_ok])` with the setting's value, as the
+    /// statement is planned: the value cannot change while one statement runs. An unknown name
+    /// is 42704, as in PostgreSQL, unless `missing_ok` is true (then NULL).
+    pub fn substitute_current_settings(
+        &self,
+        statement: &mut ast::Statement,
+        context: &SessionContext,
+    ) -> SqlResult<()> {
+        let mut failure = None;
+        let _ = ast::visit_expressions_mut(statement, |expr| {
+            let (name, missing_ok) = match literal_call(expr, "current_setting").as_deref() {
+                Some([Value::SingleQuotedString(name)]) => (name.clone(), false),
+                Some([Value::SingleQuotedString(name), Value::Boolean(missing_ok)]) => {
+                    (name.clone(), *missing_ok)
+                }
+                _ => return std::ops::ControlFlow::Continue(()),
+            };
+            let variable: Vec<Ident> = name.split('.').map(Ident::new).collect();
+            let value = match self.show(&variable, context) {
+                Ok(value) => Value::SingleQuotedString(value),
+                Err(_) if missing_ok => Value::Null,
+                Err(error) => {
+                    failure = Some(error);
+                    return std::ops::ControlFlow::Break(());
+                }
+            };
+            *expr = Expr::Value(value.into());
+            std::ops::ControlFlow::Continue(())
+        });
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     /// The column name `SHOW` uses: the variable as written, lower-cased. sqlparser hands over
     /// the words of `SHOW TIME ZONE` and the parts of `SHOW datafusion.execution.batch_size` alike.
     pub fn display_name(variable: &[Ident]) -> String {
@@ -221,6 +282,34 @@ impl Settings {
             _ => words.join("."),
         }
     }
+}
+
+/// The arguments of a call to the function `name` (maybe schema-qualified) when all are literals.
+fn literal_call(expr: &Expr, name: &str) -> Option<Vec<Value>> {
+    let Expr::Function(call) = expr else {
+        return None;
+    };
+    let named = call
+        .name
+        .0
+        .last()
+        .and_then(|part| part.as_ident())
+        .is_some_and(|ident| ident.value.eq_ignore_ascii_case(name));
+    let ast::FunctionArguments::List(list) = &call.args else {
+        return None;
+    };
+    if !named {
+        return None;
+    }
+    list.args
+        .iter()
+        .map(|arg| match arg {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(value))) => {
+                Some(value.value.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The query engine's time zone follows `TimeZone`; its default is unset, which DataFusion reads
