@@ -20,6 +20,7 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::stmt::StoredStatement;
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
@@ -28,7 +29,8 @@ use pgwire::api::{
 use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::{Flush, Parse, ParseComplete};
+use pgwire::messages::data::{NoData, ParameterDescription};
+use pgwire::messages::extendedquery::{Describe, Flush, Parse, ParseComplete};
 use pgwire::messages::response::{NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -597,6 +599,37 @@ impl ExtendedQueryHandler for QueryHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// Describe as pgwire does it, except that a statement returning no rows (an INSERT with
+    /// parameters) is described with NoData, as PostgreSQL does, not an empty RowDescription:
+    /// pgjdbc takes the latter for a query and then reports no update counts for a batch.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        if message.target_type == b'S'
+            && let Some(Entry::Value(statement)) = client.portal_store().get_statement(name)
+            && statement.statement.result_fields.is_none()
+        {
+            let described = self.do_describe_statement(client, &statement).await?;
+            client
+                .send(PgWireBackendMessage::ParameterDescription(
+                    ParameterDescription::new(
+                        described.parameters.iter().map(|t| t.oid()).collect(),
+                    ),
+                ))
+                .await?;
+            client
+                .send(PgWireBackendMessage::NoData(NoData::new()))
+                .await?;
+            return Ok(());
+        }
+        self._on_describe(client, message).await
     }
 
     /// Parse as pgwire does it, noting the statement's name for `DEALLOCATE ALL`.

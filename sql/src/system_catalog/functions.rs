@@ -1,13 +1,17 @@
 //! The system functions whose answers come from Quiver's catalog, replacing datafusion-pg-catalog's
 //! placeholders: `pg_get_userbyid`, `pg_table_is_visible`, `pg_get_indexdef`,
 //! `pg_get_constraintdef`, `pg_get_viewdef`, `col_description`, `obj_description`,
-//! `pg_type_is_visible`, `pg_function_is_visible`, `to_regtype` and `version()`.
+//! `pg_type_is_visible`, `pg_function_is_visible`, `to_regtype`, `_pg_expandarray_records` and
+//! `version()`.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int32Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, ListArray, StringArray, StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
@@ -100,6 +104,7 @@ pub(crate) fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
             ),
         })
     })
+    .chain([ScalarUDF::new_from_impl(ExpandArray::new())])
     .chain([create_udf(
         "version",
         vec![],
@@ -240,6 +245,82 @@ impl ScalarUDFImpl for CatalogFunction {
             ),
         };
         Ok(ColumnarValue::Array(result))
+    }
+}
+
+/// `_pg_expandarray_records(a)`: each element of `a` with its position from 1, as a list of
+/// `{x, n}` records; unnested, it is `information_schema._pg_expandarray`, whose rows pgjdbc
+/// reads index keys with.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+impl ExpandArray {
+    fn new() -> ExpandArray {
+        ExpandArray {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    fn record_fields(element: &DataType) -> Fields {
+        Fields::from(vec![
+            Field::new("x", element.clone(), true),
+            Field::new("n", DataType::Int32, false),
+        ])
+    }
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        super::EXPAND_ARRAY
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types {
+            [DataType::List(element)] => Ok(DataType::List(Arc::new(Field::new_list_field(
+                DataType::Struct(Self::record_fields(element.data_type())),
+                true,
+            )))),
+            other => Err(DataFusionError::Plan(format!(
+                "{} expects an array, not {other:?}",
+                super::EXPAND_ARRAY
+            ))),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let lists = args.args[0].to_array(args.number_rows)?;
+        let lists = lists.as_list::<i32>();
+        let positions: Int32Array = lists
+            .offsets()
+            .windows(2)
+            .flat_map(|pair| 1..=(pair[1] - pair[0]))
+            .collect();
+        let values = lists
+            .values()
+            .slice(lists.offsets()[0] as usize, positions.len());
+        let fields = Self::record_fields(values.data_type());
+        let records =
+            StructArray::try_new(fields.clone(), vec![values, Arc::new(positions)], None)?;
+        let offsets = OffsetBuffer::new(
+            lists
+                .offsets()
+                .iter()
+                .map(|offset| offset - lists.offsets()[0])
+                .collect(),
+        );
+        let result = ListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Struct(fields), true)),
+            offsets,
+            Arc::new(records),
+            lists.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(result)))
     }
 }
 

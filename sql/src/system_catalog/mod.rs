@@ -42,6 +42,9 @@ use crate::project_catalog::SYSTEM_SCHEMA;
 
 pub(crate) use rewrites::rewrite_catalog_query;
 
+/// The function behind `information_schema._pg_expandarray` (see `rewrites`).
+const EXPAND_ARRAY: &str = "_pg_expandarray_records";
+
 /// What every session's `pg_catalog` is made from.
 #[derive(Debug)]
 pub(crate) struct SystemCatalog {

@@ -12,7 +12,43 @@ use datafusion::sql::sqlparser::parser::Parser;
 pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     array_subqueries_to_aggregates(statement);
     generate_subscripts_to_unnest(statement);
+    expand_arrays_and_access_fields(statement);
     let _ = statement.visit(&mut ExistsInSelectList);
+    regproc_literals_to_names(statement);
+    aggregate_scalar_lookups(statement);
+}
+
+/// `'pg_catalog.array_in'::regproc` as `'array_in'`. datafusion-pg-catalog resolves a regproc
+/// literal to `(SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.array_in')`, but
+/// its static `pg_type` keeps the type functions (`typinput`, `typoutput`, ...) by name, which is
+/// what clients compare regproc literals with (pgjdbc's type cache: `typinput =
+/// 'pg_catalog.array_in'::regproc`); so the literal stays the function's bare name.
+fn regproc_literals_to_names(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Subquery(query) = expr
+            && let ast::SetExpr::Select(select) = query.body.as_ref()
+            && let [from] = select.from.as_slice()
+            && from.joins.is_empty()
+            && let ast::TableFactor::Table { name, .. } = &from.relation
+            && name
+                .0
+                .last()
+                .and_then(|part| part.as_ident())
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("pg_proc"))
+            && let Some(ast::Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::Eq,
+                right,
+            }) = &select.selection
+            && matches!(left.as_ref(), ast::Expr::Identifier(column) if column.value == "proname")
+            && let ast::Expr::Value(value) = right.as_ref()
+            && let ast::Value::SingleQuotedString(function) = &value.value
+        {
+            let bare = function.rsplit('.').next().unwrap_or(function).to_string();
+            *expr = ast::Expr::Value(ast::Value::SingleQuotedString(bare).into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// `generate_subscripts(a, d)` (SQLAlchemy numbers a constraint's key columns with it, beside
@@ -38,6 +74,105 @@ fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
                 .and_then(|mut parser| parser.parse_expr())
         {
             *expr = rewritten;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// pgjdbc's key queries: `information_schema._pg_expandarray(a)`, a set-returning function of
+/// (element x, position n) records, becomes `unnest(_pg_expandarray_records(a))` over our
+/// function that pairs each element with its position; `(record).field` becomes
+/// `record['field']`, the field access DataFusion plans.
+fn expand_arrays_and_access_fields(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        match expr {
+            // datafusion-pg-catalog has already dropped the `information_schema.` qualifier.
+            ast::Expr::Function(call)
+                if call
+                    .name
+                    .0
+                    .last()
+                    .and_then(|part| part.as_ident())
+                    .is_some_and(|ident| ident.value.eq_ignore_ascii_case("_pg_expandarray")) =>
+            {
+                let mut expand = call.clone();
+                expand.name = ObjectName::from(vec![ast::Ident::new(super::EXPAND_ARRAY)]);
+                let mut unnest = call.clone();
+                unnest.name = ObjectName::from(vec![ast::Ident::new("unnest")]);
+                unnest.args = ast::FunctionArguments::List(ast::FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                        ast::Expr::Function(expand),
+                    ))],
+                    clauses: Vec::new(),
+                });
+                *expr = ast::Expr::Function(unnest);
+            }
+            ast::Expr::CompoundFieldAccess { root, access_chain } => {
+                // `(f(x)).field`: the parentheses only group for the dot; DataFusion unnests
+                // `unnest(...)['field']` but not a parenthesised unnest.
+                if let ast::Expr::Nested(inner) = root.as_ref()
+                    && matches!(inner.as_ref(), ast::Expr::Function(_))
+                {
+                    *root = inner.clone();
+                }
+                for access in access_chain.iter_mut() {
+                    if let ast::AccessExpr::Dot(ast::Expr::Identifier(field)) = access {
+                        *access = ast::AccessExpr::Subscript(ast::Subscript::Index {
+                            index: ast::Expr::Value(
+                                ast::Value::SingleQuotedString(field.value.clone()).into(),
+                            ),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Aggregates that already make a subquery's one value.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "max",
+    "min",
+    "sum",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+];
+
+/// A correlated scalar subquery must aggregate for DataFusion to decorrelate it, so
+/// `(SELECT e FROM ... WHERE key = outer.key)` (pgjdbc's `getTypeInfo` asks pg_class whether a
+/// type's relation is composite this way) becomes `(SELECT max(e) ...)`. Catalog lookups are by
+/// key and find at most one row, for which the two are the same.
+fn aggregate_scalar_lookups(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Subquery(query) = expr
+            && query.limit_clause.is_none()
+            && let ast::SetExpr::Select(select) = query.body.as_mut()
+            && select.selection.is_some()
+            && select.having.is_none()
+            && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+            && let [
+                ast::SelectItem::UnnamedExpr(item)
+                | ast::SelectItem::ExprWithAlias { expr: item, .. },
+            ] = select.projection.as_mut_slice()
+        {
+            let aggregated = matches!(item, ast::Expr::Function(call)
+            if call.name.0.last().and_then(|p| p.as_ident()).is_some_and(|ident| {
+                AGGREGATES.iter().any(|a| ident.value.eq_ignore_ascii_case(a))
+            }));
+            if !aggregated
+                && let Ok(max) = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql(&format!("max({item})"))
+                    .and_then(|mut parser| parser.parse_expr())
+            {
+                *item = max;
+            }
         }
         ControlFlow::<()>::Continue(())
     });
