@@ -172,3 +172,72 @@ def test_online_lookups_with_parameters_and_copy(quiver):
         assert conn.execute("SELECT count(*) FROM online.profiles").fetchone() == (200,)
         assert conn.execute("DELETE FROM profiles WHERE user_id = ANY(%s)", ([1, 2],)).rowcount == 2
         assert conn.execute("SELECT online_rows FROM quiver.feature_groups WHERE name = 'profiles'").fetchone() == (198,)
+
+
+def test_server_side_cursor_fetches_in_batches(quiver):
+    """psycopg's named cursors: DECLARE in a transaction block, the cursor described as a portal,
+    FETCH FORWARD n until the rows run out, CLOSE; the cursor ends with the block."""
+    with connect(quiver) as conn:
+        with conn.cursor(name="numbers") as cur:
+            cur.itersize = 7
+            cur.execute("SELECT v, v * 2 AS twice FROM generate_series(1, 30) AS t(v) ORDER BY v")
+            assert [d.name for d in cur.description] == ["v", "twice"]
+            assert cur.fetchmany(5) == [(i, 2 * i) for i in range(1, 6)]
+            assert cur.fetchone() == (6, 12)
+            assert [row[0] for row in cur] == list(range(7, 31))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.commit()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_cursor_statements_and_their_errors(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.NoActiveSqlTransaction) as outside:
+            conn.execute("DECLARE c CURSOR FOR SELECT 1")
+        assert outside.value.sqlstate == "25P01"
+        conn.execute("DECLARE held CURSOR WITH HOLD FOR SELECT v FROM generate_series(1, 5) AS t(v) ORDER BY v")
+        assert conn.execute("FETCH 2 FROM held").fetchall() == [(1,), (2,)]
+        assert conn.execute("FETCH NEXT FROM held").fetchall() == [(3,)]
+        assert conn.execute("FETCH ALL FROM held").fetchall() == [(4,), (5,)]
+        assert conn.execute("FETCH ALL FROM held").fetchall() == []
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            conn.execute("FETCH BACKWARD 1 FROM held")
+        conn.execute("CLOSE held")
+        with pytest.raises(psycopg.errors.InvalidCursorName) as unknown:
+            conn.execute("FETCH 1 FROM held")
+        assert unknown.value.sqlstate == "34000"
+        conn.execute("BEGIN")
+        conn.execute("DECLARE a CURSOR FOR SELECT 1")
+        with pytest.raises(psycopg.errors.DuplicateCursor):
+            conn.execute("DECLARE a CURSOR FOR SELECT 2")
+        conn.execute("ROLLBACK")
+
+
+def test_an_error_aborts_the_block_until_rollback(quiver):
+    with connect(quiver) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM missing")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction) as aborted:
+            conn.execute("SELECT 1")
+        assert aborted.value.sqlstate == "25P02"
+        conn.rollback()
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        # A savepoint recovers from an error inside the block, as psycopg's nested transactions do.
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            with conn.transaction():
+                conn.execute("SELECT * FROM missing")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+        conn.commit()
+
+
+def test_rollback_after_a_write_warns_that_it_committed(quiver):
+    notices = []
+    with connect(quiver) as conn:
+        conn.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary))
+        conn.execute("CREATE TABLE spine (id BIGINT)")
+        conn.execute("INSERT INTO spine VALUES (1)")
+        conn.rollback()
+        assert any("already committed" in notice for notice in notices), notices
+        assert conn.execute("SELECT count(*) FROM spine").fetchone() == (1,)

@@ -21,7 +21,7 @@ use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::stmt::StoredStatement;
 use pgwire::api::store::Entry;
-use pgwire::api::store::PortalStore;
+use pgwire::api::store::{MemPortalStore, PortalStore};
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
     PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
@@ -97,6 +97,117 @@ where
         names.lock().remove(&name.value);
     }
     Ok(Response::Execution(Tag::new("DEALLOCATE")))
+}
+
+/// The cursors this connection made portals for, kept in the connection's extensions.
+#[derive(Default)]
+struct CursorPortals(std::sync::Mutex<BTreeSet<String>>);
+
+impl CursorPortals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// After a statement that opens or closes cursors, makes the protocol's portals match the
+/// session's cursors: a declared cursor is also a portal of its name, as in PostgreSQL, which
+/// clients describe (psycopg's server-side cursors) or execute (the rest of its rows).
+async fn sync_cursor_portals<C>(
+    client: &C,
+    session: &Mutex<Session>,
+    statement: &quiver_sql::Statement,
+) -> PgWireResult<()>
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    let quiver_sql::Statement::Sql(sql) = statement else {
+        return Ok(());
+    };
+    // The simple-query handler's client is generic over its store's statement type; the store
+    // of this server's connections holds our prepared statements.
+    let Some(store) = client
+        .portal_store()
+        .as_any()
+        .downcast_ref::<MemPortalStore<PreparedStatement>>()
+    else {
+        return Err(error_response(
+            "ERROR",
+            "XX000",
+            "the connection's portal store holds other statements".into(),
+        ));
+    };
+    let declared: Vec<Ident> = match sql.as_ref() {
+        ast::Statement::Declare { stmts } => {
+            stmts.iter().flat_map(|d| d.names.iter().cloned()).collect()
+        }
+        ast::Statement::Close { .. }
+        | ast::Statement::Commit { .. }
+        | ast::Statement::Rollback { .. } => Vec::new(),
+        _ => return Ok(()),
+    };
+    let Some(portals) = client.session_extensions().get::<CursorPortals>() else {
+        return Ok(());
+    };
+    let session = session.lock().await;
+    let closed: Vec<String> = portals
+        .lock()
+        .iter()
+        .filter(|name| !session.has_cursor(name))
+        .cloned()
+        .collect();
+    for name in closed {
+        store.rm_portal(&name);
+        portals.lock().remove(&name);
+    }
+    for name in declared {
+        if !session.has_cursor(&name.value) {
+            continue;
+        }
+        let fetch_rest = quiver_sql::Statement::Sql(Box::new(ast::Statement::Fetch {
+            name: name.clone(),
+            direction: ast::FetchDirection::All,
+            position: ast::FetchPosition::From,
+            into: None,
+        }));
+        let prepared = session.prepare(fetch_rest).await.map_err(to_pgwire)?;
+        let result_fields = prepared
+            .result_schema()
+            .map(ResultFields::new)
+            .transpose()?;
+        let statement = StoredStatement::new(
+            name.value.clone(),
+            PreparedStatement {
+                prepared: Arc::new(prepared),
+                parameter_types: Vec::new(),
+                result_fields,
+            },
+            Vec::new(),
+        );
+        store.put_portal(Arc::new(Portal::new_cursor(
+            name.value.clone(),
+            Arc::new(statement),
+        )));
+        portals.lock().insert(name.value);
+    }
+    Ok(())
+}
+
+/// Whether the session has no transaction block open, after a COMMIT or ROLLBACK (a ROLLBACK TO
+/// SAVEPOINT keeps it open). Called once the statement has released the session.
+fn session_block_ended<C: ClientInfo>(client: &C) -> bool {
+    session_of(client)
+        .ok()
+        .and_then(|session| {
+            session
+                .try_lock()
+                .ok()
+                .map(|session| session.transaction_block().is_none())
+        })
+        .unwrap_or(true)
 }
 
 /// The receiving end of a session's NOTICE messages.
@@ -310,6 +421,7 @@ impl StartupHandler for Startup {
             .insert(SessionSlot(Arc::new(Mutex::new(session))));
         client.session_extensions().insert(PendingCopy::default());
         client.session_extensions().insert(PreparedNames::default());
+        client.session_extensions().insert(CursorPortals::default());
         client
             .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
                 TransactionStatus::Idle,
@@ -387,12 +499,16 @@ impl QueryParser for QuiverQueryParser {
             return Ok(None);
         };
         let session = session_of(client)?;
-        let prepared = session
-            .lock()
-            .await
-            .prepare(statement)
-            .await
-            .map_err(to_pgwire)?;
+        let prepared = {
+            let mut session = session.lock().await;
+            match session.prepare(statement).await {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    session.note_failure();
+                    return Err(to_pgwire(error));
+                }
+            }
+        };
         let parameter_types = prepared.parameter_types().map_err(to_pgwire)?;
         let result_fields = prepared
             .result_schema()
@@ -476,6 +592,16 @@ impl QueryHandler {
                     })
                     .flatten();
                 Response::Query(QueryResponse::new(fields, rows))
+            }
+            // Transaction blocks: the protocol reports the status after each statement.
+            Output::Command(tag) if tag.command == "BEGIN" => {
+                Response::TransactionStart(command_tag(&tag))
+            }
+            Output::Command(tag)
+                if (tag.command == "COMMIT" || tag.command == "ROLLBACK")
+                    && session_block_ended(client) =>
+            {
+                Response::TransactionEnd(command_tag(&tag))
             }
             Output::Command(tag) => Response::Execution(command_tag(&tag)),
             Output::CopyIn(copy) => {
@@ -565,9 +691,12 @@ impl SimpleQueryHandler for QueryHandler {
                 }
                 continue;
             }
-            let run = async { session.lock().await.run(statement).await };
+            let run = async { session.lock().await.run(statement.clone()).await };
             let response = match with_notices(client, run).await? {
-                Ok(output) => self.respond(client, output, &Format::UnifiedText, None),
+                Ok(output) => {
+                    sync_cursor_portals(client, &session, &statement).await?;
+                    self.respond(client, output, &Format::UnifiedText, None)
+                }
                 Err(error) => Err(to_pgwire(error)),
             };
             match response {
@@ -709,6 +838,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 .await
         };
         let output = with_notices(client, execute).await?.map_err(to_pgwire)?;
+        sync_cursor_portals(client, &session, statement.prepared.statement()).await?;
         self.respond(
             client,
             output,

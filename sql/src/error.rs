@@ -64,6 +64,21 @@ pub enum SqlError {
     /// 0A000: valid SQL that Quiver does not support.
     #[error("{0}")]
     NotSupported(String),
+    /// 25P02: a statement failed earlier in the transaction block.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+    /// 25P01: a statement that needs a transaction block ran outside one.
+    #[error("{0}")]
+    NoActiveTransaction(String),
+    /// 3B001: no savepoint of that name.
+    #[error("{0}")]
+    UndefinedSavepoint(String),
+    /// 34000: no cursor of that name.
+    #[error("{0}")]
+    UndefinedCursor(String),
+    /// 42P03: a cursor of that name is already open.
+    #[error("{0}")]
+    DuplicateCursor(String),
     /// 57014: the statement was canceled.
     #[error("canceling statement due to user request")]
     Canceled,

@@ -10,6 +10,7 @@ mod asof_exec;
 mod binary_copy;
 mod copy;
 mod copy_in;
+mod cursor;
 mod ddl;
 mod discovery;
 mod error;

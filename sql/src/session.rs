@@ -24,6 +24,7 @@ use crate::Engine;
 use crate::asof;
 use crate::copy;
 use crate::copy_in::CopyIn;
+use crate::cursor;
 use crate::ddl;
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view;
@@ -126,6 +127,11 @@ impl Prepared {
     pub fn result_schema(&self) -> Option<SchemaRef> {
         self.result_schema.clone()
     }
+
+    /// The statement as parsed.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
 }
 
 /// One connection's state.
@@ -138,6 +144,10 @@ pub struct Session {
     serving_context: Option<SessionContext>,
     settings: Settings,
     notices: Notices,
+    /// The open transaction block, between BEGIN and COMMIT or ROLLBACK.
+    block: Option<cursor::Block>,
+    /// Open cursors by name.
+    cursors: HashMap<String, cursor::Cursor>,
 }
 
 /// Where NOTICE messages of a session's running statements go, once the protocol layer listens;
@@ -196,7 +206,15 @@ impl Session {
             serving_context: None,
             settings: Settings::default(),
             notices,
+            block: None,
+            cursors: HashMap::new(),
         })
+    }
+
+    /// Whether a transaction block is open, and if so whether a statement in it failed: the
+    /// transaction status the protocol reports after each statement.
+    pub fn transaction_block(&self) -> Option<bool> {
+        self.block.as_ref().map(|block| block.failed)
     }
 
     /// The project (database) this session is connected to.
@@ -232,6 +250,9 @@ impl Session {
 
     /// Plans a statement without executing it.
     pub async fn prepare(&self, statement: Statement) -> SqlResult<Prepared> {
+        if self.block.as_ref().is_some_and(|block| block.failed) && !ends_block(&statement) {
+            return Err(SqlError::InFailedTransaction);
+        }
         let mut setting_changes = Vec::new();
         let (plan, result_schema) = match &statement {
             Statement::Sql(sql) => match sql.as_ref() {
@@ -251,6 +272,9 @@ impl Session {
                 ast::Statement::ShowVariable { variable } => {
                     let name = Settings::display_name(variable);
                     (None, Some(single_text_column(&name)))
+                }
+                ast::Statement::Fetch { name, .. } => {
+                    (None, Some(self.cursor(&name.value)?.schema()))
                 }
                 _ => (None, None),
             },
@@ -288,8 +312,29 @@ impl Session {
         })
     }
 
-    /// Executes a prepared statement with these parameter values.
+    /// Executes a prepared statement with these parameter values. Inside a transaction block a
+    /// failure aborts the block, and an aborted block refuses everything but its end (25P02).
     pub async fn execute(
+        &mut self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> SqlResult<Output> {
+        if self.block.as_ref().is_some_and(|block| block.failed) && !ends_block(&prepared.statement)
+        {
+            return Err(SqlError::InFailedTransaction);
+        }
+        let result = self.execute_unblocked(prepared, params).await;
+        if let Some(block) = &mut self.block {
+            match &result {
+                Err(_) => block.failed = true,
+                Ok(_) if changes_state(&prepared.statement) => block.writes += 1,
+                Ok(_) => {}
+            }
+        }
+        result
+    }
+
+    async fn execute_unblocked(
         &mut self,
         prepared: &Prepared,
         params: Option<ParamValues>,
@@ -368,8 +413,40 @@ impl Session {
 
     /// Prepares and executes in one step, as the simple query protocol does.
     pub async fn run(&mut self, statement: Statement) -> SqlResult<Output> {
-        let prepared = self.prepare(statement).await?;
+        let prepared = match self.prepare(statement).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.note_failure();
+                return Err(error);
+            }
+        };
         self.execute(&prepared, None).await
+    }
+
+    /// Records that a statement failed before it could execute (the extended protocol's Parse):
+    /// inside a transaction block that aborts the block, as any failure does.
+    pub fn note_failure(&mut self) {
+        if let Some(block) = &mut self.block {
+            block.failed = true;
+        }
+    }
+
+    /// Whether a cursor of this name is open.
+    pub fn has_cursor(&self, name: &str) -> bool {
+        self.cursors.contains_key(name)
+    }
+
+    /// The open cursor of this name.
+    fn cursor(&self, name: &str) -> SqlResult<&cursor::Cursor> {
+        self.cursors
+            .get(name)
+            .ok_or_else(|| SqlError::UndefinedCursor(format!("cursor \"{name}\" does not exist")))
+    }
+
+    /// Ends the transaction block: its cursors close, except those declared WITH HOLD.
+    fn end_block(&mut self) -> Option<cursor::Block> {
+        self.cursors.retain(|_, cursor| cursor.hold);
+        self.block.take()
     }
 
     /// Plans one statement: feature views are expanded, ASOF joins nested, then DataFusion plans.
@@ -608,14 +685,122 @@ impl Session {
                 self.serving_context = None;
                 Ok(Output::Command(tag))
             }
-            // Until transaction blocks arrive, every statement commits on its own (autocommit);
-            // BEGIN/COMMIT are accepted so drivers that wrap statements in them keep working.
-            S::StartTransaction { .. } => Ok(Output::Command(CommandTag::new("BEGIN"))),
-            S::Commit { .. } => Ok(Output::Command(CommandTag::new("COMMIT"))),
-            S::Rollback { .. } => Err(SqlError::NotSupported(
-                "ROLLBACK is not supported yet: each statement commits on its own when it succeeds"
-                    .into(),
-            )),
+            S::StartTransaction { .. } => {
+                if self.block.is_some() {
+                    self.notices
+                        .send("WARNING: there is already a transaction in progress".into());
+                } else {
+                    self.block = Some(cursor::Block::default());
+                }
+                Ok(Output::Command(CommandTag::new("BEGIN")))
+            }
+            S::Commit { .. } => match self.end_block() {
+                // COMMIT of an aborted block rolls it back, as in PostgreSQL.
+                Some(block) if block.failed => Ok(Output::Command(CommandTag::new("ROLLBACK"))),
+                Some(_) => Ok(Output::Command(CommandTag::new("COMMIT"))),
+                None => {
+                    self.notices
+                        .send("WARNING: there is no transaction in progress".into());
+                    Ok(Output::Command(CommandTag::new("COMMIT")))
+                }
+            },
+            S::Rollback {
+                savepoint: Some(savepoint),
+                ..
+            } => {
+                let block = self.block.as_mut().ok_or_else(|| {
+                    SqlError::NoActiveTransaction(
+                        "ROLLBACK TO SAVEPOINT can only be used in transaction blocks".into(),
+                    )
+                })?;
+                let committed = block.roll_back_to(&savepoint.value)?;
+                if committed > 0 {
+                    self.notices.send(format!(
+                        "WARNING: {committed} statement(s) since savepoint \"{}\" already \
+                         committed; ROLLBACK TO SAVEPOINT does not undo them",
+                        savepoint.value
+                    ));
+                }
+                Ok(Output::Command(CommandTag::new("ROLLBACK")))
+            }
+            S::Savepoint { name } => {
+                self.block
+                    .as_mut()
+                    .ok_or_else(|| {
+                        SqlError::NoActiveTransaction(
+                            "SAVEPOINT can only be used in transaction blocks".into(),
+                        )
+                    })?
+                    .savepoint(&name.value);
+                Ok(Output::Command(CommandTag::new("SAVEPOINT")))
+            }
+            S::ReleaseSavepoint { name } => {
+                self.block
+                    .as_mut()
+                    .ok_or_else(|| {
+                        SqlError::NoActiveTransaction(
+                            "RELEASE SAVEPOINT can only be used in transaction blocks".into(),
+                        )
+                    })?
+                    .release(&name.value)?;
+                Ok(Output::Command(CommandTag::new("RELEASE")))
+            }
+            S::Rollback { .. } => {
+                match self.end_block() {
+                    Some(block) if block.writes > 0 => self.notices.send(format!(
+                        "WARNING: {} statement(s) of this transaction block already committed; \
+                         ROLLBACK does not undo them (each statement commits when it succeeds)",
+                        block.writes
+                    )),
+                    Some(_) => {}
+                    None => self
+                        .notices
+                        .send("WARNING: there is no transaction in progress".into()),
+                }
+                Ok(Output::Command(CommandTag::new("ROLLBACK")))
+            }
+            S::Declare { stmts } => {
+                for declare in stmts {
+                    self.declare_cursor(declare).await?;
+                }
+                Ok(Output::Command(CommandTag::new("DECLARE CURSOR")))
+            }
+            S::Fetch {
+                name,
+                direction,
+                into,
+                ..
+            } => {
+                if into.is_some() {
+                    return Err(SqlError::NotSupported(
+                        "FETCH ... INTO is not supported".into(),
+                    ));
+                }
+                let count = cursor::fetch_count(direction)?;
+                let cursor = self.cursors.get_mut(&name.value).ok_or_else(|| {
+                    SqlError::UndefinedCursor(format!("cursor \"{}\" does not exist", name.value))
+                })?;
+                let schema = cursor.schema();
+                let batches = cursor.fetch(count).await?;
+                let stream = futures::stream::iter(batches.into_iter().map(Ok));
+                Ok(Output::Rows {
+                    stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+                })
+            }
+            S::Close { cursor } => {
+                match cursor {
+                    ast::CloseCursor::All => self.cursors.clear(),
+                    ast::CloseCursor::Specific { name } => {
+                        if self.cursors.remove(&name.value).is_none() {
+                            return Err(SqlError::UndefinedCursor(format!(
+                                "cursor \"{}\" does not exist",
+                                name.value
+                            )));
+                        }
+                    }
+                }
+                Ok(Output::Command(CommandTag::new("CLOSE CURSOR")))
+            }
             S::Copy {
                 source,
                 to,
@@ -629,6 +814,41 @@ impl Session {
                 statement_kind(other)
             ))),
         }
+    }
+
+    /// `DECLARE name [BINARY] [NO SCROLL] CURSOR [WITH HOLD] FOR query`: runs the query and keeps
+    /// its stream for FETCH. Outside a transaction block only a WITH HOLD cursor may be declared.
+    async fn declare_cursor(&mut self, declare: &ast::Declare) -> SqlResult<()> {
+        let Some(query) = &declare.for_query else {
+            return Err(SqlError::NotSupported(
+                "DECLARE declares cursors only: DECLARE name CURSOR FOR query".into(),
+            ));
+        };
+        if declare.scroll == Some(true) {
+            return Err(SqlError::NotSupported(
+                "SCROLL cursors are not supported: cursors scan forward".into(),
+            ));
+        }
+        let hold = declare.hold == Some(true);
+        if self.block.is_none() && !hold {
+            return Err(SqlError::NoActiveTransaction(
+                "DECLARE CURSOR can only be used in transaction blocks".into(),
+            ));
+        }
+        for name in &declare.names {
+            if self.cursors.contains_key(&name.value) {
+                return Err(SqlError::DuplicateCursor(format!(
+                    "cursor \"{}\" already exists",
+                    name.value
+                )));
+            }
+            let stream = self
+                .query_stream(ast::Statement::Query(query.clone()))
+                .await?;
+            self.cursors
+                .insert(name.value.clone(), cursor::Cursor::new(stream, hold));
+        }
+        Ok(())
     }
 
     /// Runs a query given as a parsed statement and returns its stream (used by COPY TO).
@@ -767,6 +987,45 @@ fn infer_any_parameters(
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(())
+}
+
+/// Whether a statement ends a transaction block (or rolls back to a savepoint), which an aborted
+/// block still accepts.
+fn ends_block(statement: &Statement) -> bool {
+    matches!(statement, Statement::Sql(sql)
+        if matches!(sql.as_ref(), ast::Statement::Commit { .. } | ast::Statement::Rollback { .. }))
+}
+
+/// Whether a statement changes data or the catalog (what a ROLLBACK would have to undo).
+fn changes_state(statement: &Statement) -> bool {
+    use ast::Statement as S;
+    match statement {
+        Statement::Sql(sql) => !matches!(
+            sql.as_ref(),
+            S::Query(_)
+                | S::Explain { .. }
+                | S::ShowVariable { .. }
+                | S::Set(_)
+                | S::Reset(_)
+                | S::StartTransaction { .. }
+                | S::Commit { .. }
+                | S::Rollback { .. }
+                | S::Declare { .. }
+                | S::Fetch { .. }
+                | S::Close { .. }
+                | S::Savepoint { .. }
+                | S::ReleaseSavepoint { .. }
+                | S::Copy { to: true, .. }
+        ),
+        Statement::ShowFeatureGroups
+        | Statement::ShowProjects
+        | Statement::DescribeFeatureGroup { .. }
+        | Statement::ShowFeatureViews
+        | Statement::DescribeFeatureView { .. }
+        | Statement::ShowTrainingDatasets
+        | Statement::DescribeTrainingDataset { .. } => false,
+        _ => true,
+    }
 }
 
 fn written_rows(batches: &[RecordBatch]) -> SqlResult<u64> {

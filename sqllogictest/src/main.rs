@@ -28,6 +28,10 @@ enum Protocol {
 /// A test database connection.
 struct Quiver {
     client: Client,
+    /// For the simple protocol, a second connection that describes each statement for its
+    /// column types: a Describe on `client` would be a statement of its own there, and a failing
+    /// one would abort an open transaction block.
+    describer: Option<Client>,
     protocol: Protocol,
 }
 
@@ -95,14 +99,19 @@ impl Quiver {
     async fn run_simple(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, QuiverError> {
         // The simple protocol carries no column types; a Describe of the same statement gives them
         // so the values can be canonicalised. Statements that cannot be described have none.
-        let types: Vec<Type> = match self.client.prepare(sql).await {
-            Ok(statement) => statement
-                .columns()
-                .iter()
-                .map(|c| c.type_().clone())
-                .collect(),
-            Err(_) => Vec::new(),
+        let described = match &self.describer {
+            Some(describer) => describer.prepare(sql).await.ok(),
+            None => None,
         };
+        let types: Vec<Type> = described
+            .map(|statement| {
+                statement
+                    .columns()
+                    .iter()
+                    .map(|c| c.type_().clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let messages = self.client.simple_query(sql).await?;
         let mut rows = Vec::new();
         let mut width = None;
@@ -401,6 +410,19 @@ impl Server {
     }
 
     async fn connect(&self, protocol: Protocol) -> Result<Quiver, String> {
+        let client = self.client().await?;
+        let describer = match protocol {
+            Protocol::Simple => Some(self.client().await?),
+            Protocol::Extended => None,
+        };
+        Ok(Quiver {
+            client,
+            describer,
+            protocol,
+        })
+    }
+
+    async fn client(&self) -> Result<Client, String> {
         let config = format!(
             "host=127.0.0.1 port={} user=quiver dbname=quiver",
             self.port
@@ -411,7 +433,7 @@ impl Server {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Quiver { client, protocol })
+        Ok(client)
     }
 }
 
