@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use datafusion_pg_catalog::pg_catalog::PG_CATALOG_TABLES;
+use datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_TYPE_NAMES;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use quiver_catalog::{DatasetFormat, TimeComparison};
 use std::ops::ControlFlow;
@@ -203,7 +204,8 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
 }
 
 /// Whether a statement names a `pg_catalog` relation or function (qualified, or by the bare name
-/// of a pg_catalog table, as PostgreSQL's search path allows).
+/// of a pg_catalog table, as PostgreSQL's search path allows), or casts to an OID alias type
+/// (`regclass`, `regtype`, ...).
 fn reads_system_catalog(statement: &ast::Statement) -> bool {
     fn is_pg_catalog(name: &ObjectName) -> bool {
         match name.0.as_slice() {
@@ -227,6 +229,26 @@ fn reads_system_catalog(statement: &ast::Statement) -> bool {
     });
     let functions = ast::visit_expressions(statement, |expr| match expr {
         ast::Expr::Function(call) if call.name.0.len() > 1 && is_pg_catalog(&call.name) => {
+            ControlFlow::Break(())
+        }
+        // `'transactions'::regclass` and friends name catalog objects.
+        ast::Expr::Cast {
+            data_type: ast::DataType::Regclass,
+            ..
+        } => ControlFlow::Break(()),
+        ast::Expr::Cast {
+            data_type: ast::DataType::Custom(type_name, _),
+            ..
+        } if type_name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .is_some_and(|ident| {
+                OID_ALIAS_TYPE_NAMES
+                    .iter()
+                    .any(|alias| *alias != "oid" && ident.value.eq_ignore_ascii_case(alias))
+            }) =>
+        {
             ControlFlow::Break(())
         }
         _ => ControlFlow::Continue(()),

@@ -185,6 +185,7 @@ impl Session {
             )));
         }
         let context = build_context(&engine, project, Default::default())?;
+        crate::system_catalog::SystemCatalog::install_user(&context, user);
         let notices = Notices::default();
         for (name, tune) in [("train_model", false), ("tune_model", true)] {
             context.register_udtf(
@@ -464,6 +465,7 @@ impl Session {
     ) -> SqlResult<LogicalPlan> {
         self.settings
             .substitute_current_settings(&mut statement, context)?;
+        crate::system_catalog::user_keywords_to_calls(&mut statement);
         feature_view::inline_views(
             &mut statement,
             &self.engine.catalog.snapshot(),

@@ -31,6 +31,8 @@ public class JdbcClient {
 
             List<String> tables = column(meta.getTables(null, "public", "%", new String[] {"TABLE"}), "TABLE_NAME");
             check(tables.equals(List.of("transactions", "transactions_1")), "tables " + tables);
+            List<String> remarks = column(meta.getTables(null, "public", "transactions", null), "REMARKS");
+            check(remarks.equals(List.of("card transactions")), "remarks " + remarks);
             List<String> views = column(meta.getTables(null, "public", "%", new String[] {"VIEW"}), "TABLE_NAME");
             check(views.equals(List.of("spend", "spend_1")), "views " + views);
             List<String> online = column(meta.getTables(null, "online", "%", new String[] {"TABLE"}), "TABLE_NAME");

@@ -40,7 +40,7 @@ use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::project_catalog::SYSTEM_SCHEMA;
 
-pub(crate) use rewrites::rewrite_catalog_query;
+pub(crate) use rewrites::{rewrite_catalog_query, user_keywords_to_calls};
 
 /// The function behind `information_schema._pg_expandarray` (see `rewrites`).
 const EXPAND_ARRAY: &str = "_pg_expandarray_records";
@@ -90,6 +90,22 @@ impl SystemCatalog {
     /// configuration, catalogs and runtime.
     pub(crate) fn state_builder(&self) -> SessionStateBuilder {
         SessionStateBuilder::new_from_existing(self.template.clone())
+    }
+
+    /// `session_user()` (what `current_user` and `user` become) naming the session's user.
+    pub(crate) fn install_user(context: &SessionContext, user: &str) {
+        let user = user.to_string();
+        context.register_udf(datafusion::logical_expr::create_udf(
+            "session_user",
+            vec![],
+            datafusion::arrow::datatypes::DataType::Utf8,
+            datafusion::logical_expr::Volatility::Stable,
+            Arc::new(move |_: &[datafusion::logical_expr::ColumnarValue]| {
+                Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                    datafusion::common::ScalarValue::Utf8(Some(user.clone())),
+                ))
+            }),
+        ));
     }
 
     /// Registers `pg_catalog` in the session's catalog for `project`, over that catalog, and the

@@ -8,6 +8,73 @@ use datafusion::sql::sqlparser::ast::{self, ObjectName, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+/// The SQL keywords that name the session's user; PostgreSQL reserves them, so unquoted they are
+/// never column names.
+const USER_KEYWORDS: &[&str] = &["current_user", "session_user", "user", "current_role"];
+
+/// `current_user`, `session_user`, `user` and `current_role` (keywords, not columns) become
+/// calls of the session's `session_user()`, a select-list item keeping the keyword as its name.
+/// Applies to every statement: BI tools and drivers ask who they are outside catalog queries too.
+pub(crate) fn user_keywords_to_calls(statement: &mut ast::Statement) {
+    // sqlparser reads them as identifiers or as calls without an argument list.
+    let keyword = |expr: &ast::Expr| -> Option<String> {
+        let ident = match expr {
+            ast::Expr::Identifier(ident) => ident,
+            ast::Expr::Function(call) if matches!(call.args, ast::FunctionArguments::None) => {
+                match call.name.0.as_slice() {
+                    [part] => part.as_ident()?,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        (ident.quote_style.is_none()
+            && USER_KEYWORDS
+                .iter()
+                .any(|k| ident.value.eq_ignore_ascii_case(k)))
+        .then(|| ident.value.to_lowercase())
+    };
+    let call = || {
+        ast::Expr::Function(ast::Function {
+            name: ObjectName::from(vec![ast::Ident::new("session_user")]),
+            uses_odbc_syntax: false,
+            parameters: ast::FunctionArguments::None,
+            args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: Vec::new(),
+                clauses: Vec::new(),
+            }),
+            filter: None,
+            null_treatment: None,
+            over: None,
+            within_group: Vec::new(),
+        })
+    };
+    let _ = ast::visit_statements_mut(statement, |statement| {
+        if let ast::Statement::Query(query) = statement
+            && let ast::SetExpr::Select(select) = query.body.as_mut()
+        {
+            for item in &mut select.projection {
+                if let ast::SelectItem::UnnamedExpr(expr) = item
+                    && let Some(name) = keyword(expr)
+                {
+                    *item = ast::SelectItem::ExprWithAlias {
+                        expr: call(),
+                        alias: ast::Ident::new(name),
+                    };
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if keyword(expr).is_some() {
+            *expr = call();
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Rewrites a catalog query in place.
 pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     array_subqueries_to_aggregates(statement);
@@ -15,6 +82,7 @@ pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     expand_arrays_and_access_fields(statement);
     let _ = statement.visit(&mut ExistsInSelectList);
     regproc_literals_to_names(statement);
+    search_path_lookups(statement);
     aggregate_scalar_lookups(statement);
 }
 
@@ -74,6 +142,35 @@ fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
                 .and_then(|mut parser| parser.parse_expr())
         {
             *expr = rewritten;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// datafusion-pg-catalog resolves an unqualified `'name'::regclass` with `n.nspname =
+/// current_schema()`; PostgreSQL's search path also always holds `pg_catalog`, so
+/// `'pg_class'::regclass` (Metabase's and SQLAlchemy's `classoid` comparisons) finds the system
+/// table. The comparison becomes `n.nspname IN ('pg_catalog', current_schema())`.
+fn search_path_lookups(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        } = expr
+            && matches!(left.as_ref(), ast::Expr::CompoundIdentifier(parts)
+                if parts.last().is_some_and(|p| p.value.eq_ignore_ascii_case("nspname")))
+            && matches!(right.as_ref(), ast::Expr::Function(call)
+                if call.name.to_string().eq_ignore_ascii_case("current_schema"))
+        {
+            *expr = ast::Expr::InList {
+                expr: left.clone(),
+                list: vec![
+                    ast::Expr::Value(ast::Value::SingleQuotedString("pg_catalog".into()).into()),
+                    right.as_ref().clone(),
+                ],
+                negated: false,
+            };
         }
         ControlFlow::<()>::Continue(())
     });

@@ -49,7 +49,7 @@ def connect(
 
 
 def _sql_type(dtype: Any) -> str:
-    if pd.api.types.is_datetime64tz_dtype(dtype):
+    if isinstance(dtype, pd.DatetimeTZDtype):
         return "TIMESTAMPTZ"
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return "TIMESTAMP"
