@@ -1,6 +1,7 @@
 """psycopg 3: parameters in text and binary, transactions as drivers use them, COPY both ways."""
 
 import datetime
+import decimal
 
 import psycopg
 import pytest
@@ -241,3 +242,25 @@ def test_rollback_after_a_write_warns_that_it_committed(quiver):
         conn.rollback()
         assert any("already committed" in notice for notice in notices), notices
         assert conn.execute("SELECT count(*) FROM spine").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_every_type_round_trips(quiver, binary):
+    """Each column type of the spec, arrays (with NULL elements) and timestamptz included, as
+    parameters and results in text and in binary format; numeric parameters arrive as numbers."""
+    row = (
+        True, 2, 3, 4, 1.5, 2.25, "text", "var", b"\x00\xff", datetime.date(2024, 1, 2),
+        datetime.datetime(2024, 1, 2, 3, 4, 5, 678000),
+        datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        [0.5, 1.5], [1.25, None], [1, 2, 3],
+    )
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE alltypes (b BOOLEAN, s SMALLINT, i INTEGER, l BIGINT, r REAL, "
+            "d DOUBLE PRECISION, t TEXT, v VARCHAR(10), by BYTEA, dt DATE, ts TIMESTAMP, "
+            "tz TIMESTAMPTZ, fa REAL[], da DOUBLE PRECISION[], ia BIGINT[])"
+        )
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("INSERT INTO alltypes VALUES (" + ", ".join(["%s"] * len(row)) + ")", row)
+            assert cur.execute("SELECT * FROM alltypes").fetchone() == row
+            assert cur.execute("SELECT %s::double precision * 2", (decimal.Decimal("1.25"),)).fetchone() == (2.5,)
