@@ -56,6 +56,13 @@ public class JdbcClient {
                 check(keys.getString("PK_NAME").equals("transactions_pkey"), "key name");
                 check(!keys.next(), "one key column");
             }
+            try (ResultSet index = meta.getIndexInfo(null, "public", "transactions", false, false)) {
+                check(index.next(), "an index");
+                check(index.getString("INDEX_NAME").equals("transactions_pkey"), "index name");
+                check(index.getString("COLUMN_NAME").equals("cc_num"), "index column");
+                check(!index.getBoolean("NON_UNIQUE"), "a unique index");
+                check(!index.next(), "one index column");
+            }
             Set<String> types = new HashSet<>(column(meta.getTypeInfo(), "TYPE_NAME"));
             check(types.containsAll(List.of("int8", "float8", "text", "timestamp", "bool")), "type info");
 

@@ -205,8 +205,11 @@ fn expand_arrays_and_access_fields(statement: &mut ast::Statement) {
                 });
                 *expr = ast::Expr::Function(unnest);
             }
-            ast::Expr::CompoundFieldAccess { root, access_chain } => {
-                // `(f(x)).field`: the parentheses only group for the dot; DataFusion unnests
+            // Only `(record).field`: in `t.column[i]` the dot names a column, not a field.
+            ast::Expr::CompoundFieldAccess { root, access_chain }
+                if matches!(root.as_ref(), ast::Expr::Nested(_)) =>
+            {
+                // The parentheses only group for the dot; DataFusion unnests
                 // `unnest(...)['field']` but not a parenthesised unnest.
                 if let ast::Expr::Nested(inner) = root.as_ref()
                     && matches!(inner.as_ref(), ast::Expr::Function(_))
