@@ -264,3 +264,16 @@ def test_every_type_round_trips(quiver, binary):
             cur.execute("INSERT INTO alltypes VALUES (" + ", ".join(["%s"] * len(row)) + ")", row)
             assert cur.execute("SELECT * FROM alltypes").fetchone() == row
             assert cur.execute("SELECT %s::double precision * 2", (decimal.Decimal("1.25"),)).fetchone() == (2.5,)
+
+
+def test_unnamed_columns_are_named_as_postgresql_names_them(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("CREATE TABLE spend (id BIGINT, amount DOUBLE PRECISION)")
+        cur = conn.execute(
+            "SELECT count(*), max(amount), amount::text, CASE WHEN id > 1 THEN 1 END, now() "
+            "FROM spend GROUP BY amount, id"
+        )
+        assert [d.name for d in cur.description] == ["count", "max", "amount", "case", "now"]
+        # Two columns PostgreSQL would both call "count" keep the engine's distinct names.
+        cur = conn.execute("SELECT count(*), count(amount) FROM spend")
+        assert len({d.name for d in cur.description}) == 2

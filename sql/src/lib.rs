@@ -8,6 +8,7 @@
 mod asof;
 mod asof_exec;
 mod binary_copy;
+mod column_names;
 mod copy;
 mod copy_in;
 mod cursor;

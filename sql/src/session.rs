@@ -22,6 +22,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::Engine;
 use crate::asof;
+use crate::column_names;
 use crate::copy;
 use crate::copy_in::CopyIn;
 use crate::cursor;
@@ -263,6 +264,9 @@ impl Session {
                 | ast::Statement::Explain { .. } => {
                     let mut sql = sql.as_ref().clone();
                     setting_changes = Settings::take_set_configs(&mut sql);
+                    if let ast::Statement::Query(query) = &mut sql {
+                        column_names::name_like_postgres(query);
+                    }
                     let plan = self.plan_sql_statement(sql).await?;
                     let schema = match &plan {
                         LogicalPlan::Dml(_) => None,
