@@ -369,6 +369,17 @@ struct KeyIndex {
     key: Vec<String>,
 }
 
+impl KeyIndex {
+    /// The key columns as a definition lists them: `a, "B"`.
+    fn key_list(&self) -> String {
+        self.key
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 fn key_index(snapshot: &CatalogState, oid: i32) -> Option<KeyIndex> {
     let (object, facet) = Facet::split(oid)?;
     if !facet.is_key() {
@@ -405,27 +416,14 @@ fn index_definition(snapshot: &CatalogState, oid: i32, column: i32) -> Option<St
         quote(&index.name),
         index.schema,
         quote(&index.table),
-        index
-            .key
-            .iter()
-            .map(|c| quote(c))
-            .collect::<Vec<_>>()
-            .join(", ")
+        index.key_list()
     ))
 }
 
 /// `PRIMARY KEY (...)` for a primary-key constraint.
 fn constraint_definition(snapshot: &CatalogState, oid: i32) -> Option<String> {
     let index = key_index(snapshot, oid)?;
-    Some(format!(
-        "PRIMARY KEY ({})",
-        index
-            .key
-            .iter()
-            .map(|c| quote(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
+    Some(format!("PRIMARY KEY ({})", index.key_list()))
 }
 
 /// An identifier as PostgreSQL prints it: bare when it is a plain lower-case name.
