@@ -55,3 +55,16 @@ def test_metabase_style_table_listing(conn):
         ("public", "transactions", "card transactions"),
         ("public", "transactions_1", "card transactions"),
     ]
+
+
+def test_pg_settings_shows_the_session_settings(conn):
+    conn.execute("SET application_name = 'metabase'")
+    settings = dict(conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall())
+    assert settings["application_name"] == "metabase"
+    assert settings["server_version_num"] == "150000"
+    assert settings["TimeZone"] == "UTC"
+    assert one(conn, "SELECT source, reset_val FROM pg_catalog.pg_settings WHERE name = 'application_name'") == (
+        "session", "",
+    )
+    assert one(conn, "SELECT context FROM pg_catalog.pg_settings WHERE name = 'server_version'") == ("internal",)
+    assert one(conn, "SELECT current_setting('server_version_num')") == ("150000",)

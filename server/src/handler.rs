@@ -384,8 +384,7 @@ impl StartupHandler for Startup {
             .map_err(|e| error_response("FATAL", sqlstate(&e), e.to_string()))?;
         if let Some(name) = application_name {
             session
-                .settings_mut()
-                .set("application_name", &name)
+                .set_startup_parameter("application_name", &name)
                 .map_err(to_pgwire)?;
         }
         let notices = session.subscribe_notices();

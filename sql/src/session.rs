@@ -34,7 +34,7 @@ use crate::models;
 use crate::parser::Statement;
 use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
 use crate::serving;
-use crate::settings::Settings;
+use crate::settings::{Settings, SettingsView};
 use crate::training_dataset;
 
 /// What executing a statement produced.
@@ -245,9 +245,23 @@ impl Session {
         &self.settings
     }
 
-    /// The session's settings, to change from outside SQL (e.g. the startup packet).
-    pub fn settings_mut(&mut self) -> &mut Settings {
-        &mut self.settings
+    /// Sets a parameter the client sent at startup (`application_name`).
+    pub fn set_startup_parameter(&mut self, name: &str, value: &str) -> SqlResult<()> {
+        self.settings.set(name, value)?;
+        self.publish_settings();
+        Ok(())
+    }
+
+    /// Shows the session's settings in its `pg_catalog.pg_settings`.
+    fn publish_settings(&self) {
+        if let Some(view) = self
+            .context
+            .state()
+            .config()
+            .get_extension::<SettingsView>()
+        {
+            view.publish(&self.settings);
+        }
     }
 
     /// Plans a statement without executing it.
@@ -351,6 +365,9 @@ impl Session {
         }
         for (name, value) in &prepared.setting_changes {
             self.settings.set(name, value)?;
+        }
+        if !prepared.setting_changes.is_empty() {
+            self.publish_settings();
         }
         if let Some(plan) = &prepared.plan {
             let plan = match params {
@@ -669,6 +686,7 @@ impl Session {
             .map(Output::Command),
             S::Set(set) => {
                 let tag = self.settings.apply_set(set, &self.context)?;
+                self.publish_settings();
                 self.serving_context = None;
                 Ok(Output::Command(tag))
             }
@@ -688,6 +706,7 @@ impl Session {
             }
             S::Reset(reset) => {
                 let tag = self.settings.apply_reset(reset, &self.context)?;
+                self.publish_settings();
                 self.serving_context = None;
                 Ok(Output::Command(tag))
             }
@@ -888,7 +907,10 @@ pub(crate) fn build_context(
     project: &str,
     pins: Arc<HashMap<quiver_catalog::Oid, u64>>,
 ) -> SqlResult<SessionContext> {
+    // pg_settings shows the defaults until a session publishes its own settings here.
+    let settings_view = SettingsView::new(&Settings::default());
     let mut config = SessionConfig::new()
+        .with_extension(Arc::new(settings_view.clone()))
         .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true)
@@ -918,7 +940,9 @@ pub(crate) fn build_context(
     // json_get & co. and the -> / ->> operators, as PostgreSQL users read JSON text with.
     datafusion_functions_json::register_all(&mut state)?;
     let context = SessionContext::new_with_state(state);
-    engine.system_catalog.install(engine, &context, project)?;
+    engine
+        .system_catalog
+        .install(engine, &context, project, settings_view)?;
     context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         models::PredictFunction::new(engine.clone()),
     ));

@@ -3,6 +3,7 @@
 //! session's query engine directly.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{self, Expr, Ident, ObjectName, Value};
@@ -12,11 +13,14 @@ use crate::session::CommandTag;
 
 /// The server version Quiver reports: the PostgreSQL release whose protocol and catalog it follows.
 pub const SERVER_VERSION: &str = "15.0";
+/// The same release as a number, as `server_version_num` gives it.
+const SERVER_VERSION_NUM: &str = "150000";
 
 /// Settings with their defaults, by PostgreSQL's spelling. `report` marks the ones PostgreSQL
 /// sends as ParameterStatus at startup.
 const DEFAULTS: &[(&str, &str, bool)] = &[
     ("server_version", SERVER_VERSION, true),
+    ("server_version_num", SERVER_VERSION_NUM, false),
     ("server_encoding", "UTF8", true),
     ("client_encoding", "UTF8", true),
     ("DateStyle", "ISO, MDY", true),
@@ -41,11 +45,76 @@ const DEFAULTS: &[(&str, &str, bool)] = &[
 /// Settings that describe the server and cannot be changed by a session.
 const READ_ONLY: &[&str] = &[
     "server_version",
+    "server_version_num",
     "server_encoding",
     "integer_datetimes",
     "is_superuser",
     "max_identifier_length",
 ];
+
+/// One setting as `pg_catalog.pg_settings` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct SettingRow {
+    pub name: String,
+    pub setting: String,
+    pub reset_val: String,
+    /// `default` or `session`, as PostgreSQL's `source` says where the value came from.
+    pub source: &'static str,
+    /// `internal` for the read-only settings, `user` for the others (PostgreSQL's `context`).
+    pub context: &'static str,
+}
+
+/// A session's settings as its `pg_catalog.pg_settings` shows them: the session publishes them
+/// here when they change, the system catalog reads them.
+#[derive(Debug, Clone)]
+pub(crate) struct SettingsView(Arc<RwLock<Vec<SettingRow>>>);
+
+impl SettingsView {
+    pub(crate) fn new(settings: &Settings) -> SettingsView {
+        let view = SettingsView(Arc::new(RwLock::new(Vec::new())));
+        view.publish(settings);
+        view
+    }
+
+    pub(crate) fn publish(&self, settings: &Settings) {
+        let rows = settings
+            .values
+            .iter()
+            .map(|(key, (name, value))| {
+                let reset_val = DEFAULTS
+                    .iter()
+                    .find(|(default, _, _)| default.eq_ignore_ascii_case(key))
+                    .map_or_else(String::new, |(_, value, _)| value.to_string());
+                SettingRow {
+                    name: name.clone(),
+                    source: if *value == reset_val {
+                        "default"
+                    } else {
+                        "session"
+                    },
+                    context: if READ_ONLY.contains(&key.as_str()) {
+                        "internal"
+                    } else {
+                        "user"
+                    },
+                    setting: value.clone(),
+                    reset_val,
+                }
+            })
+            .collect();
+        match self.0.write() {
+            Ok(mut published) => *published = rows,
+            Err(poisoned) => *poisoned.into_inner() = rows,
+        }
+    }
+
+    pub(crate) fn rows(&self) -> Vec<SettingRow> {
+        match self.0.read() {
+            Ok(rows) => rows.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
 
 /// The settings of one session.
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ use datafusion_pg_catalog::setup_pg_catalog;
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::project_catalog::SYSTEM_SCHEMA;
+use crate::settings::SettingsView;
 
 pub(crate) use rewrites::{rewrite_catalog_query, user_keywords_to_calls};
 
@@ -115,6 +116,7 @@ impl SystemCatalog {
         engine: &Arc<Engine>,
         context: &SessionContext,
         project: &str,
+        settings: SettingsView,
     ) -> SqlResult<()> {
         let catalogs = SessionCatalogs(Arc::downgrade(context.state().catalog_list()));
         let generic = PgCatalogSchemaProvider::try_new(
@@ -129,6 +131,7 @@ impl SystemCatalog {
             engine: engine.clone(),
             project: project.to_string(),
             catalogs,
+            settings,
         };
         context
             .catalog(project)
@@ -206,6 +209,7 @@ struct SystemSchema {
     engine: Arc<Engine>,
     project: String,
     catalogs: SessionCatalogs,
+    settings: SettingsView,
 }
 
 #[async_trait]
@@ -226,6 +230,7 @@ impl SchemaProvider for SystemSchema {
                     engine: &self.engine,
                     project: &self.project,
                     catalogs: &self.catalogs.get()?,
+                    settings: &self.settings,
                 },
             )
             .await

@@ -1,5 +1,6 @@
 //! The `pg_catalog` tables Quiver fills from its own catalog: `pg_class`, `pg_attribute`,
-//! `pg_namespace`, `pg_database`, `pg_index`, `pg_constraint`, `pg_description` and `pg_roles`.
+//! `pg_namespace`, `pg_database`, `pg_index`, `pg_constraint`, `pg_description`, `pg_roles` and
+//! `pg_settings` (the session's settings).
 //! Their columns are datafusion-pg-catalog's (so its rewrites and oid handling keep working); the
 //! rows are [`objects::relations`], so OIDs are stable and primary keys, owners and comments are real.
 
@@ -15,6 +16,7 @@ use datafusion_pg_catalog::pg_catalog::PgCatalogStaticTables;
 use super::objects::{self, BTREE_AM, PG_CLASS_OID, PgRelation, RelKind};
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
+use crate::settings::SettingsView;
 
 /// The tables this module builds, by name.
 pub(crate) const TABLES: &[&str] = &[
@@ -26,6 +28,7 @@ pub(crate) const TABLES: &[&str] = &[
     "pg_constraint",
     "pg_description",
     "pg_roles",
+    "pg_settings",
 ];
 
 /// Rows for a table with a given schema, given column by name; a column a row does not name is
@@ -136,6 +139,8 @@ pub(crate) struct Sources<'a> {
     pub project: &'a str,
     /// The session's catalogs.
     pub catalogs: &'a Arc<dyn CatalogProviderList>,
+    /// The session's settings.
+    pub settings: &'a SettingsView,
 }
 
 /// Builds the table `name` for the project; `template` is datafusion-pg-catalog's table of that
@@ -202,6 +207,23 @@ pub(crate) async fn build(
                     ("rolconnlimit", int(-1)),
                     ("rolpassword", text("********")),
                     ("rolbypassrls", flag(user.superuser)),
+                ])?;
+            }
+            batches.push(rows.finish()?);
+            schema
+        }
+        "pg_settings" => {
+            let mut rows = Rows::new(schema.clone());
+            for setting in sources.settings.rows() {
+                rows.push(&[
+                    ("name", text(&setting.name)),
+                    ("setting", text(&setting.setting)),
+                    ("category", text("Quiver")),
+                    ("context", text(setting.context)),
+                    ("vartype", text("string")),
+                    ("source", text(setting.source)),
+                    ("reset_val", text(&setting.reset_val)),
+                    ("pending_restart", flag(false)),
                 ])?;
             }
             batches.push(rows.finish()?);
