@@ -68,3 +68,13 @@ def test_pg_settings_shows_the_session_settings(conn):
     )
     assert one(conn, "SELECT context FROM pg_catalog.pg_settings WHERE name = 'server_version'") == ("internal",)
     assert one(conn, "SELECT current_setting('server_version_num')") == ("150000",)
+
+
+def test_relation_sizes_come_from_the_offline_files(conn):
+    size = "SELECT pg_table_size('transactions_1'::regclass) AS t, pg_relation_size('transactions'::regclass) AS r"
+    assert one(conn, size) == (0, 0)
+    conn.execute("INSERT INTO transactions VALUES (1, 10.0, '2024-01-01 10:00:00'), (2, 20.0, '2024-01-01 11:00:00')")
+    table, relation = one(conn, size)
+    assert table == relation > 0 and table % 8192 == 0
+    assert one(conn, f"SELECT pg_size_pretty({table}::bigint)") == (f"{table} bytes" if table < 10240 else f"{round(table / 1024)} kB",)
+    assert one(conn, "SELECT pg_size_pretty(10485760::bigint)") == ("10 MB",)

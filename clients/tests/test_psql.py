@@ -127,6 +127,8 @@ CREATE PROJECT fraud;
 \dn
 \echo == dt
 \dt
+\echo == dt+
+\dt+
 \echo == dv
 \dv
 \echo == di

@@ -396,6 +396,17 @@ impl OfflineStore {
             .sum())
     }
 
+    /// The bytes of the live data files of the current version of table `id`.
+    pub async fn byte_size(&self, id: TableId) -> StorageResult<u64> {
+        let table = self.table(id).await?.lock().await.clone();
+        let snapshot = table.snapshot()?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|file| file.size().max(0) as u64)
+            .sum())
+    }
+
     /// Deletes table `id` and all its files.
     pub async fn drop_table(&self, id: TableId) -> StorageResult<()> {
         self.lock_table_map().remove(&id);

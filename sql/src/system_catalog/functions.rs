@@ -106,6 +106,18 @@ pub(crate) fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
     })
     .chain([ScalarUDF::new_from_impl(ExpandArray::new())])
     .chain([create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let sizes = ColumnarValue::values_to_arrays(args)?;
+            let sizes = sizes[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let pretty: StringArray = sizes.iter().map(|size| size.map(size_pretty)).collect();
+            Ok(ColumnarValue::Array(Arc::new(pretty)))
+        }),
+    )])
+    .chain([create_udf(
         "version",
         vec![],
         DataType::Utf8,
@@ -324,6 +336,23 @@ impl ScalarUDFImpl for ExpandArray {
     }
 }
 
+/// A byte count as `pg_size_pretty` prints it: bytes below 10 kB, then kB, MB, GB, TB, PB, each
+/// unit while the value is below 10240 of it, rounded half away from zero.
+fn size_pretty(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes.unsigned_abs() < 10 * 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    for (i, unit) in UNITS.iter().enumerate() {
+        if value.abs() < 10.0 * 1024.0 - 0.5 || i == UNITS.len() - 1 {
+            return format!("{} {unit}", value.round() as i64);
+        }
+        value /= 1024.0;
+    }
+    format!("{bytes} bytes")
+}
+
 /// Whether an unqualified name finds the relation with this OID: only those in `public` (and
 /// `pg_catalog`) are on the search path.
 fn table_is_visible(oid: i32) -> bool {
@@ -461,6 +490,16 @@ mod tests {
         assert!(!table_is_visible(Facet::OnlineLatest.oid(16_400)));
         assert!(!table_is_visible(14_100));
         assert!(table_is_visible(1259));
+    }
+
+    #[test]
+    fn sizes_print_as_pg_size_pretty_prints_them() {
+        assert_eq!(size_pretty(0), "0 bytes");
+        assert_eq!(size_pretty(10_239), "10239 bytes");
+        assert_eq!(size_pretty(10_240), "10 kB");
+        assert_eq!(size_pretty(1_048_576), "1024 kB");
+        assert_eq!(size_pretty(10_485_760), "10 MB");
+        assert_eq!(size_pretty(5 * 1024 * 1024 * 1024), "5120 MB");
     }
 
     #[test]

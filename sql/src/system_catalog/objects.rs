@@ -74,6 +74,9 @@ pub(crate) const PG_CLASS_OID: i32 = 1259;
 /// The btree access method, `pg_am.oid`, that primary-key indexes report.
 pub(crate) const BTREE_AM: i32 = 403;
 
+/// PostgreSQL's page size, the unit of `relpages`.
+pub(crate) const PAGE_BYTES: u64 = 8192;
+
 const FACET_SHIFT: u32 = 28;
 const CATALOG_OID_MASK: i32 = (1 << FACET_SHIFT) - 1;
 
@@ -238,6 +241,9 @@ pub(crate) struct PgRelation {
     pub index: Option<PgIndex>,
     /// Rows the catalog knows of, for `reltuples` (planner statistics in PostgreSQL).
     pub tuples: f64,
+    /// The size in 8 kB pages (`relpages`): the offline files of a feature group version or
+    /// table, 0 for what has no files (views, indexes, online and system relations).
+    pub pages: i32,
 }
 
 /// A primary-key index (and its constraint, which shares the OID).
@@ -264,7 +270,10 @@ pub(crate) async fn relations(sources: &Sources<'_>) -> SqlResult<Vec<PgRelation
     let snapshot = engine.catalog.snapshot();
     let mut relations = Vec::new();
     for relation in snapshot.relations(project) {
-        push_relation(&snapshot, relation, &mut relations);
+        // A size that cannot be read (the store unreachable) lists the relation with no pages
+        // rather than failing every catalog query.
+        let bytes = engine.offline.byte_size(relation.oid).await.unwrap_or(0);
+        push_relation(&snapshot, relation, bytes, &mut relations);
     }
     for view in snapshot.feature_views(project) {
         let latest = snapshot
@@ -296,6 +305,7 @@ pub(crate) async fn relations(sources: &Sources<'_>) -> SqlResult<Vec<PgRelation
                 description: view.description.clone(),
                 index: None,
                 tuples: -1.0,
+                pages: 0,
             });
         }
     }
@@ -371,12 +381,19 @@ fn system_relation(
         description: None,
         index: None,
         tuples: -1.0,
+        pages: 0,
     }
 }
 
 /// The relations one feature group version or table is: its names in `public` and `online`,
 /// each with its primary-key index.
-fn push_relation(snapshot: &CatalogState, relation: &Relation, out: &mut Vec<PgRelation>) {
+fn push_relation(
+    snapshot: &CatalogState,
+    relation: &Relation,
+    offline_bytes: u64,
+    out: &mut Vec<PgRelation>,
+) {
+    let offline_pages = i32::try_from(offline_bytes.div_ceil(PAGE_BYTES)).unwrap_or(i32::MAX);
     let mut facets = vec![(Facet::Versioned, relation.qualified_name())];
     let mut description = None;
     if let Some(spec) = relation.feature_group() {
@@ -443,6 +460,7 @@ fn push_relation(snapshot: &CatalogState, relation: &Relation, out: &mut Vec<PgR
                 description: None,
                 index: Some(index.clone()),
                 tuples: -1.0,
+                pages: 0,
             });
         }
         out.push(PgRelation {
@@ -455,6 +473,11 @@ fn push_relation(snapshot: &CatalogState, relation: &Relation, out: &mut Vec<PgR
             description: description.clone(),
             index,
             tuples: -1.0,
+            pages: if facet.namespace() == PUBLIC_NAMESPACE {
+                offline_pages
+            } else {
+                0
+            },
         });
     }
 }

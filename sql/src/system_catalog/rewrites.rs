@@ -83,6 +83,7 @@ pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     let _ = statement.visit(&mut ExistsInSelectList);
     regproc_literals_to_names(statement);
     search_path_lookups(statement);
+    relation_sizes_from_pages(statement);
     aggregate_scalar_lookups(statement);
 }
 
@@ -142,6 +143,44 @@ fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
                 .and_then(|mut parser| parser.parse_expr())
         {
             *expr = rewritten;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// `pg_table_size(oid)`, `pg_relation_size(oid)` and `pg_total_relation_size(oid)` (psql's
+/// `\dt+`) read the relation's `relpages`, which `pg_class` fills from the offline files'
+/// sizes, as `(SELECT max(relpages * 8192) FROM pg_catalog.pg_class WHERE oid = ...)`: the
+/// sizes come from the store, which a function evaluated row by row cannot wait for.
+fn relation_sizes_from_pages(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(call) = expr
+            && call
+                .name
+                .0
+                .last()
+                .and_then(|part| part.as_ident())
+                .is_some_and(|ident| {
+                    [
+                        "pg_table_size",
+                        "pg_relation_size",
+                        "pg_total_relation_size",
+                    ]
+                    .iter()
+                    .any(|name| ident.value.eq_ignore_ascii_case(name))
+                })
+            && let ast::FunctionArguments::List(list) = &call.args
+            && let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(oid))] =
+                list.args.as_slice()
+            && let Ok(size) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!(
+                    "(SELECT max(CAST(sized.relpages AS BIGINT) * {}) \
+                     FROM pg_catalog.pg_class AS sized WHERE sized.oid = {oid})",
+                    super::objects::PAGE_BYTES
+                ))
+                .and_then(|mut parser| parser.parse_expr())
+        {
+            *expr = size;
         }
         ControlFlow::<()>::Continue(())
     });

@@ -404,7 +404,7 @@ fn class_row(relation: &PgRelation) -> Vec<(&'static str, ScalarValue)> {
         ("relam", int(if is_index { BTREE_AM } else { 0 })),
         ("relfilenode", int(0)),
         ("reltablespace", int(0)),
-        ("relpages", int(0)),
+        ("relpages", int(relation.pages)),
         ("reltuples", ScalarValue::Float64(Some(relation.tuples))),
         ("relallvisible", int(0)),
         ("reltoastrelid", int(0)),
