@@ -277,3 +277,25 @@ def test_unnamed_columns_are_named_as_postgresql_names_them(quiver):
         # Two columns PostgreSQL would both call "count" keep the engine's distinct names.
         cur = conn.execute("SELECT count(*), count(amount) FROM spend")
         assert len({d.name for d in cur.description}) == 2
+
+
+def test_deallocate_drops_prepared_statements(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute("SELECT %s::bigint", (1,), prepare=True)
+        assert conn.execute("SELECT %s::bigint", (2,), prepare=True).fetchone() == (2,)
+        conn.execute("DEALLOCATE ALL")
+        # psycopg still holds the name it prepared; the server no longer has the statement, as
+        # PostgreSQL would not.
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("SELECT %s::bigint", (3,), prepare=True)
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName) as unknown:
+            conn.execute("DEALLOCATE no_such_statement")
+        assert unknown.value.sqlstate == "26000"
+
+
+def test_current_setting_and_set_config_variants(quiver):
+    with connect(quiver, autocommit=True) as conn:
+        assert conn.execute("SELECT current_setting('no_such_setting', true)").fetchone() == (None,)
+        # A transaction-local set_config outside a block changes nothing after its statement.
+        assert conn.execute("SELECT set_config('application_name', 'once', true)").fetchone() == ("once",)
+        assert conn.execute("SHOW application_name").fetchone() == ("",)
