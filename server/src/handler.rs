@@ -44,16 +44,22 @@ use crate::errors::{error_response, sqlstate, to_pgwire};
 /// The session of one connection, kept in the connection's extensions.
 struct SessionSlot(Arc<Mutex<Session>>);
 
+/// A connection-local mutex's guard: a panic while it was held leaves plain data behind, which
+/// is still the connection's.
+fn lock_even_if_poisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// A COPY FROM STDIN waiting for its data, kept in the connection's extensions.
 #[derive(Default)]
 struct PendingCopy(std::sync::Mutex<Option<Box<CopyIn>>>);
 
 impl PendingCopy {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<CopyIn>>> {
-        match self.0.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock_even_if_poisoned(&self.0)
     }
 }
 
@@ -64,10 +70,7 @@ struct PreparedNames(std::sync::Mutex<BTreeSet<String>>);
 
 impl PreparedNames {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        match self.0.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock_even_if_poisoned(&self.0)
     }
 }
 
@@ -105,10 +108,7 @@ struct CursorPortals(std::sync::Mutex<BTreeSet<String>>);
 
 impl CursorPortals {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        match self.0.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock_even_if_poisoned(&self.0)
     }
 }
 

@@ -465,6 +465,15 @@ impl Session {
             .ok_or_else(|| SqlError::UndefinedCursor(format!("cursor \"{name}\" does not exist")))
     }
 
+    /// The open transaction block, for a statement that needs one (25P01 outside a block).
+    fn open_block(&mut self, statement: &str) -> SqlResult<&mut cursor::Block> {
+        self.block.as_mut().ok_or_else(|| {
+            SqlError::NoActiveTransaction(format!(
+                "{statement} can only be used in transaction blocks"
+            ))
+        })
+    }
+
     /// Ends the transaction block: its cursors close, except those declared WITH HOLD.
     fn end_block(&mut self) -> Option<cursor::Block> {
         self.cursors.retain(|_, cursor| cursor.hold);
@@ -733,12 +742,9 @@ impl Session {
                 savepoint: Some(savepoint),
                 ..
             } => {
-                let block = self.block.as_mut().ok_or_else(|| {
-                    SqlError::NoActiveTransaction(
-                        "ROLLBACK TO SAVEPOINT can only be used in transaction blocks".into(),
-                    )
-                })?;
-                let committed = block.roll_back_to(&savepoint.value)?;
+                let committed = self
+                    .open_block("ROLLBACK TO SAVEPOINT")?
+                    .roll_back_to(&savepoint.value)?;
                 if committed > 0 {
                     self.notices.send(format!(
                         "WARNING: {committed} statement(s) since savepoint \"{}\" already \
@@ -749,25 +755,11 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
             S::Savepoint { name } => {
-                self.block
-                    .as_mut()
-                    .ok_or_else(|| {
-                        SqlError::NoActiveTransaction(
-                            "SAVEPOINT can only be used in transaction blocks".into(),
-                        )
-                    })?
-                    .savepoint(&name.value);
+                self.open_block("SAVEPOINT")?.savepoint(&name.value);
                 Ok(Output::Command(CommandTag::new("SAVEPOINT")))
             }
             S::ReleaseSavepoint { name } => {
-                self.block
-                    .as_mut()
-                    .ok_or_else(|| {
-                        SqlError::NoActiveTransaction(
-                            "RELEASE SAVEPOINT can only be used in transaction blocks".into(),
-                        )
-                    })?
-                    .release(&name.value)?;
+                self.open_block("RELEASE SAVEPOINT")?.release(&name.value)?;
                 Ok(Output::Command(CommandTag::new("RELEASE")))
             }
             S::Rollback { .. } => {

@@ -387,24 +387,38 @@ impl OfflineStore {
 
     /// The number of rows in the current version of table `id`, from the files' statistics.
     pub async fn row_count(&self, id: TableId) -> StorageResult<u64> {
-        let table = self.table(id).await?.lock().await.clone();
-        let snapshot = table.snapshot()?;
-        Ok(snapshot
-            .log_data()
+        Ok(self
+            .file_stats(id)
+            .await?
             .iter()
-            .map(|file| file.num_records().unwrap_or(0) as u64)
+            .map(|(rows, _)| rows)
             .sum())
     }
 
     /// The bytes of the live data files of the current version of table `id`.
     pub async fn byte_size(&self, id: TableId) -> StorageResult<u64> {
+        Ok(self
+            .file_stats(id)
+            .await?
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .sum())
+    }
+
+    /// Rows and bytes of each live data file of the current version of table `id`.
+    async fn file_stats(&self, id: TableId) -> StorageResult<Vec<(u64, u64)>> {
         let table = self.table(id).await?.lock().await.clone();
         let snapshot = table.snapshot()?;
         Ok(snapshot
             .log_data()
             .iter()
-            .map(|file| file.size().max(0) as u64)
-            .sum())
+            .map(|file| {
+                (
+                    file.num_records().unwrap_or(0) as u64,
+                    file.size().max(0) as u64,
+                )
+            })
+            .collect())
     }
 
     /// Deletes table `id` and all its files.

@@ -143,6 +143,14 @@ impl Facet {
     }
 }
 
+/// Whether a listing reads the relations' sizes from the offline store (only `pg_class` shows
+/// them, in `relpages`; the other tables need not wait for the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sizes {
+    Read,
+    Skip,
+}
+
 /// A namespace (schema) of the project.
 #[derive(Debug, Clone)]
 pub(crate) struct PgNamespace {
@@ -259,7 +267,7 @@ pub(crate) struct PgIndex {
 /// Lists the project's relations: its feature groups, tables and feature views from the
 /// Quiver catalog, and the system relations of `quiver` and `information_schema` (whose
 /// columns DataFusion describes from the session's `catalogs`).
-pub(crate) async fn relations(sources: &Sources<'_>) -> SqlResult<Vec<PgRelation>> {
+pub(crate) async fn relations(sources: &Sources<'_>, sizes: Sizes) -> SqlResult<Vec<PgRelation>> {
     let Sources {
         engine,
         project,
@@ -272,7 +280,10 @@ pub(crate) async fn relations(sources: &Sources<'_>) -> SqlResult<Vec<PgRelation
     for relation in snapshot.relations(project) {
         // A size that cannot be read (the store unreachable) lists the relation with no pages
         // rather than failing every catalog query.
-        let bytes = engine.offline.byte_size(relation.oid).await.unwrap_or(0);
+        let bytes = match sizes {
+            Sizes::Read => engine.offline.byte_size(relation.oid).await.unwrap_or(0),
+            Sizes::Skip => 0,
+        };
         push_relation(&snapshot, relation, bytes, &mut relations);
     }
     for view in snapshot.feature_views(project) {

@@ -8,6 +8,23 @@ use datafusion::sql::sqlparser::ast::{self, ObjectName, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+/// An expression from SQL text a rewrite composes; `None` if it does not parse (the rewrite is
+/// then left undone and the planner reports on the original).
+fn parse_expr(sql: &str) -> Option<ast::Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_expr())
+        .ok()
+}
+
+/// Whether a (maybe qualified) name's last part is one of these, case-insensitively.
+fn named(name: &ObjectName, any_of: &[&str]) -> bool {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .is_some_and(|ident| any_of.iter().any(|n| ident.value.eq_ignore_ascii_case(n)))
+}
+
 /// The SQL keywords that name the session's user; PostgreSQL reserves them, so unquoted they are
 /// never column names.
 const USER_KEYWORDS: &[&str] = &["current_user", "session_user", "user", "current_role"];
@@ -99,11 +116,7 @@ fn regproc_literals_to_names(statement: &mut ast::Statement) {
             && let [from] = select.from.as_slice()
             && from.joins.is_empty()
             && let ast::TableFactor::Table { name, .. } = &from.relation
-            && name
-                .0
-                .last()
-                .and_then(|part| part.as_ident())
-                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("pg_proc"))
+            && named(name, &["pg_proc"])
             && let Some(ast::Expr::BinaryOp {
                 left,
                 op: ast::BinaryOperator::Eq,
@@ -127,20 +140,16 @@ fn regproc_literals_to_names(statement: &mut ast::Statement) {
 fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         if let ast::Expr::Function(call) = expr
-            && let [name] = call.name.0.as_slice()
-            && name
-                .as_ident()
-                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("generate_subscripts"))
+            && call.name.0.len() == 1
+            && named(&call.name, &["generate_subscripts"])
             && let ast::FunctionArguments::List(list) = &call.args
             && let [
                 ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
                 ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(dimension)),
             ] = list.args.as_slice()
-            && let Ok(rewritten) = Parser::new(&PostgreSqlDialect {})
-                .try_with_sql(&format!(
-                    "unnest(CASE WHEN {dimension} = 1 THEN range(1, CAST(cardinality({array}) AS BIGINT) + 1) END)"
-                ))
-                .and_then(|mut parser| parser.parse_expr())
+            && let Some(rewritten) = parse_expr(&format!(
+                "unnest(CASE WHEN {dimension} = 1 THEN range(1, CAST(cardinality({array}) AS BIGINT) + 1) END)"
+            ))
         {
             *expr = rewritten;
         }
@@ -155,30 +164,22 @@ fn generate_subscripts_to_unnest(statement: &mut ast::Statement) {
 fn relation_sizes_from_pages(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         if let ast::Expr::Function(call) = expr
-            && call
-                .name
-                .0
-                .last()
-                .and_then(|part| part.as_ident())
-                .is_some_and(|ident| {
-                    [
-                        "pg_table_size",
-                        "pg_relation_size",
-                        "pg_total_relation_size",
-                    ]
-                    .iter()
-                    .any(|name| ident.value.eq_ignore_ascii_case(name))
-                })
+            && named(
+                &call.name,
+                &[
+                    "pg_table_size",
+                    "pg_relation_size",
+                    "pg_total_relation_size",
+                ],
+            )
             && let ast::FunctionArguments::List(list) = &call.args
             && let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(oid))] =
                 list.args.as_slice()
-            && let Ok(size) = Parser::new(&PostgreSqlDialect {})
-                .try_with_sql(&format!(
-                    "(SELECT max(CAST(sized.relpages AS BIGINT) * {}) \
-                     FROM pg_catalog.pg_class AS sized WHERE sized.oid = {oid})",
-                    super::objects::PAGE_BYTES
-                ))
-                .and_then(|mut parser| parser.parse_expr())
+            && let Some(size) = parse_expr(&format!(
+                "(SELECT max(CAST(sized.relpages AS BIGINT) * {}) \
+                 FROM pg_catalog.pg_class AS sized WHERE sized.oid = {oid})",
+                super::objects::PAGE_BYTES
+            ))
         {
             *expr = size;
         }
@@ -223,14 +224,7 @@ fn expand_arrays_and_access_fields(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         match expr {
             // datafusion-pg-catalog has already dropped the `information_schema.` qualifier.
-            ast::Expr::Function(call)
-                if call
-                    .name
-                    .0
-                    .last()
-                    .and_then(|part| part.as_ident())
-                    .is_some_and(|ident| ident.value.eq_ignore_ascii_case("_pg_expandarray")) =>
-            {
+            ast::Expr::Function(call) if named(&call.name, &["_pg_expandarray"]) => {
                 let mut expand = call.clone();
                 expand.name = ObjectName::from(vec![ast::Ident::new(super::EXPAND_ARRAY)]);
                 let mut unnest = call.clone();
@@ -301,15 +295,9 @@ fn aggregate_scalar_lookups(statement: &mut ast::Statement) {
                 | ast::SelectItem::ExprWithAlias { expr: item, .. },
             ] = select.projection.as_mut_slice()
         {
-            let aggregated = matches!(item, ast::Expr::Function(call)
-            if call.name.0.last().and_then(|p| p.as_ident()).is_some_and(|ident| {
-                AGGREGATES.iter().any(|a| ident.value.eq_ignore_ascii_case(a))
-            }));
-            if !aggregated
-                && let Ok(max) = Parser::new(&PostgreSqlDialect {})
-                    .try_with_sql(&format!("max({item})"))
-                    .and_then(|mut parser| parser.parse_expr())
-            {
+            let aggregated =
+                matches!(item, ast::Expr::Function(call) if named(&call.name, AGGREGATES));
+            if !aggregated && let Some(max) = parse_expr(&format!("max({item})")) {
                 *item = max;
             }
         }
@@ -339,9 +327,8 @@ impl VisitorMut for ExistsInSelectList {
                         && let Some(count) = counted(subquery)
                     {
                         let comparison = if *negated { "= 0" } else { "> 0" };
-                        if let Ok(rewritten) = Parser::new(&PostgreSqlDialect {})
-                            .try_with_sql(&format!("coalesce(({count}), 0) {comparison}"))
-                            .and_then(|mut parser| parser.parse_expr())
+                        if let Some(rewritten) =
+                            parse_expr(&format!("coalesce(({count}), 0) {comparison}"))
                         {
                             *expr = ast::Expr::Nested(Box::new(rewritten));
                         }
@@ -369,12 +356,7 @@ fn counted(query: &ast::Query) -> Option<ast::Query> {
         return None;
     }
     select.distinct = None;
-    select.projection = vec![ast::SelectItem::UnnamedExpr(
-        Parser::new(&PostgreSqlDialect {})
-            .try_with_sql("count(*)")
-            .and_then(|mut parser| parser.parse_expr())
-            .ok()?,
-    )];
+    select.projection = vec![ast::SelectItem::UnnamedExpr(parse_expr("count(*)")?)];
     Some(query)
 }
 
@@ -385,10 +367,8 @@ fn counted(query: &ast::Query) -> Option<ast::Query> {
 fn array_subqueries_to_aggregates(statement: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(statement, |expr| {
         if let ast::Expr::Function(call) = expr
-            && let [name] = call.name.0.as_slice()
-            && name
-                .as_ident()
-                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("array"))
+            && call.name.0.len() == 1
+            && named(&call.name, &["array"])
             && let ast::FunctionArguments::Subquery(query) = &call.args
             && let Some(array) = array_of_rows(query)
         {
@@ -415,11 +395,7 @@ fn unnested_array(from: &[ast::TableWithJoins]) -> Option<(ast::Expr, ast::Ident
     else {
         return None;
     };
-    let is_unnest = name
-        .0
-        .last()
-        .and_then(|part| part.as_ident())
-        .is_some_and(|ident| ident.value.eq_ignore_ascii_case("unnest"));
+    let is_unnest = named(name, &["unnest"]);
     match args.args.as_slice() {
         [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array))]
             if is_unnest && alias.columns.is_empty() =>
@@ -496,10 +472,7 @@ fn array_of_rows(query: &ast::Query) -> Option<ast::Expr> {
         Some(order_by) => format!("array_agg({element} {order_by})"),
         None => format!("array_agg({element})"),
     };
-    let aggregate = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&aggregate)
-        .and_then(|mut parser| parser.parse_expr())
-        .ok()?;
+    let aggregate = parse_expr(&aggregate)?;
     select.projection = vec![ast::SelectItem::UnnamedExpr(aggregate)];
     Some(ast::Expr::Subquery(Box::new(query)))
 }

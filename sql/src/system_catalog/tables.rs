@@ -13,7 +13,7 @@ use datafusion::catalog::{CatalogProviderList, MemTable, TableProvider};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion_pg_catalog::pg_catalog::PgCatalogStaticTables;
 
-use super::objects::{self, BTREE_AM, PG_CLASS_OID, PgRelation, RelKind};
+use super::objects::{self, BTREE_AM, PG_CLASS_OID, PgIndex, PgRelation, RelKind, Sizes};
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::settings::SettingsView;
@@ -230,7 +230,7 @@ pub(crate) async fn build(
             schema
         }
         "pg_class" => {
-            let relations = objects::relations(sources).await?;
+            let relations = objects::relations(sources, Sizes::Read).await?;
             let schema = with_field(&schema, list_field("reloptions", DataType::Utf8));
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
@@ -240,7 +240,7 @@ pub(crate) async fn build(
             schema
         }
         "pg_attribute" => {
-            let relations = objects::relations(sources).await?;
+            let relations = objects::relations(sources, Sizes::Skip).await?;
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
                 for (position, column) in relation.columns.iter().enumerate() {
@@ -273,7 +273,7 @@ pub(crate) async fn build(
             schema
         }
         "pg_index" => {
-            let relations = objects::relations(sources).await?;
+            let relations = objects::relations(sources, Sizes::Skip).await?;
             // int2vector and oidvector are arrays to PostgreSQL's clients, which unnest them.
             let mut schema = schema;
             for (name, element) in [
@@ -285,10 +285,7 @@ pub(crate) async fn build(
                 schema = with_field(&schema, list_field(name, element));
             }
             let mut rows = Rows::new(schema.clone());
-            for relation in relations.iter().filter(|r| r.kind == RelKind::Index) {
-                let Some(index) = &relation.index else {
-                    continue;
-                };
+            for (_, index) in primary_keys(&relations) {
                 let key_count = index.key.len() as i16;
                 let zeros = vec![0; index.key.len()];
                 rows.push(&[
@@ -317,14 +314,11 @@ pub(crate) async fn build(
             schema
         }
         "pg_constraint" => {
-            let relations = objects::relations(sources).await?;
+            let relations = objects::relations(sources, Sizes::Skip).await?;
             // PostgreSQL's conkey is int2[]: clients unnest it.
             let schema = with_field(&schema, list_field("conkey", DataType::Int16));
             let mut rows = Rows::new(schema.clone());
-            for relation in relations.iter().filter(|r| r.kind == RelKind::Index) {
-                let Some(index) = &relation.index else {
-                    continue;
-                };
+            for (relation, index) in primary_keys(&relations) {
                 rows.push(&[
                     ("oid", int(index.oid)),
                     ("conname", text(&index.name)),
@@ -353,7 +347,7 @@ pub(crate) async fn build(
         "pg_description" => {
             // The built-in objects' descriptions (functions, types, ...) and the project's.
             batches.extend(static_tables.pg_description.data().iter().cloned());
-            let relations = objects::relations(sources).await?;
+            let relations = objects::relations(sources, Sizes::Skip).await?;
             let mut rows = Rows::new(schema.clone());
             for relation in &relations {
                 let comments = std::iter::once((0, &relation.description)).chain(
@@ -389,6 +383,14 @@ pub(crate) async fn build(
         .collect::<Result<Vec<_>, _>>()
         .map_err(DataFusionError::from)?;
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+/// The primary-key indexes among the relations, each with its index relation.
+fn primary_keys(relations: &[PgRelation]) -> impl Iterator<Item = (&PgRelation, &PgIndex)> {
+    relations
+        .iter()
+        .filter(|relation| relation.kind == RelKind::Index)
+        .filter_map(|relation| relation.index.as_ref().map(|index| (relation, index)))
 }
 
 /// A `pg_class` row.
