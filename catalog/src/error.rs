@@ -12,6 +12,10 @@ pub enum CatalogError {
     UndefinedColumn { relation: String, column: String },
     #[error("project \"{0}\" does not exist")]
     UndefinedProject(String),
+    #[error("role \"{0}\" does not exist")]
+    UndefinedRole(String),
+    #[error("{0}")]
+    InvalidShare(String),
     #[error("feature group \"{0}\" does not exist")]
     UndefinedFeatureGroup(String),
     #[error("{kind} \"{name}\" has no version {version}")]

@@ -5,6 +5,7 @@
 //! query sees one consistent catalog even while DDL runs. This crate does no SQL and knows nothing of
 //! storage; it only records what exists.
 
+mod access;
 mod error;
 mod log;
 mod model;
@@ -15,9 +16,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::Utc;
 
+pub use access::{Privilege, ProjectRole, ScramVerifier};
 pub use error::{CatalogError, CatalogResult};
 pub use model::*;
-pub use state::{Applied, CatalogCommand, CatalogState};
+pub use state::{Applied, CatalogCommand, CatalogState, UserChange};
 
 use log::CommandLog;
 
@@ -64,6 +66,8 @@ impl Catalog {
             catalog.execute(CatalogCommand::CreateUser {
                 name: BOOTSTRAP_NAME.into(),
                 superuser: true,
+                password: None,
+                connection_limit: None,
             })?;
             catalog.execute(CatalogCommand::CreateProject {
                 name: BOOTSTRAP_NAME.into(),

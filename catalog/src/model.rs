@@ -1,7 +1,11 @@
 //! The catalog's objects: projects, users, feature groups and plain tables.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::access::{ProjectRole, ScramVerifier};
 
 /// A PostgreSQL object identifier. Ours start at 16384, where PostgreSQL's user objects start.
 pub type Oid = u32;
@@ -194,6 +198,14 @@ pub struct Project {
     pub description: Option<String>,
     pub owner: String,
     pub created_at: DateTime<Utc>,
+    /// Who may use the project, and as what. The creator is its first data owner; superusers
+    /// need no membership.
+    #[serde(default)]
+    pub members: BTreeMap<String, ProjectRole>,
+    /// Feature groups (by name, every version) this project lets other projects read, with
+    /// the projects each is shared with.
+    #[serde(default)]
+    pub shares: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A user that may connect.
@@ -202,6 +214,12 @@ pub struct User {
     pub oid: Oid,
     pub name: String,
     pub superuser: bool,
+    /// None: the user cannot log in when passwords are required.
+    #[serde(default)]
+    pub password: Option<ScramVerifier>,
+    /// At most this many connections at once (`CONNECTION LIMIT`); None: no limit of its own.
+    #[serde(default)]
+    pub connection_limit: Option<u32>,
 }
 
 /// A fitted-at-training-time transformation of one feature view column.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ProjectRole, ScramVerifier};
 use crate::error::{CatalogError, CatalogResult};
 use crate::model::{
     Column, ExperimentRun, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, FeatureView,
@@ -21,6 +22,40 @@ pub enum CatalogCommand {
     CreateUser {
         name: String,
         superuser: bool,
+        #[serde(default)]
+        password: Option<ScramVerifier>,
+        #[serde(default)]
+        connection_limit: Option<u32>,
+    },
+    AlterUser {
+        name: String,
+        change: UserChange,
+    },
+    /// Drops a user and their project memberships; refused while they own a project.
+    DropUser {
+        name: String,
+    },
+    /// Makes `user` a member of `project` with `role`, replacing the role they had.
+    Grant {
+        project: String,
+        user: String,
+        role: ProjectRole,
+    },
+    /// Removes `user` from `project`'s members.
+    Revoke {
+        project: String,
+        user: String,
+    },
+    /// Lets `with` read every version of feature group `group` of `project`.
+    ShareFeatureGroup {
+        project: String,
+        group: String,
+        with: String,
+    },
+    UnshareFeatureGroup {
+        project: String,
+        group: String,
+        with: String,
     },
     CreateProject {
         name: String,
@@ -81,6 +116,16 @@ pub enum CatalogCommand {
     },
 }
 
+/// What `ALTER USER` changes; `None` leaves an attribute as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserChange {
+    /// `Some(None)`: `PASSWORD NULL`, the user can no longer log in with a password.
+    pub password: Option<Option<ScramVerifier>>,
+    pub superuser: Option<bool>,
+    /// `Some(None)`: `CONNECTION LIMIT -1`, no limit of the user's own.
+    pub connection_limit: Option<Option<u32>>,
+}
+
 /// What applying a command produced, for the caller to act on (e.g. storage to create or remove).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
@@ -133,7 +178,12 @@ impl CatalogState {
     /// Applies one command. On error the state is unchanged: every check comes before any change.
     pub fn apply(&mut self, command: &CatalogCommand) -> CatalogResult<Applied> {
         let applied = match command {
-            CatalogCommand::CreateUser { name, superuser } => {
+            CatalogCommand::CreateUser {
+                name,
+                superuser,
+                password,
+                connection_limit,
+            } => {
                 if self.users.contains_key(name) {
                     return Err(CatalogError::Duplicate(format!("role \"{name}\"")));
                 }
@@ -144,8 +194,111 @@ impl CatalogState {
                         oid,
                         name: name.clone(),
                         superuser: *superuser,
+                        password: password.clone(),
+                        connection_limit: *connection_limit,
                     },
                 );
+                Applied::Nothing
+            }
+            CatalogCommand::AlterUser { name, change } => {
+                let user = self
+                    .users
+                    .get_mut(name)
+                    .ok_or_else(|| CatalogError::UndefinedRole(name.clone()))?;
+                if let Some(password) = &change.password {
+                    user.password = password.clone();
+                }
+                if let Some(superuser) = change.superuser {
+                    user.superuser = superuser;
+                }
+                if let Some(limit) = change.connection_limit {
+                    user.connection_limit = limit;
+                }
+                Applied::Nothing
+            }
+            CatalogCommand::DropUser { name } => {
+                if !self.users.contains_key(name) {
+                    return Err(CatalogError::UndefinedRole(name.clone()));
+                }
+                let owned: Vec<&str> = self
+                    .projects
+                    .values()
+                    .filter(|p| &p.owner == name)
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !owned.is_empty() {
+                    return Err(CatalogError::DependentObjects(format!(
+                        "role \"{name}\" owns project(s) {}; drop them first",
+                        owned.join(", ")
+                    )));
+                }
+                self.users.remove(name);
+                for project in self.projects.values_mut() {
+                    project.members.remove(name);
+                }
+                Applied::Nothing
+            }
+            CatalogCommand::Grant {
+                project,
+                user,
+                role,
+            } => {
+                if !self.users.contains_key(user) {
+                    return Err(CatalogError::UndefinedRole(user.clone()));
+                }
+                self.project_mut(project)?
+                    .members
+                    .insert(user.clone(), *role);
+                Applied::Nothing
+            }
+            CatalogCommand::Revoke { project, user } => {
+                if !self.users.contains_key(user) {
+                    return Err(CatalogError::UndefinedRole(user.clone()));
+                }
+                self.project_mut(project)?.members.remove(user);
+                Applied::Nothing
+            }
+            CatalogCommand::ShareFeatureGroup {
+                project,
+                group,
+                with,
+            } => {
+                if !self.projects.contains_key(with) {
+                    return Err(CatalogError::UndefinedProject(with.clone()));
+                }
+                if with == project {
+                    return Err(CatalogError::InvalidShare(format!(
+                        "feature group \"{group}\" already belongs to project \"{project}\""
+                    )));
+                }
+                if !self
+                    .relations(project)
+                    .any(|r| &r.name == group && r.feature_group().is_some())
+                {
+                    return Err(CatalogError::UndefinedFeatureGroup(group.clone()));
+                }
+                self.project_mut(project)?
+                    .shares
+                    .entry(group.clone())
+                    .or_default()
+                    .insert(with.clone());
+                Applied::Nothing
+            }
+            CatalogCommand::UnshareFeatureGroup {
+                project,
+                group,
+                with,
+            } => {
+                let shares = &mut self.project_mut(project)?.shares;
+                let removed = shares
+                    .get_mut(group)
+                    .is_some_and(|with_projects| with_projects.remove(with));
+                if !removed {
+                    return Err(CatalogError::InvalidShare(format!(
+                        "feature group \"{group}\" is not shared with project \"{with}\""
+                    )));
+                }
+                shares.retain(|_, with_projects| !with_projects.is_empty());
                 Applied::Nothing
             }
             CatalogCommand::CreateProject {
@@ -166,6 +319,8 @@ impl CatalogState {
                         description: description.clone(),
                         owner: owner.clone(),
                         created_at: *created_at,
+                        members: BTreeMap::from([(owner.clone(), ProjectRole::DataOwner)]),
+                        shares: BTreeMap::new(),
                     },
                 );
                 Applied::Project(oid)
@@ -187,6 +342,14 @@ impl CatalogState {
                     )));
                 }
                 self.projects.remove(name);
+                for project in self.projects.values_mut() {
+                    for with_projects in project.shares.values_mut() {
+                        with_projects.remove(name);
+                    }
+                    project
+                        .shares
+                        .retain(|_, with_projects| !with_projects.is_empty());
+                }
                 // A project's views go with it; its training datasets' files are left where they
                 // were written (a location may be shared storage the project never owned).
                 self.feature_views.retain(|_, v| &v.project != name);
@@ -277,10 +440,20 @@ impl CatalogState {
                         relation.qualified_name()
                     )));
                 }
-                let dropped = oids
+                let dropped: Vec<Relation> = oids
                     .iter()
                     .filter_map(|oid| self.relations.remove(oid))
                     .collect();
+                // A share names a feature group, not a version: it ends with the last version.
+                for relation in &dropped {
+                    let remaining = self
+                        .relations
+                        .values()
+                        .any(|r| r.project == relation.project && r.name == relation.name);
+                    if !remaining && let Some(project) = self.projects.get_mut(&relation.project) {
+                        project.shares.remove(&relation.name);
+                    }
+                }
                 Applied::Dropped(dropped)
             }
             CatalogCommand::CreateFeatureView(view) => {
@@ -413,6 +586,12 @@ impl CatalogState {
             }
         }
         Ok(())
+    }
+
+    fn project_mut(&mut self, name: &str) -> CatalogResult<&mut Project> {
+        self.projects
+            .get_mut(name)
+            .ok_or_else(|| CatalogError::UndefinedProject(name.to_string()))
     }
 
     fn allocate_oid(&mut self) -> Oid {
@@ -626,6 +805,29 @@ impl CatalogState {
     /// Every project, by name.
     pub fn projects(&self) -> impl Iterator<Item = &Project> {
         self.projects.values()
+    }
+
+    /// What `user` may do in `project`: superusers everything, members what their role allows,
+    /// anyone else nothing (`None`).
+    pub fn role_in(&self, project: &str, user: &str) -> Option<ProjectRole> {
+        if self.user(user)?.superuser {
+            return self.project(project).map(|_| ProjectRole::DataOwner);
+        }
+        self.project(project)?.members.get(user).copied()
+    }
+
+    /// The feature groups other projects share with `project`: (owning project, group name).
+    pub fn shared_with<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.projects.values().flat_map(move |owner| {
+            owner
+                .shares
+                .iter()
+                .filter(move |(_, with)| with.contains(project))
+                .map(move |(group, _)| (owner.name.as_str(), group.as_str()))
+        })
     }
 
     /// The user with this name.

@@ -26,6 +26,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::PrerequisiteState(_) => "55000",
         SqlError::DependentObjects(_) => "2BP01",
         SqlError::NotSupported(_) => "0A000",
+        SqlError::InsufficientPrivilege(_) => "42501",
         SqlError::Canceled => "57014",
         SqlError::InFailedTransaction => "25P02",
         SqlError::NoActiveTransaction(_) => "25P01",
@@ -59,6 +60,8 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
             | CatalogError::UndefinedObject { .. }
             | CatalogError::UndefinedRelation(_) => "42P01",
             CatalogError::DependentObjects(_) => "2BP01",
+            CatalogError::UndefinedRole(_) => "42704",
+            CatalogError::InvalidShare(_) => "22023",
             CatalogError::Io { .. } | CatalogError::CorruptLog { .. } => "XX000",
         },
     }

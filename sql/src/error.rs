@@ -64,6 +64,10 @@ pub enum SqlError {
     /// 0A000: valid SQL that Quiver does not support.
     #[error("{0}")]
     NotSupported(String),
+    /// 42501: the user's role does not allow the statement, or they are not a member of the
+    /// project.
+    #[error("permission denied: {0}")]
+    InsufficientPrivilege(String),
     /// 25P02: a statement failed earlier in the transaction block.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     InFailedTransaction,

@@ -1,0 +1,91 @@
+//! TLS for client connections: rustls, configured from PEM files at start.
+//!
+//! A configuration that cannot be used stops the server before it listens: a server asked for
+//! TLS never falls back to plaintext.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pgwire::tokio::TlsAcceptor;
+use pgwire::tokio::tokio_rustls::rustls;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol name PostgreSQL 17 clients send for a direct TLS connection
+/// (`sslnegotiation=direct`).
+const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+
+/// What the command line says about TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Refuse connections that did not negotiate TLS.
+    pub required: bool,
+}
+
+/// TLS as the server runs it.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: Option<TlsAcceptor>,
+    pub required: bool,
+}
+
+impl Tls {
+    /// Loads the certificate chain and key, or says exactly what is wrong with them.
+    pub fn configure(options: &TlsOptions) -> Result<Tls, String> {
+        let (cert, key) = match (&options.cert, &options.key) {
+            (None, None) if options.required => {
+                return Err("--tls-required needs --tls-cert and --tls-key".into());
+            }
+            (None, None) => {
+                return Ok(Tls {
+                    acceptor: None,
+                    required: false,
+                });
+            }
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let chain = load_certificates(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            format!(
+                "--tls-key {}: no usable PEM private key: {e}",
+                key.display()
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot configure TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                format!(
+                    "--tls-cert {} and --tls-key do not make a usable pair: {e}",
+                    cert.display()
+                )
+            })?;
+        config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
+        Ok(Tls {
+            acceptor: Some(TlsAcceptor::from(Arc::new(config))),
+            required: options.required,
+        })
+    }
+}
+
+fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("--tls-cert {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
