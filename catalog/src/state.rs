@@ -816,6 +816,15 @@ impl CatalogState {
         self.project(project)?.members.get(user).copied()
     }
 
+    /// The projects `user` may see: every one for a superuser, those they are a member of for
+    /// anyone else.
+    pub fn visible_projects<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Project> + 'a {
+        let superuser = self.user(user).is_some_and(|u| u.superuser);
+        self.projects
+            .values()
+            .filter(move |p| superuser || p.members.contains_key(user))
+    }
+
     /// The feature groups other projects share with `project`: (owning project, group name).
     pub fn shared_with<'a>(
         &'a self,

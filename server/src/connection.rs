@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::messages::PgWireFrontendMessage;
+use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -232,13 +233,18 @@ impl ConnectionThreads {
 }
 
 /// Serves one connection until the client leaves or the connection fails.
-pub async fn serve<H: PgWireServerHandlers>(tcp: TcpStream, handlers: H) -> io::Result<()> {
+pub async fn serve<H: PgWireServerHandlers>(
+    tcp: TcpStream,
+    handlers: H,
+    tls_acceptor: Option<TlsAcceptor>,
+) -> io::Result<()> {
     let startup_deadline = tokio::time::sleep(STARTUP_TIMEOUT);
     tokio::pin!(startup_deadline);
-    // TLS is not offered yet: negotiate_tls refuses SSLRequest and GSSENCRequest.
+    // Without an acceptor, negotiate_tls refuses SSLRequest (the client then decides whether
+    // plaintext will do); GSSENCRequest is always refused.
     let negotiated = tokio::select! {
         _ = &mut startup_deadline => return Ok(()),
-        negotiated = negotiate_tls(tcp, None) => negotiated?,
+        negotiated = negotiate_tls(tcp, tls_acceptor) => negotiated?,
     };
     let Some(socket) = negotiated else {
         return Ok(());

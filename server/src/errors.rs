@@ -27,6 +27,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::DependentObjects(_) => "2BP01",
         SqlError::NotSupported(_) => "0A000",
         SqlError::InsufficientPrivilege(_) => "42501",
+        SqlError::InvalidGrant(_) => "0LP01",
         SqlError::Canceled => "57014",
         SqlError::InFailedTransaction => "25P02",
         SqlError::NoActiveTransaction(_) => "25P01",

@@ -11,9 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::sql::sqlparser::ast::{self, Ident};
 use futures::{Sink, SinkExt, StreamExt};
-use pgwire::api::auth::{
-    StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
-};
+use pgwire::api::auth::StartupHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -23,23 +21,22 @@ use pgwire::api::stmt::StoredStatement;
 use pgwire::api::store::Entry;
 use pgwire::api::store::{MemPortalStore, PortalStore};
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
-    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireServerHandlers, Type,
 };
 use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, Flush, Parse, ParseComplete};
-use pgwire::messages::response::{NoticeResponse, ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::messages::response::NoticeResponse;
 use quiver_sql::{CommandTag, CopyFormat, CopyIn, Engine, Output, Prepared, Session, SqlError};
 use tokio::sync::Mutex;
 
 use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
 use crate::connection::FlushRequest;
-use crate::errors::{error_response, sqlstate, to_pgwire};
+use crate::errors::{error_response, to_pgwire};
+use crate::startup::{AccessPolicy, Startup};
 
 /// The session of one connection, kept in the connection's extensions.
 struct SessionSlot(Arc<Mutex<Session>>);
@@ -284,20 +281,21 @@ pub struct QuiverHandlers {
 }
 
 impl QuiverHandlers {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<Engine>, policy: AccessPolicy) -> Result<Self, String> {
         let connections = Arc::new(ConnectionManager::new());
         let cancellation = Cancellation::new(connections.clone());
-        QuiverHandlers {
+        Ok(QuiverHandlers {
             query: Arc::new(QueryHandler {
                 parser: Arc::new(QuiverQueryParser),
             }),
-            startup: Arc::new(Startup {
+            startup: Arc::new(Startup::new(
                 engine,
                 connections,
-                cancellation: cancellation.clone(),
-            }),
+                cancellation.clone(),
+                policy,
+            )?),
             cancel: Arc::new(QuiverCancelHandler(cancellation)),
-        }
+        })
     }
 }
 
@@ -323,112 +321,16 @@ impl PgWireServerHandlers for QuiverHandlers {
     }
 }
 
-/// Opens a session for each connection: checks where it comes from and who it is, then reports
-/// the session's parameters.
-pub struct Startup {
-    engine: Arc<Engine>,
-    connections: Arc<ConnectionManager>,
-    cancellation: Arc<Cancellation>,
-}
-
-#[async_trait]
-impl StartupHandler for Startup {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let PgWireFrontendMessage::Startup(startup) = message else {
-            return Ok(());
-        };
-        protocol_negotiation(client, &startup).await?;
-        save_startup_parameters_to_metadata(client, &startup);
-        let address = client.socket_addr().ip();
-        if !address.is_loopback() {
-            return Err(error_response(
-                "FATAL",
-                "28000",
-                format!(
-                    "connection from {address} refused: with no password configured, only loopback connections are trusted"
-                ),
-            ));
-        }
-        let metadata = client.metadata();
-        let user = metadata.get("user").cloned().ok_or_else(|| {
-            error_response(
-                "FATAL",
-                "28000",
-                "no PostgreSQL user name specified in startup packet".into(),
-            )
-        })?;
-        if self.engine.catalog.snapshot().user(&user).is_none() {
-            return Err(error_response(
-                "FATAL",
-                "28000",
-                format!("role \"{user}\" does not exist"),
-            ));
-        }
-        let database = metadata
-            .get("database")
-            .cloned()
-            .unwrap_or_else(|| user.clone());
-        let application_name = metadata.get("application_name").cloned();
-        let mut session = self
-            .engine
-            .session(&database, &user)
-            .map_err(|e| error_response("FATAL", sqlstate(&e), e.to_string()))?;
-        if let Some(name) = application_name {
-            session
-                .set_startup_parameter("application_name", &name)
-                .map_err(to_pgwire)?;
-        }
-        let notices = session.subscribe_notices();
-        client
-            .session_extensions()
-            .insert(NoticeSlot(Arc::new(Mutex::new(notices))));
-        let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
-        client.set_pid_and_secret_key(pid, secret_key.clone());
-        let (handle, guard) = self.connections.register(pid, secret_key.clone());
-        client.session_extensions().insert(handle);
-        client.session_extensions().insert(guard);
-        let (signal, signal_guard) = self.cancellation.register(pid, &secret_key);
-        client.session_extensions().insert(signal);
-        client.session_extensions().insert(signal_guard);
-
-        client
-            .feed(PgWireBackendMessage::Authentication(Authentication::Ok))
-            .await?;
-        for (name, value) in session.settings().startup_parameters() {
-            client
-                .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
-                    name, value,
-                )))
-                .await?;
-        }
-        client
-            .feed(PgWireBackendMessage::BackendKeyData(BackendKeyData::new(
-                pid, secret_key,
-            )))
-            .await?;
-        client
-            .session_extensions()
-            .insert(SessionSlot(Arc::new(Mutex::new(session))));
-        client.session_extensions().insert(PendingCopy::default());
-        client.session_extensions().insert(PreparedNames::default());
-        client.session_extensions().insert(CursorPortals::default());
-        client
-            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
-                TransactionStatus::Idle,
-            )))
-            .await?;
-        client.set_state(PgWireConnectionState::ReadyForQuery);
-        Ok(())
-    }
+/// Keeps an opened session in the connection's extensions, with the per-connection state the
+/// query handlers keep beside it.
+pub fn attach_session<C: ClientInfo>(client: &C, mut session: Session) {
+    let notices = session.subscribe_notices();
+    let extensions = client.session_extensions();
+    extensions.insert(NoticeSlot(Arc::new(Mutex::new(notices))));
+    extensions.insert(SessionSlot(Arc::new(Mutex::new(session))));
+    extensions.insert(PendingCopy::default());
+    extensions.insert(PreparedNames::default());
+    extensions.insert(CursorPortals::default());
 }
 
 /// A statement prepared by the extended protocol's Parse.

@@ -4,6 +4,9 @@ mod cancel;
 mod connection;
 mod errors;
 mod handler;
+mod scram;
+mod startup;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,7 +62,47 @@ enum Command {
         /// they spill to <data-dir>/spill.
         #[arg(long, default_value_t = 4096, env = "QUIVER_QUERY_MEMORY_MB")]
         query_memory_mb: usize,
+        /// PEM certificate chain for TLS (with --tls-key).
+        #[arg(long, env = "QUIVER_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS.
+        #[arg(long, env = "QUIVER_TLS_KEY")]
+        tls_key: Option<PathBuf>,
+        /// Refuse connections that do not use TLS.
+        #[arg(long, env = "QUIVER_TLS_REQUIRED")]
+        tls_required: bool,
+        /// A file whose first line is the superuser quiver's password (as QUIVER_PASSWORD).
+        /// With a password configured, every client authenticates with SCRAM-SHA-256.
+        #[arg(long, env = "QUIVER_PASSWORD_FILE")]
+        password_file: Option<PathBuf>,
     },
+}
+
+/// Gives the superuser `quiver` the configured password, unless its verifier already is for
+/// that password (a restart with the same password changes nothing in the catalog).
+fn set_superuser_password(engine: &quiver_sql::Engine, password: &str) -> Result<(), String> {
+    let catalog = engine.catalog.snapshot();
+    let current = catalog
+        .user(quiver_catalog::BOOTSTRAP_NAME)
+        .and_then(|user| user.password.as_ref());
+    if current.is_some_and(|verifier| scram::verifier_matches(verifier, password)) {
+        return Ok(());
+    }
+    let verifier = quiver_catalog::ScramVerifier::parse(
+        &postgres_protocol::password::scram_sha_256(password.as_bytes()),
+    )
+    .ok_or("cannot make a SCRAM verifier for the configured password")?;
+    engine
+        .catalog
+        .execute(quiver_catalog::CatalogCommand::AlterUser {
+            name: quiver_catalog::BOOTSTRAP_NAME.into(),
+            change: quiver_catalog::UserChange {
+                password: Some(Some(verifier)),
+                ..Default::default()
+            },
+        })
+        .map_err(|e| format!("cannot set the superuser's password: {e}"))?;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,13 +145,25 @@ fn main() -> std::process::ExitCode {
             online_cache_mb,
             connection_threads,
             query_memory_mb,
+            tls_cert,
+            tls_key,
+            tls_required,
+            password_file,
         } => runtime.block_on(serve(
-            listen,
-            data_dir,
-            offline_store,
-            online_cache_mb,
-            query_memory_mb,
-            connection_threads,
+            ServeOptions {
+                listen,
+                data_dir,
+                offline_store,
+                online_cache_mb,
+                query_memory_mb,
+                connection_threads,
+                tls: tls::TlsOptions {
+                    cert: tls_cert,
+                    key: tls_key,
+                    required: tls_required,
+                },
+                password_file,
+            },
             executor.handle().clone(),
         )),
     };
@@ -122,15 +177,51 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(
+/// `quiver serve`'s options.
+struct ServeOptions {
     listen: SocketAddr,
     data_dir: PathBuf,
     offline_store: Option<String>,
     online_cache_mb: usize,
     query_memory_mb: usize,
     connection_threads: Option<usize>,
-    executor: tokio::runtime::Handle,
-) -> Result<(), String> {
+    tls: tls::TlsOptions,
+    password_file: Option<PathBuf>,
+}
+
+/// The superuser's password from `--password-file` or `QUIVER_PASSWORD`, if one is configured.
+fn configured_password(password_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => std::env::var("QUIVER_PASSWORD").ok(),
+    };
+    match password {
+        Some(password) if password.is_empty() => {
+            Err("the configured password is empty; unset QUIVER_PASSWORD (or --password-file) for loopback trust".into())
+        }
+        other => Ok(other),
+    }
+}
+
+async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Result<(), String> {
+    let ServeOptions {
+        listen,
+        data_dir,
+        offline_store,
+        online_cache_mb,
+        query_memory_mb,
+        connection_threads,
+        tls,
+        password_file,
+    } = options;
+    // Everything that can be wrong with the configuration is found before the data directory
+    // is opened: a server asked for TLS or passwords never starts without them.
+    let tls = tls::Tls::configure(&tls)?;
+    let password = configured_password(password_file.as_deref())?;
     let offline_location = offline_store
         .map(|text| quiver_sql::StoreLocation::parse(&text))
         .transpose()
@@ -143,11 +234,22 @@ async fn serve(
     let engine = quiver_sql::Engine::open(&data_dir, &options, executor)
         .await
         .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
+    let authentication = match &password {
+        Some(password) => {
+            set_superuser_password(&engine, password)?;
+            startup::AuthMethod::Scram
+        }
+        None => startup::AuthMethod::TrustLoopback,
+    };
+    let policy = startup::AccessPolicy {
+        authentication,
+        tls_required: tls.required,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), "quiver is ready to accept connections");
-    let handlers = Arc::new(QuiverHandlers::new(engine));
+    tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), tls = tls.acceptor.is_some(), ?authentication, "quiver is ready to accept connections");
+    let handlers = Arc::new(QuiverHandlers::new(engine, policy)?);
     let connection_threads = connection_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 2);
     let connection_threads = connection::ConnectionThreads::start(connection_threads)
@@ -160,6 +262,7 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
+                    let tls_acceptor = tls.acceptor.clone();
                     // The socket moves to the reactor of the connection thread it is served on.
                     let socket = match socket.into_std() {
                         Ok(socket) => socket,
@@ -171,7 +274,7 @@ async fn serve(
                     // Each connection is its own task: a panic in one ends that connection only.
                     connections.spawn_on(async move {
                         let served = match tokio::net::TcpStream::from_std(socket) {
-                            Ok(socket) => connection::serve(socket, handlers).await,
+                            Ok(socket) => connection::serve(socket, handlers, tls_acceptor).await,
                             Err(e) => Err(e),
                         };
                         if let Err(e) = served {

@@ -15,6 +15,7 @@ use crate::binary_copy;
 use crate::copy_in::CopyIn;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{normalize_ident, object_name_to_string};
+use crate::project_catalog::PUBLIC_SCHEMA;
 use crate::session::{Output, Session};
 
 /// The COPY data formats.
@@ -142,6 +143,21 @@ pub async fn start(
         };
         let name = object_name_to_string(table_name);
         let snapshot = session.engine().catalog.snapshot();
+        if let [schema, _] = table_name.0.as_slice() {
+            let schema = schema.as_ident().map(normalize_ident).unwrap_or_default();
+            if schema != PUBLIC_SCHEMA {
+                let shared = snapshot
+                    .shared_with(session.project())
+                    .any(|(owner, _)| owner == schema);
+                return Err(if shared {
+                    crate::access::shared_read_only(&schema, &name)
+                } else {
+                    SqlError::NotSupported(format!(
+                        "COPY FROM STDIN writes feature groups and tables of schema public, not \"{schema}.{name}\""
+                    ))
+                });
+            }
+        }
         let relation = snapshot
             .resolve(session.project(), &name)
             .cloned()

@@ -41,6 +41,7 @@ pub const TABLES: &[&str] = &[
 pub async fn table(
     engine: &Engine,
     project: &str,
+    viewer: &str,
     name: &str,
 ) -> SqlResult<Option<Arc<dyn TableProvider>>> {
     let snapshot = engine.catalog.snapshot();
@@ -74,7 +75,7 @@ pub async fn table(
             }
             tables_batch(&tables, &rows)?
         }
-        "projects" => projects(&snapshot.projects().collect::<Vec<_>>())?,
+        "projects" => projects(&snapshot.visible_projects(viewer).collect::<Vec<_>>())?,
         "feature_views" => feature_views(&snapshot.feature_views(project).collect::<Vec<_>>())?,
         "training_datasets" => {
             training_datasets(&snapshot.training_datasets(project).collect::<Vec<_>>())?

@@ -68,6 +68,9 @@ pub enum SqlError {
     /// project.
     #[error("permission denied: {0}")]
     InsufficientPrivilege(String),
+    /// 0LP01: a GRANT or REVOKE that cannot be done (e.g. revoking the project owner).
+    #[error("{0}")]
+    InvalidGrant(String),
     /// 25P02: a statement failed earlier in the transaction block.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     InFailedTransaction,

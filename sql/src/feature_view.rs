@@ -366,7 +366,8 @@ pub(crate) async fn view_table(
     project: &str,
     view: &FeatureView,
 ) -> SqlResult<std::sync::Arc<dyn datafusion::catalog::TableProvider>> {
-    let context = crate::session::build_context(engine, project, Default::default())?;
+    // A stored query runs with its definer's view of the catalog, as a PostgreSQL view does.
+    let context = crate::session::build_context(engine, project, &view.owner, Default::default())?;
     let plan =
         crate::session::plan_in_context(&context, ast::Statement::Query(view_query(view)?)).await?;
     Ok(std::sync::Arc::new(datafusion::datasource::ViewTable::new(

@@ -5,6 +5,7 @@
 //! knows nothing of the wire protocol. The server hands it statements and streams back what
 //! [`Output`] says.
 
+mod access;
 mod asof;
 mod asof_exec;
 mod binary_copy;

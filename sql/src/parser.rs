@@ -13,7 +13,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use datafusion_pg_catalog::pg_catalog::PG_CATALOG_TABLES;
 use datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_TYPE_NAMES;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use quiver_catalog::{DatasetFormat, TimeComparison};
+use quiver_catalog::{DatasetFormat, ProjectRole, TimeComparison};
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
@@ -79,6 +79,37 @@ pub enum Statement {
         name: String,
         version: Option<u32>,
         if_exists: bool,
+    },
+    /// `CREATE USER` / `CREATE ROLE` with PostgreSQL's role options.
+    CreateUser(Box<ast::CreateRole>),
+    /// `ALTER USER` / `ALTER ROLE`.
+    AlterUser {
+        name: String,
+        operation: Box<ast::AlterRoleOperation>,
+    },
+    DropUser {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    /// `GRANT <role> ON PROJECT p TO u, ...`.
+    Grant {
+        role: ProjectRole,
+        project: String,
+        users: Vec<String>,
+    },
+    /// `REVOKE [<role>] ON PROJECT p FROM u, ...`; without a role, whatever role they have.
+    Revoke {
+        role: Option<ProjectRole>,
+        project: String,
+        users: Vec<String>,
+    },
+    ShareFeatureGroup {
+        name: String,
+        with: String,
+    },
+    UnshareFeatureGroup {
+        name: String,
+        with: String,
     },
 }
 
@@ -339,6 +370,9 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
     if let Some(statement) = parse_feature_view_statement(parser)? {
         return Ok(statement);
     }
+    if let Some(statement) = parse_access_statement(parser)? {
+        return Ok(statement);
+    }
     if let Some(statement) = parse_training_dataset_statement(parser)? {
         return Ok(statement);
     }
@@ -392,6 +426,103 @@ fn parse_feature_view_statement(parser: &mut Parser) -> Result<Option<Statement>
         return Ok(Some(Statement::DescribeFeatureView { name, version }));
     }
     Ok(None)
+}
+
+/// Users, project roles and sharing: `CREATE/ALTER USER|ROLE` (PostgreSQL's role options,
+/// parsed by sqlparser once the words that its PostgreSQL dialect reads differently are
+/// consumed), `GRANT/REVOKE <role> ON PROJECT`, `SHARE/UNSHARE FEATURE GROUP`.
+fn parse_access_statement(parser: &mut Parser) -> Result<Option<Statement>, ParserError> {
+    if peek_words(parser, &["CREATE", "USER"]) || peek_words(parser, &["CREATE", "ROLE"]) {
+        consume_words(parser, 2);
+        return Ok(Some(Statement::CreateUser(Box::new(
+            parser.parse_create_role()?,
+        ))));
+    }
+    if peek_words(parser, &["ALTER", "USER"]) || peek_words(parser, &["ALTER", "ROLE"]) {
+        consume_words(parser, 2);
+        return match parser.parse_alter_role()? {
+            ast::Statement::AlterRole { name, operation } => Ok(Some(Statement::AlterUser {
+                name: normalize_ident(&name),
+                operation: Box::new(operation),
+            })),
+            other => Err(ParserError::ParserError(format!(
+                "unexpected ALTER ROLE form: {other}"
+            ))),
+        };
+    }
+    let grant = peek_words(parser, &["GRANT"]);
+    if (grant || peek_words(parser, &["REVOKE"])) && peek_project_role(parser, 1).is_some()
+        || peek_words(parser, &["REVOKE", "ON", "PROJECT"])
+    {
+        parser.next_token();
+        let role = peek_project_role(parser, 0).map(|(role, words)| {
+            consume_words(parser, words);
+            role
+        });
+        parser.expect_keyword(Keyword::ON)?;
+        if !peek_words(parser, &["PROJECT"]) {
+            return parser.expected("PROJECT", parser.peek_token());
+        }
+        parser.next_token();
+        let project = parse_name(parser)?;
+        parser.expect_keyword(if grant { Keyword::TO } else { Keyword::FROM })?;
+        let users = parser
+            .parse_comma_separated(|p| p.parse_identifier())?
+            .iter()
+            .map(normalize_ident)
+            .collect();
+        return Ok(Some(match role {
+            // GRANT was only taken as ours when a role follows it.
+            Some(role) if grant => Statement::Grant {
+                role,
+                project,
+                users,
+            },
+            role => Statement::Revoke {
+                role,
+                project,
+                users,
+            },
+        }));
+    }
+    for (words, share) in [
+        (["SHARE", "FEATURE", "GROUP"], true),
+        (["UNSHARE", "FEATURE", "GROUP"], false),
+    ] {
+        if peek_words(parser, &words) {
+            consume_words(parser, 3);
+            let name = parse_name(parser)?;
+            let preposition = if share { Keyword::WITH } else { Keyword::FROM };
+            if !parser.parse_keyword(preposition) && !parser.parse_keyword(Keyword::WITH) {
+                return parser.expected(if share { "WITH" } else { "FROM" }, parser.peek_token());
+            }
+            if !peek_words(parser, &["PROJECT"]) {
+                return parser.expected("PROJECT", parser.peek_token());
+            }
+            parser.next_token();
+            let with = parse_name(parser)?;
+            return Ok(Some(if share {
+                Statement::ShareFeatureGroup { name, with }
+            } else {
+                Statement::UnshareFeatureGroup { name, with }
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The project role named at token `index`, and how many words it takes.
+fn peek_project_role(parser: &Parser, index: usize) -> Option<(ProjectRole, usize)> {
+    let at = |offset: usize, word: &str| is_word(parser, index + offset, word);
+    if at(0, "DATA") && at(1, "OWNER") {
+        Some((ProjectRole::DataOwner, 2))
+    } else if at(0, "DATA") && at(1, "SCIENTIST") {
+        Some((ProjectRole::DataScientist, 2))
+    } else if at(0, "OBSERVER") {
+        Some((ProjectRole::Observer, 1))
+    } else {
+        None
+    }
 }
 
 fn parse_training_dataset_statement(parser: &mut Parser) -> Result<Option<Statement>, ParserError> {
@@ -613,6 +744,15 @@ fn translate_synonyms(statement: ast::Statement) -> Statement {
             name: object_name_to_string(&names[0]),
             if_exists,
             cascade,
+        },
+        ast::Statement::Drop {
+            object_type: ast::ObjectType::User | ast::ObjectType::Role,
+            if_exists,
+            names,
+            ..
+        } => Statement::DropUser {
+            names: names.iter().map(object_name_to_string).collect(),
+            if_exists,
         },
         other => Statement::Sql(Box::new(other)),
     }

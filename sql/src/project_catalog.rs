@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult};
 
-use quiver_catalog::Oid;
+use quiver_catalog::{Oid, Relation};
 
 use crate::Engine;
 use crate::discovery;
@@ -31,6 +31,8 @@ pub const SYSTEM_SCHEMA: &str = "pg_catalog";
 pub struct ProjectCatalog {
     engine: Arc<Engine>,
     project: String,
+    /// The user whose listings these are: `quiver.projects` shows what they may see.
+    viewer: String,
     /// Offline versions that reads of these relations are pinned to, by OID.
     pins: Arc<HashMap<Oid, u64>>,
     /// `pg_catalog`, registered by datafusion-pg-catalog once the session's context exists (its
@@ -40,10 +42,16 @@ pub struct ProjectCatalog {
 
 impl ProjectCatalog {
     /// A project's catalog; reads of the relations in `pins` see the pinned offline versions.
-    pub fn new(engine: Arc<Engine>, project: String, pins: Arc<HashMap<Oid, u64>>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        project: String,
+        viewer: String,
+        pins: Arc<HashMap<Oid, u64>>,
+    ) -> Self {
         ProjectCatalog {
             engine,
             project,
+            viewer,
             pins,
             system: OnceLock::new(),
         }
@@ -59,6 +67,12 @@ impl CatalogProvider for ProjectCatalog {
         ];
         if self.system.get().is_some() {
             names.push(SYSTEM_SCHEMA.to_string());
+        }
+        let snapshot = self.engine.catalog.snapshot();
+        for (owner, _) in snapshot.shared_with(&self.project) {
+            if !names.iter().any(|name| name == owner) {
+                names.push(owner.to_string());
+            }
         }
         names
     }
@@ -99,9 +113,84 @@ impl CatalogProvider for ProjectCatalog {
             DISCOVERY_SCHEMA => Some(Arc::new(DiscoverySchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),
+                viewer: self.viewer.clone(),
             })),
-            _ => None,
+            other => {
+                let snapshot = self.engine.catalog.snapshot();
+                let shares = snapshot
+                    .shared_with(&self.project)
+                    .any(|(owner, _)| owner == other);
+                shares.then(|| {
+                    Arc::new(SharedSchema {
+                        engine: self.engine.clone(),
+                        owner: other.to_string(),
+                        reader: self.project.clone(),
+                        pins: self.pins.clone(),
+                    }) as Arc<dyn SchemaProvider>
+                })
+            }
         }
+    }
+}
+
+/// `<project>.<group>`: the feature groups another project shares with this one (every
+/// version, by bare name and `<name>_<version>`), read-only.
+#[derive(Debug)]
+struct SharedSchema {
+    engine: Arc<Engine>,
+    /// The project that owns the groups.
+    owner: String,
+    /// The session's project, which they are shared with.
+    reader: String,
+    pins: Arc<HashMap<Oid, u64>>,
+}
+
+impl SharedSchema {
+    fn shared_relation(&self, name: &str) -> Option<Relation> {
+        let snapshot = self.engine.catalog.snapshot();
+        let relation = snapshot.resolve(&self.owner, name)?;
+        let shared = relation.feature_group().is_some()
+            && snapshot
+                .shared_with(&self.reader)
+                .any(|(owner, group)| owner == self.owner && group == relation.name);
+        shared.then(|| relation.clone())
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SharedSchema {
+    fn table_names(&self) -> Vec<String> {
+        let snapshot = self.engine.catalog.snapshot();
+        let groups: Vec<&str> = snapshot
+            .shared_with(&self.reader)
+            .filter(|(owner, _)| *owner == self.owner)
+            .map(|(_, group)| group)
+            .collect();
+        let mut names = Vec::new();
+        for relation in snapshot.relations(&self.owner) {
+            if relation.feature_group().is_some() && groups.contains(&relation.name.as_str()) {
+                names.push(relation.qualified_name());
+                if !names.contains(&relation.name) {
+                    names.push(relation.name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self.shared_relation(name).map(|relation| {
+            let pinned = self.pins.get(&relation.oid).copied();
+            Arc::new(
+                RelationTable::new(relation, self.engine.clone())
+                    .pinned_at(pinned)
+                    .shared(),
+            ) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.shared_relation(name).is_some()
     }
 }
 
@@ -212,6 +301,7 @@ impl SchemaProvider for OnlineSchema {
 struct DiscoverySchema {
     engine: Arc<Engine>,
     project: String,
+    viewer: String,
 }
 
 #[async_trait]
@@ -221,7 +311,7 @@ impl SchemaProvider for DiscoverySchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        discovery::table(&self.engine, &self.project, name)
+        discovery::table(&self.engine, &self.project, &self.viewer, name)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }

@@ -47,6 +47,8 @@ pub struct RelationTable {
     /// The offline version every scan reads, when pinned (training datasets read the versions
     /// they recorded); otherwise the version current when the scan starts.
     pinned_version: Option<u64>,
+    /// Read through another project's share: never writable from there.
+    shared: bool,
 }
 
 impl RelationTable {
@@ -58,7 +60,14 @@ impl RelationTable {
             planning_schema,
             engine,
             pinned_version: None,
+            shared: false,
         }
+    }
+
+    /// The same table as another project reads it through a share. Read-only.
+    pub(crate) fn shared(mut self) -> RelationTable {
+        self.shared = true;
+        self
     }
 
     /// The same table reading offline version `version` only. Read-only.
@@ -77,6 +86,7 @@ impl RelationTable {
             planning_schema: Arc::new(Schema::new(fields)),
             engine: self.engine.clone(),
             pinned_version: self.pinned_version,
+            shared: self.shared,
         }
     }
 
@@ -86,6 +96,14 @@ impl RelationTable {
 
     /// Refuses writes through the read-only variant made by [`Self::with_commit_sequence`].
     fn check_writable(&self) -> DfResult<()> {
+        if self.shared {
+            return Err(DataFusionError::External(Box::new(
+                crate::access::shared_read_only(
+                    &self.relation.project,
+                    &self.relation.qualified_name(),
+                ),
+            )));
+        }
         if self.pinned_version.is_some() {
             return Err(DataFusionError::Internal(
                 "a feature group read at a pinned version is not writable".into(),

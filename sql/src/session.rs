@@ -21,6 +21,7 @@ use datafusion::sql::sqlparser::ast;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::Engine;
+use crate::access;
 use crate::asof;
 use crate::column_names;
 use crate::copy;
@@ -180,12 +181,14 @@ impl Notices {
 impl Session {
     /// Opens a session on a project, failing if the project does not exist.
     pub fn new(engine: Arc<Engine>, project: &str, user: &str) -> SqlResult<Session> {
-        if engine.catalog.snapshot().project(project).is_none() {
+        let catalog = engine.catalog.snapshot();
+        if catalog.project(project).is_none() {
             return Err(SqlError::UndefinedProject(format!(
                 "database \"{project}\" does not exist"
             )));
         }
-        let context = build_context(&engine, project, Default::default())?;
+        access::check_membership(&catalog, project, user)?;
+        let context = build_context(&engine, project, user, Default::default())?;
         crate::system_catalog::SystemCatalog::install_user(&context, user);
         let notices = Notices::default();
         for (name, tune) in [("train_model", false), ("tune_model", true)] {
@@ -342,7 +345,15 @@ impl Session {
         {
             return Err(SqlError::InFailedTransaction);
         }
-        let result = self.execute_unblocked(prepared, params).await;
+        let result = match access::authorize(
+            &self.engine.catalog.snapshot(),
+            &self.project,
+            &self.user,
+            &prepared.statement,
+        ) {
+            Ok(()) => self.execute_unblocked(prepared, params).await,
+            Err(denied) => Err(denied),
+        };
         if let Some(block) = &mut self.block {
             match &result {
                 Err(_) => block.failed = true,
@@ -425,6 +436,15 @@ impl Session {
                 version,
                 if_exists,
             } => models::drop(self, name, *version, *if_exists)
+                .await
+                .map(Output::Command),
+            Statement::CreateUser(_)
+            | Statement::AlterUser { .. }
+            | Statement::DropUser { .. }
+            | Statement::Grant { .. }
+            | Statement::Revoke { .. }
+            | Statement::ShareFeatureGroup { .. }
+            | Statement::UnshareFeatureGroup { .. } => access::execute(self, &prepared.statement)
                 .await
                 .map(Output::Command),
             statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
@@ -535,7 +555,7 @@ impl Session {
         query: ast::Statement,
         pins: HashMap<quiver_catalog::Oid, u64>,
     ) -> SqlResult<datafusion::dataframe::DataFrame> {
-        let context = build_context(&self.engine, &self.project, Arc::new(pins))?;
+        let context = build_context(&self.engine, &self.project, &self.user, Arc::new(pins))?;
         let config = self.context.state().config().clone();
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(context.state())
             .with_config(config)
@@ -897,6 +917,7 @@ impl Drop for AbortOnDrop {
 pub(crate) fn build_context(
     engine: &Arc<Engine>,
     project: &str,
+    viewer: &str,
     pins: Arc<HashMap<quiver_catalog::Oid, u64>>,
 ) -> SqlResult<SessionContext> {
     // pg_settings shows the defaults until a session publishes its own settings here.
@@ -917,6 +938,7 @@ pub(crate) fn build_context(
         Arc::new(ProjectCatalog::new(
             engine.clone(),
             project.to_string(),
+            viewer.to_string(),
             pins,
         )),
     );
@@ -934,7 +956,7 @@ pub(crate) fn build_context(
     let context = SessionContext::new_with_state(state);
     engine
         .system_catalog
-        .install(engine, &context, project, settings_view)?;
+        .install(engine, &context, project, viewer, settings_view)?;
     context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         models::PredictFunction::new(engine.clone()),
     ));

@@ -429,7 +429,8 @@ async fn computed_split(
         }
     }
     let pins = Arc::new(dataset.read_versions.iter().copied().collect());
-    let context = crate::session::build_context(engine, project, pins)?;
+    // A stored query runs with its definer's view of the catalog, as a PostgreSQL view does.
+    let context = crate::session::build_context(engine, project, &dataset.owner, pins)?;
     let plan = crate::session::plan_in_context(&context, stored_statement(dataset)?).await?;
     let frame = context.execute_logical_plan(plan).await?;
     let index = dataset

@@ -758,8 +758,12 @@ impl TrainJob {
         }
         // Quiver's own context: a computed split (npy, hdf5, tfrecords) runs the dataset's query,
         // ASOF joins and all.
-        let context =
-            crate::session::build_context(&self.engine, &self.project, Default::default())?;
+        let context = crate::session::build_context(
+            &self.engine,
+            &self.project,
+            &self.user,
+            Default::default(),
+        )?;
         let mut selection: Vec<Expr> = columns
             .features
             .iter()

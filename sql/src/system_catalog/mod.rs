@@ -116,6 +116,7 @@ impl SystemCatalog {
         engine: &Arc<Engine>,
         context: &SessionContext,
         project: &str,
+        viewer: &str,
         settings: SettingsView,
     ) -> SqlResult<()> {
         let catalogs = SessionCatalogs(Arc::downgrade(context.state().catalog_list()));
@@ -130,6 +131,7 @@ impl SystemCatalog {
             system_tables: self.system_tables.clone(),
             engine: engine.clone(),
             project: project.to_string(),
+            viewer: viewer.to_string(),
             catalogs,
             settings,
         };
@@ -208,6 +210,8 @@ struct SystemSchema {
     system_tables: Arc<Vec<(String, SchemaRef)>>,
     engine: Arc<Engine>,
     project: String,
+    /// The session's user: pg_database lists the projects they may see.
+    viewer: String,
     catalogs: SessionCatalogs,
     settings: SettingsView,
 }
@@ -229,6 +233,7 @@ impl SchemaProvider for SystemSchema {
                     system_tables: &self.system_tables,
                     engine: &self.engine,
                     project: &self.project,
+                    viewer: &self.viewer,
                     catalogs: &self.catalogs.get()?,
                     settings: &self.settings,
                 },

@@ -137,6 +137,8 @@ pub(crate) struct Sources<'a> {
     pub system_tables: &'a [(String, SchemaRef)],
     pub engine: &'a Arc<Engine>,
     pub project: &'a str,
+    /// The session's user.
+    pub viewer: &'a str,
     /// The session's catalogs.
     pub catalogs: &'a Arc<dyn CatalogProviderList>,
     /// The session's settings.
@@ -174,7 +176,7 @@ pub(crate) async fn build(
         "pg_database" => {
             let snapshot = engine.catalog.snapshot();
             let mut rows = Rows::new(schema.clone());
-            for project in snapshot.projects() {
+            for project in snapshot.visible_projects(sources.viewer) {
                 rows.push(&[
                     ("oid", int(project.oid as i32)),
                     ("datname", text(&project.name)),
