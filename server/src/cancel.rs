@@ -113,18 +113,26 @@ impl CancelHandler for QuiverCancelHandler {
     }
 }
 
-/// Ends `stream` with [`SqlError::Canceled`] as soon as a cancel request arrives.
+/// Ends `stream` with [`SqlError::Canceled`] as soon as a cancel request arrives, or with
+/// [`SqlError::StatementTimeout`] at `deadline`.
 pub fn cancellable<T: Send + 'static>(
     stream: impl Stream<Item = Result<T, SqlError>> + Send + 'static,
     mut cancel: watch::Receiver<u64>,
+    deadline: Option<tokio::time::Instant>,
 ) -> BoxStream<'static, Result<T, SqlError>> {
     cancel.mark_unchanged();
     futures::stream::unfold(
         (stream.boxed(), cancel, false),
-        |(mut stream, mut cancel, ended)| async move {
+        move |(mut stream, mut cancel, ended)| async move {
             if ended {
                 return None;
             }
+            let timeout = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 changed = cancel.changed() => {
@@ -134,6 +142,7 @@ pub fn cancellable<T: Send + 'static>(
                     }
                     Some((Err(SqlError::Canceled), (stream, cancel, true)))
                 }
+                () = timeout => Some((Err(SqlError::StatementTimeout), (stream, cancel, true))),
                 item = stream.next() => item.map(|item| (item, (stream, cancel, false))),
             }
         },

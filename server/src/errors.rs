@@ -28,7 +28,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::NotSupported(_) => "0A000",
         SqlError::InsufficientPrivilege(_) => "42501",
         SqlError::InvalidGrant(_) => "0LP01",
-        SqlError::Canceled => "57014",
+        SqlError::Canceled | SqlError::StatementTimeout => "57014",
         SqlError::InFailedTransaction => "25P02",
         SqlError::NoActiveTransaction(_) => "25P01",
         SqlError::UndefinedCursor(_) => "34000",

@@ -466,6 +466,7 @@ impl QueryHandler {
         output: Output,
         format: &Format,
         prepared_fields: Option<&ResultFields>,
+        deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Response> {
         Ok(match output {
             Output::Rows { stream } => {
@@ -478,6 +479,7 @@ impl QueryHandler {
                 let batches = cancellable(
                     stream.map(|batch| batch.map_err(SqlError::from)),
                     cancel_receiver(client)?,
+                    deadline,
                 );
                 let rows = batches
                     .map(move |batch| {
@@ -523,10 +525,11 @@ impl QueryHandler {
                 format: copy_format,
                 lines,
             } => {
-                let data = cancellable(lines, cancel_receiver(client)?).map(|line| match line {
-                    Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
-                    Err(e) => Err(to_pgwire(e)),
-                });
+                let data =
+                    cancellable(lines, cancel_receiver(client)?, deadline).map(|line| match line {
+                        Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
+                        Err(e) => Err(to_pgwire(e)),
+                    });
                 Response::CopyOut(CopyResponse::new(wire_format(copy_format), columns, data))
             }
         })
@@ -538,6 +541,30 @@ fn wire_format(format: CopyFormat) -> i8 {
     match format {
         CopyFormat::Binary => 1,
         CopyFormat::Text | CopyFormat::Csv => 0,
+    }
+}
+
+/// When the statement about to run must end, by the session's `statement_timeout`.
+fn statement_deadline(session: &Session) -> Option<tokio::time::Instant> {
+    session
+        .settings()
+        .statement_timeout()
+        .map(|timeout| tokio::time::Instant::now() + timeout)
+}
+
+/// Runs a statement's execution until `deadline`. Only a read-only statement is abandoned
+/// there (57014): a write or DDL runs to its end, so that a timeout never leaves it half-done;
+/// the rows a query streams afterwards stop at the same deadline.
+async fn within_deadline<T>(
+    deadline: Option<tokio::time::Instant>,
+    read_only: bool,
+    work: impl std::future::Future<Output = Result<T, SqlError>>,
+) -> Result<T, SqlError> {
+    match deadline {
+        Some(deadline) if read_only => tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or(Err(SqlError::StatementTimeout)),
+        _ => work.await,
     }
 }
 
@@ -592,11 +619,18 @@ impl SimpleQueryHandler for QueryHandler {
                 }
                 continue;
             }
-            let run = async { session.lock().await.run(statement.clone()).await };
+            let run = async {
+                let mut session = session.lock().await;
+                let deadline = statement_deadline(&session);
+                let read_only = quiver_sql::is_read_only(&statement);
+                within_deadline(deadline, read_only, session.run(statement.clone()))
+                    .await
+                    .map(|output| (output, deadline))
+            };
             let response = match with_notices(client, run).await? {
-                Ok(output) => {
+                Ok((output, deadline)) => {
                     sync_cursor_portals(client, &session, &statement).await?;
-                    self.respond(client, output, &Format::UnifiedText, None)
+                    self.respond(client, output, &Format::UnifiedText, None, deadline)
                 }
                 Err(error) => Err(to_pgwire(error)),
             };
@@ -732,19 +766,25 @@ impl ExtendedQueryHandler for QueryHandler {
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &inferred)?;
         let session = session_of(client)?;
         let execute = async {
-            session
-                .lock()
-                .await
-                .execute(&statement.prepared, Some(params))
-                .await
+            let mut session = session.lock().await;
+            let deadline = statement_deadline(&session);
+            let read_only = statement.prepared.is_read_only();
+            within_deadline(
+                deadline,
+                read_only,
+                session.execute(&statement.prepared, Some(params)),
+            )
+            .await
+            .map(|output| (output, deadline))
         };
-        let output = with_notices(client, execute).await?.map_err(to_pgwire)?;
+        let (output, deadline) = with_notices(client, execute).await?.map_err(to_pgwire)?;
         sync_cursor_portals(client, &session, statement.prepared.statement()).await?;
         self.respond(
             client,
             output,
             &portal.result_column_format,
             statement.result_fields.as_ref(),
+            deadline,
         )
     }
 }

@@ -71,6 +71,10 @@ enum Command {
         /// Refuse connections that do not use TLS.
         #[arg(long, env = "QUIVER_TLS_REQUIRED")]
         tls_required: bool,
+        /// Sessions open at once, all users together; more are refused with 53300 (each
+        /// user's CONNECTION LIMIT applies too).
+        #[arg(long, default_value_t = 100, env = "QUIVER_MAX_CONNECTIONS")]
+        max_connections: usize,
         /// A file whose first line is the superuser quiver's password (as QUIVER_PASSWORD).
         /// With a password configured, every client authenticates with SCRAM-SHA-256.
         #[arg(long, env = "QUIVER_PASSWORD_FILE")]
@@ -148,6 +152,7 @@ fn main() -> std::process::ExitCode {
             tls_cert,
             tls_key,
             tls_required,
+            max_connections,
             password_file,
         } => runtime.block_on(serve(
             ServeOptions {
@@ -163,6 +168,7 @@ fn main() -> std::process::ExitCode {
                     required: tls_required,
                 },
                 password_file,
+                max_connections,
             },
             executor.handle().clone(),
         )),
@@ -187,6 +193,7 @@ struct ServeOptions {
     connection_threads: Option<usize>,
     tls: tls::TlsOptions,
     password_file: Option<PathBuf>,
+    max_connections: usize,
 }
 
 /// The superuser's password from `--password-file` or `QUIVER_PASSWORD`, if one is configured.
@@ -217,6 +224,7 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
         connection_threads,
         tls,
         password_file,
+        max_connections,
     } = options;
     // Everything that can be wrong with the configuration is found before the data directory
     // is opened: a server asked for TLS or passwords never starts without them.
@@ -244,6 +252,7 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
     let policy = startup::AccessPolicy {
         authentication,
         tls_required: tls.required,
+        max_connections,
     };
     let listener = TcpListener::bind(listen)
         .await

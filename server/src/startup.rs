@@ -18,7 +18,8 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use quiver_sql::Engine;
+use quiver_sql::audit::AuditEvent;
+use quiver_sql::{Engine, SqlError};
 
 use crate::cancel::Cancellation;
 use crate::errors::{error_response, sqlstate, to_pgwire};
@@ -40,6 +41,65 @@ pub struct AccessPolicy {
     pub authentication: AuthMethod,
     /// Refuse connections that did not negotiate TLS.
     pub tls_required: bool,
+    /// Sessions open at once, all users together (`--max-connections`).
+    pub max_connections: usize,
+}
+
+/// The open sessions, in all and per user, against `max_connections` and each user's
+/// `CONNECTION LIMIT`.
+#[derive(Default)]
+struct OpenSessions {
+    counts: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+}
+
+/// One counted session; dropping it (when the connection ends) uncounts it.
+struct CountedSession {
+    sessions: Arc<OpenSessions>,
+    user: String,
+}
+
+impl OpenSessions {
+    /// Counts a new session of `user`, or says which limit it would exceed (53300).
+    fn admit(
+        self: &Arc<Self>,
+        user: &str,
+        user_limit: Option<u32>,
+        max_connections: usize,
+    ) -> Result<CountedSession, String> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_user) = &mut *counts;
+        if *total >= max_connections {
+            return Err("sorry, too many clients already".into());
+        }
+        let of_user = per_user.entry(user.to_string()).or_default();
+        if user_limit.is_some_and(|limit| *of_user >= limit as usize) {
+            return Err(format!("too many connections for role \"{user}\""));
+        }
+        *of_user += 1;
+        *total += 1;
+        Ok(CountedSession {
+            sessions: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for CountedSession {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sessions
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (total, per_user) = &mut *counts;
+        *total = total.saturating_sub(1);
+        if let Some(count) = per_user.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Where a connection's SCRAM exchange stands, kept in the connection's extensions.
@@ -52,6 +112,7 @@ pub struct Startup {
     connections: Arc<ConnectionManager>,
     cancellation: Arc<Cancellation>,
     policy: AccessPolicy,
+    open_sessions: Arc<OpenSessions>,
     /// Salts the mock verifiers of users that cannot log in, so that their exchange looks like
     /// anyone else's.
     mock_salt_key: ring::hmac::Key,
@@ -71,6 +132,7 @@ impl Startup {
             connections,
             cancellation,
             policy,
+            open_sessions: Arc::default(),
             mock_salt_key,
         })
     }
@@ -161,7 +223,7 @@ impl Startup {
                 let verifier = catalog.user(&user).and_then(|u| u.password.as_ref());
                 let (server_first, awaiting) =
                     scram::begin(&client_first, verifier, &user, &self.mock_salt_key)
-                        .map_err(|e| self.failed(&user, e))?;
+                        .map_err(|e| self.failed(client, &user, e))?;
                 *exchange
                     .0
                     .lock()
@@ -177,7 +239,7 @@ impl Startup {
                 let response = message.into_sasl_response()?;
                 let server_final = awaiting
                     .finish(&response.data)
-                    .map_err(|e| self.failed(&user, e))?;
+                    .map_err(|e| self.failed(client, &user, e))?;
                 client
                     .feed(PgWireBackendMessage::Authentication(
                         Authentication::SASLFinal(server_final.into()),
@@ -188,23 +250,37 @@ impl Startup {
         }
     }
 
-    /// The error a failed exchange ends the connection with.
-    fn failed(&self, user: &str, error: ScramError) -> PgWireError {
-        match error {
-            ScramError::Malformed(what) => {
-                fatal("08P01", format!("malformed SCRAM message: {what}"))
-            }
-            ScramError::WrongPassword => {
-                tracing::info!(user, "password authentication failed");
-                fatal(
-                    "28P01",
-                    format!("password authentication failed for user \"{user}\""),
-                )
-            }
-            ScramError::NoRandomness => {
-                fatal("XX000", "the system random number generator failed".into())
-            }
-        }
+    /// The error a failed exchange ends the connection with; the failure is audited.
+    fn failed<C: ClientInfo>(&self, client: &C, user: &str, error: ScramError) -> PgWireError {
+        let (code, message) = match error {
+            ScramError::Malformed(what) => ("08P01", format!("malformed SCRAM message: {what}")),
+            ScramError::WrongPassword => (
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            ),
+            ScramError::NoRandomness => (
+                "XX000",
+                "the system random number generator failed".to_string(),
+            ),
+        };
+        self.audit_failed_login(client, user, &message);
+        fatal(code, message)
+    }
+
+    /// Records a login that failed, in the server log and the audit log.
+    fn audit_failed_login<C: ClientInfo>(&self, client: &C, user: &str, reason: &str) {
+        let project = requested_project(client, user);
+        let address = client.socket_addr();
+        tracing::info!(user, project, %address, reason, "login failed");
+        self.engine.audit.record(&AuditEvent {
+            time: chrono::Utc::now(),
+            user: user.to_string(),
+            project,
+            kind: "LOGIN".into(),
+            object: format!("from {}", address.ip()),
+            success: false,
+            error: Some(reason.to_string()),
+        });
     }
 
     /// The user is who they say: open the project's session and report its parameters.
@@ -214,16 +290,28 @@ impl Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let metadata = client.metadata();
-        let database = metadata
-            .get("database")
-            .cloned()
-            .unwrap_or_else(|| user.to_string());
-        let application_name = metadata.get("application_name").cloned();
-        let mut session = self
+        let database = requested_project(client, user);
+        let user_limit = self
             .engine
-            .session(&database, user)
-            .map_err(|e| error_response("FATAL", sqlstate(&e), e.to_string()))?;
+            .catalog
+            .snapshot()
+            .user(user)
+            .and_then(|u| u.connection_limit);
+        let counted = self
+            .open_sessions
+            .admit(user, user_limit, self.policy.max_connections)
+            .map_err(|message| fatal("53300", message))?;
+        client.session_extensions().insert(counted);
+        let application_name = client.metadata().get("application_name").cloned();
+        let mut session = match self.engine.session(&database, user) {
+            Ok(session) => session,
+            Err(e) => {
+                if matches!(e, SqlError::InsufficientPrivilege(_)) {
+                    self.audit_failed_login(client, user, &e.to_string());
+                }
+                return Err(error_response("FATAL", sqlstate(&e), e.to_string()));
+            }
+        };
         if let Some(name) = application_name {
             session
                 .set_startup_parameter("application_name", &name)
@@ -288,6 +376,16 @@ impl StartupHandler for Startup {
             _ => Ok(()),
         }
     }
+}
+
+/// The project a connection asks for: its `database`, by default the user's name (as in
+/// PostgreSQL).
+fn requested_project<C: ClientInfo>(client: &C, user: &str) -> String {
+    client
+        .metadata()
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user.to_string())
 }
 
 fn startup_user<C: ClientInfo>(client: &C) -> PgWireResult<String> {

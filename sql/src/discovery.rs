@@ -16,10 +16,12 @@ use datafusion::arrow::datatypes::{
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use quiver_catalog::{
-    DatasetSource, ExperimentRun, FeatureView, Model, Project, Relation, Split, TrainingDataset,
+    DatasetSource, ExperimentRun, FeatureView, Model, Project, ProjectRole, Relation, Split,
+    TrainingDataset,
 };
 
 use crate::Engine;
+use crate::audit::AuditEvent;
 use crate::error::{SqlError, SqlResult};
 use crate::models::metrics_json;
 use crate::types::UTC;
@@ -35,6 +37,7 @@ pub const TABLES: &[&str] = &[
     "training_datasets",
     "models",
     "experiments",
+    "audit_log",
 ];
 
 /// Builds the discovery table `name` of a project, or `None` if there is no such table.
@@ -85,6 +88,19 @@ pub async fn table(
         }
         "models" => models(&snapshot.models(project).collect::<Vec<_>>())?,
         "experiments" => experiments(&snapshot.experiment_runs(project).collect::<Vec<_>>())?,
+        "audit_log" => {
+            let superuser = snapshot.user(viewer).is_some_and(|u| u.superuser);
+            if !superuser && snapshot.role_in(project, viewer) != Some(ProjectRole::DataOwner) {
+                // Listings (information_schema) still see the table; reading it is refused.
+                return Ok(Some(Arc::new(DeniedTable {
+                    schema: audit_log(&[])?.schema(),
+                    message: format!(
+                        "quiver.audit_log is readable by superusers and the data owners of project \"{project}\""
+                    ),
+                })));
+            }
+            audit_log(&engine.audit.events(superuser, project)?)?
+        }
         _ => return Ok(None),
     };
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
@@ -104,6 +120,7 @@ pub(crate) fn schema(name: &str) -> SqlResult<Option<SchemaRef>> {
         "feature_view_columns" => feature_view_columns(&[])?,
         "models" => models(&[])?,
         "experiments" => experiments(&[])?,
+        "audit_log" => audit_log(&[])?,
         _ => return Ok(None),
     };
     Ok(Some(empty.schema()))
@@ -283,6 +300,75 @@ fn tables_batch(tables: &[&Relation], offline_rows: &[i64]) -> SqlResult<RecordB
             Arc::new(owner.finish()),
             Arc::new(created_at.finish()),
             Arc::new(rows.finish()),
+        ],
+    )
+}
+
+/// A table the viewer may list but not read: scanning it is 42501.
+#[derive(Debug)]
+struct DeniedTable {
+    schema: SchemaRef,
+    message: String,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for DeniedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::prelude::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(datafusion::common::DataFusionError::External(Box::new(
+            SqlError::InsufficientPrivilege(self.message.clone()),
+        )))
+    }
+}
+
+fn audit_log(events: &[AuditEvent]) -> SqlResult<RecordBatch> {
+    let mut time = TimestampMicrosecondBuilder::new().with_timezone(UTC);
+    let mut user = StringBuilder::new();
+    let mut project = StringBuilder::new();
+    let mut kind = StringBuilder::new();
+    let mut object = StringBuilder::new();
+    let mut success = BooleanBuilder::new();
+    let mut error = StringBuilder::new();
+    for event in events {
+        time.append_value(event.time.timestamp_micros());
+        user.append_value(&event.user);
+        project.append_value(&event.project);
+        kind.append_value(&event.kind);
+        object.append_value(&event.object);
+        success.append_value(event.success);
+        error.append_option(event.error.as_deref());
+    }
+    batch(
+        vec![
+            Field::new("time", timestamptz(), false),
+            Field::new("user_name", DataType::Utf8, false),
+            Field::new("project", DataType::Utf8, false),
+            Field::new("statement", DataType::Utf8, false),
+            Field::new("object", DataType::Utf8, false),
+            Field::new("success", DataType::Boolean, false),
+            Field::new("error", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(time.finish()),
+            Arc::new(user.finish()),
+            Arc::new(project.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(object.finish()),
+            Arc::new(success.finish()),
+            Arc::new(error.finish()),
         ],
     )
 }

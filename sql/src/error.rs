@@ -89,6 +89,9 @@ pub enum SqlError {
     /// 57014: the statement was canceled.
     #[error("canceling statement due to user request")]
     Canceled,
+    /// 57014: the statement ran longer than `statement_timeout`.
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
     /// 22000-class: a data error raised while executing a query.
     /// 53200: a query needed more memory than `--query-memory-mb` leaves it, spilling included.
     #[error("out of memory: {0}")]

@@ -8,6 +8,7 @@
 mod access;
 mod asof;
 mod asof_exec;
+pub mod audit;
 mod binary_copy;
 mod column_names;
 mod copy;
@@ -44,7 +45,7 @@ pub use copy::CopyFormat;
 pub use copy_in::CopyIn;
 pub use error::{SqlError, SqlResult};
 pub use parser::{Statement, parse};
-pub use session::{CommandTag, Output, Prepared, Session};
+pub use session::{CommandTag, Output, Prepared, Session, is_read_only};
 pub use settings::{SERVER_VERSION, Settings};
 
 /// The directory of the data dir where training datasets are written before they are published.
@@ -93,6 +94,8 @@ impl Default for EngineOptions {
 #[derive(Debug)]
 pub struct Engine {
     pub catalog: Arc<Catalog>,
+    /// DDL, access changes and failed logins.
+    pub audit: audit::AuditLog,
     pub offline: Arc<OfflineStore>,
     pub online: Arc<OnlineStore>,
     runtime: Arc<RuntimeEnv>,
@@ -156,8 +159,10 @@ impl Engine {
             .map(|n| n.get())
             .unwrap_or(2);
         let system_catalog = system_catalog::SystemCatalog::new()?;
+        let audit = audit::AuditLog::open(data_dir)?;
         let engine = Arc::new_cyclic(|engine| Engine {
             catalog: Arc::new(catalog),
+            audit,
             offline: Arc::new(offline),
             online: Arc::new(online),
             runtime,

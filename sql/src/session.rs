@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use crate::Engine;
 use crate::access;
 use crate::asof;
+use crate::audit;
 use crate::column_names;
 use crate::copy;
 use crate::copy_in::CopyIn;
@@ -96,6 +97,12 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Whether executing it changes no data and no catalog entry: abandoning it part-way (a
+    /// statement timeout) leaves nothing half-done.
+    pub fn is_read_only(&self) -> bool {
+        is_read_only(&self.statement)
+    }
+
     /// The parameter types, `$1` first; `None` where the type could not be inferred.
     pub fn parameter_types(&self) -> SqlResult<Vec<Option<DataType>>> {
         let Some(plan) = &self.plan else {
@@ -188,6 +195,8 @@ impl Session {
             )));
         }
         access::check_membership(&catalog, project, user)?;
+        let mut settings = Settings::default();
+        settings.set_superuser(catalog.user(user).is_some_and(|u| u.superuser));
         let context = build_context(&engine, project, user, Default::default())?;
         crate::system_catalog::SystemCatalog::install_user(&context, user);
         let notices = Notices::default();
@@ -209,7 +218,7 @@ impl Session {
             user: user.to_string(),
             context,
             serving_context: None,
-            settings: Settings::default(),
+            settings,
             notices,
             block: None,
             cursors: HashMap::new(),
@@ -354,6 +363,17 @@ impl Session {
             Ok(()) => self.execute_unblocked(prepared, params).await,
             Err(denied) => Err(denied),
         };
+        if let Some((kind, object)) = audit::subject(&prepared.statement) {
+            self.engine.audit.record(&audit::AuditEvent {
+                time: chrono::Utc::now(),
+                user: self.user.clone(),
+                project: self.project.clone(),
+                kind,
+                object,
+                success: result.is_ok(),
+                error: result.as_ref().err().map(|e| e.to_string()),
+            });
+        }
         if let Some(block) = &mut self.block {
             match &result {
                 Err(_) => block.failed = true,
@@ -1038,6 +1058,12 @@ fn infer_any_parameters(
 fn ends_block(statement: &Statement) -> bool {
     matches!(statement, Statement::Sql(sql)
         if matches!(sql.as_ref(), ast::Statement::Commit { .. } | ast::Statement::Rollback { .. }))
+}
+
+/// Whether executing a statement changes no data and no catalog entry: abandoning it part-way
+/// (a statement timeout) leaves nothing half-done.
+pub fn is_read_only(statement: &Statement) -> bool {
+    !changes_state(statement)
 }
 
 /// Whether a statement changes data or the catalog (what a ROLLBACK would have to undo).

@@ -52,6 +52,26 @@ const READ_ONLY: &[&str] = &[
     "max_identifier_length",
 ];
 
+/// A PostgreSQL time setting: a bare number is milliseconds, or a number with a unit (`ms`, `s`,
+/// `min`, `h`, `d`), with or without a space between.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    std::time::Duration::try_from_secs_f64(number * millis / 1_000.0).ok()
+}
+
 /// One setting as `pg_catalog.pg_settings` lists it.
 #[derive(Debug, Clone)]
 pub(crate) struct SettingRow {
@@ -134,6 +154,22 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Reports whether the session's user is a superuser (`is_superuser`, read-only).
+    pub(crate) fn set_superuser(&mut self, superuser: bool) {
+        let value = if superuser { "on" } else { "off" };
+        self.values.insert(
+            "is_superuser".into(),
+            ("is_superuser".into(), value.to_string()),
+        );
+    }
+
+    /// `statement_timeout`: `None` when 0 (no limit).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        self.get("statement_timeout")
+            .and_then(parse_duration)
+            .filter(|d| !d.is_zero())
+    }
+
     /// The parameters PostgreSQL reports to a client at startup, with their current values.
     pub fn startup_parameters(&self) -> Vec<(String, String)> {
         DEFAULTS
@@ -150,6 +186,13 @@ impl Settings {
             return Err(SqlError::InvalidParameter(format!(
                 "parameter \"{name}\" cannot be changed"
             )));
+        }
+        if key == "statement_timeout" {
+            parse_duration(value).ok_or_else(|| {
+                SqlError::InvalidParameter(format!(
+                    "invalid value for parameter \"statement_timeout\": \"{value}\" (milliseconds, or a number with unit ms, s, min, h or d)"
+                ))
+            })?;
         }
         let canonical = self
             .values
@@ -231,7 +274,9 @@ impl Settings {
     ) -> SqlResult<CommandTag> {
         match &reset.reset {
             ast::Reset::ALL => {
+                let superuser = self.get("is_superuser") == Some("on");
                 *self = Settings::default();
+                self.set_superuser(superuser);
                 reset_engine_time_zone(context);
             }
             ast::Reset::ConfigurationParameter(name) => {
@@ -419,6 +464,18 @@ fn expr_text(expr: &Expr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_postgres_reads_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5 min"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 weeks"), None);
+        assert_eq!(parse_duration(""), None);
+    }
 
     #[test]
     fn names_are_case_insensitive_and_keep_their_canonical_spelling() {

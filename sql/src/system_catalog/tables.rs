@@ -203,10 +203,16 @@ pub(crate) async fn build(
                     ("rolsuper", flag(user.superuser)),
                     ("rolinherit", flag(true)),
                     ("rolcreaterole", flag(user.superuser)),
-                    ("rolcreatedb", flag(user.superuser)),
+                    // Every user may create projects (and is their first data owner).
+                    ("rolcreatedb", flag(true)),
                     ("rolcanlogin", flag(true)),
                     ("rolreplication", flag(false)),
-                    ("rolconnlimit", int(-1)),
+                    (
+                        "rolconnlimit",
+                        int(user
+                            .connection_limit
+                            .map_or(-1, |n| n.min(i32::MAX as u32) as i32)),
+                    ),
                     ("rolpassword", text("********")),
                     ("rolbypassrls", flag(user.superuser)),
                 ])?;
