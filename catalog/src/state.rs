@@ -31,7 +31,7 @@ pub enum CatalogCommand {
         name: String,
         change: UserChange,
     },
-    /// Drops a user and their project memberships; refused while they own a project.
+    /// Drops a user and their project memberships; refused while they own anything.
     DropUser {
         name: String,
     },
@@ -220,15 +220,39 @@ impl CatalogState {
                 if !self.users.contains_key(name) {
                     return Err(CatalogError::UndefinedRole(name.clone()));
                 }
-                let owned: Vec<&str> = self
+                let mut owned: Vec<String> = self
                     .projects
                     .values()
                     .filter(|p| &p.owner == name)
-                    .map(|p| p.name.as_str())
+                    .map(|p| format!("project {}", p.name))
                     .collect();
+                owned.extend(
+                    self.relations
+                        .values()
+                        .filter(|r| &r.owner == name)
+                        .map(|r| format!("{}.{}", r.project, r.qualified_name())),
+                );
+                owned.extend(
+                    self.feature_views
+                        .values()
+                        .filter(|v| &v.owner == name)
+                        .map(|v| format!("feature view {}.{}", v.project, v.name)),
+                );
+                owned.extend(
+                    self.training_datasets
+                        .values()
+                        .filter(|d| &d.owner == name)
+                        .map(|d| format!("training dataset {}.{}", d.project, d.name)),
+                );
+                owned.extend(
+                    self.models
+                        .values()
+                        .filter(|m| &m.owner == name)
+                        .map(|m| format!("model {}.{}", m.project, m.name)),
+                );
                 if !owned.is_empty() {
                     return Err(CatalogError::DependentObjects(format!(
-                        "role \"{name}\" owns project(s) {}; drop them first",
+                        "role \"{name}\" cannot be dropped because it owns {}",
                         owned.join(", ")
                     )));
                 }

@@ -239,3 +239,105 @@ fn a_feature_view_is_versioned_and_keeps_the_groups_it_reads() {
         .execute(CatalogCommand::DropRelations { oids: vec![group] })
         .unwrap();
 }
+
+#[test]
+fn memberships_shares_and_owners_follow_users_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    for name in ["alice", "bob"] {
+        catalog
+            .execute(CatalogCommand::CreateUser {
+                name: name.into(),
+                superuser: false,
+                password: None,
+                connection_limit: None,
+            })
+            .unwrap();
+    }
+    catalog
+        .execute(CatalogCommand::CreateProject {
+            name: "fraud".into(),
+            description: None,
+            owner: "alice".into(),
+            created_at: Utc::now(),
+        })
+        .unwrap();
+    let grant = |user: &str, role| CatalogCommand::Grant {
+        project: "fraud".into(),
+        user: user.into(),
+        role,
+    };
+    catalog
+        .execute(grant("bob", ProjectRole::Observer))
+        .unwrap();
+    let state = catalog.snapshot();
+    assert_eq!(
+        state.role_in("fraud", "alice"),
+        Some(ProjectRole::DataOwner)
+    );
+    assert_eq!(state.role_in("fraud", "bob"), Some(ProjectRole::Observer));
+    assert_eq!(state.role_in("quiver", "bob"), None);
+    assert_eq!(
+        state.role_in("fraud", "quiver"),
+        Some(ProjectRole::DataOwner)
+    );
+    let visible: Vec<_> = state
+        .visible_projects("bob")
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(visible, ["fraud"]);
+
+    // Sharing needs the group to exist, and ends with its last version.
+    let share = CatalogCommand::ShareFeatureGroup {
+        project: BOOTSTRAP_NAME.into(),
+        group: "tx".into(),
+        with: "fraud".into(),
+    };
+    assert!(matches!(
+        catalog.execute(share.clone()),
+        Err(CatalogError::UndefinedFeatureGroup(_))
+    ));
+    let Applied::Relation(oid) = catalog.execute(create_group("tx", 1)).unwrap() else {
+        panic!("no relation")
+    };
+    catalog.execute(share).unwrap();
+    let shared: Vec<_> = catalog
+        .snapshot()
+        .shared_with("fraud")
+        .map(|(o, g)| (o.to_string(), g.to_string()))
+        .collect();
+    assert_eq!(shared, [("quiver".to_string(), "tx".to_string())]);
+    catalog
+        .execute(CatalogCommand::DropRelations { oids: vec![oid] })
+        .unwrap();
+    assert_eq!(catalog.snapshot().shared_with("fraud").count(), 0);
+
+    // A user who owns something cannot be dropped; their memberships go with them.
+    assert!(matches!(
+        catalog.execute(CatalogCommand::DropUser {
+            name: "alice".into()
+        }),
+        Err(CatalogError::DependentObjects(_))
+    ));
+    catalog
+        .execute(CatalogCommand::DropUser { name: "bob".into() })
+        .unwrap();
+    assert!(
+        catalog
+            .snapshot()
+            .project("fraud")
+            .unwrap()
+            .members
+            .get("bob")
+            .is_none()
+    );
+
+    // Replaying the log gives the same access state.
+    drop(catalog);
+    let reopened = Catalog::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.snapshot().role_in("fraud", "alice"),
+        Some(ProjectRole::DataOwner)
+    );
+    assert!(reopened.snapshot().user("bob").is_none());
+}
