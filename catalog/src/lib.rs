@@ -9,6 +9,7 @@ mod access;
 mod error;
 mod log;
 mod model;
+pub mod raft;
 mod state;
 
 use std::path::Path;

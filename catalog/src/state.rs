@@ -127,7 +127,7 @@ pub struct UserChange {
 }
 
 /// What applying a command produced, for the caller to act on (e.g. storage to create or remove).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Applied {
     Nothing,
     Project(Oid),

@@ -1,0 +1,198 @@
+//! The catalog state machine: a [`CatalogState`] plus what Raft needs to know of it, with its
+//! snapshots kept in RocksDB.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+
+use super::{CatalogRaft, ClusterNode, CommandOutcome, META, column, durable};
+use crate::state::{Applied, CatalogState};
+
+type StoreResult<T> = Result<T, StorageError<u64>>;
+
+const SNAPSHOT: &[u8] = b"snapshot";
+
+/// The replicated state: the catalog and the last entry applied to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, ClusterNode>,
+    catalog: CatalogState,
+}
+
+/// A snapshot as stored: its metadata and the serialized [`AppliedState`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, ClusterNode>,
+    data: Vec<u8>,
+}
+
+/// The catalog group's state machine; clones share the state (a clone builds snapshots).
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    state: Arc<RwLock<AppliedState>>,
+    /// Tells apart snapshots built at the same log id.
+    snapshots_built: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// The state machine as of the last snapshot in `db` (empty without one).
+    pub(super) fn open(db: Arc<DB>) -> Result<Self, std::io::Error> {
+        let store = StateMachineStore {
+            db,
+            state: Arc::default(),
+            snapshots_built: Arc::default(),
+        };
+        if let Some(stored) = store.stored_snapshot()? {
+            let restored: AppliedState =
+                serde_json::from_slice(&stored.data).map_err(std::io::Error::other)?;
+            *store.write() = restored;
+        }
+        Ok(store)
+    }
+
+    /// The catalog as applied so far.
+    pub fn catalog(&self) -> CatalogState {
+        self.read().catalog.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, std::io::Error> {
+        let family = column(&self.db, META)?;
+        match self
+            .db
+            .get_cf(&family, SNAPSHOT)
+            .map_err(std::io::Error::other)?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            None => Ok(None),
+        }
+    }
+
+    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
+        let family = column(&self.db, META)?;
+        let bytes = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
+        self.db
+            .put_cf_opt(&family, SNAPSHOT, bytes, &durable())
+            .map_err(std::io::Error::other)
+    }
+}
+
+impl RaftSnapshotBuilder<CatalogRaft> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<CatalogRaft>> {
+        let (data, last_applied, last_membership) = {
+            let state = self.read();
+            let data =
+                serde_json::to_vec(&*state).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            (data, state.last_applied, state.last_membership.clone())
+        };
+        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
+            None => format!("--{built}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.store_snapshot(&stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<CatalogRaft> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<u64>>, StoredMembership<u64, ClusterNode>)> {
+        let state = self.read();
+        Ok((state.last_applied, state.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<CommandOutcome>>
+    where
+        I: IntoIterator<Item = Entry<CatalogRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.write();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Ok(Applied::Nothing),
+                // A refused command changes nothing (apply checks before it changes) and
+                // reports why to whoever proposed it; the log moves on.
+                EntryPayload::Normal(command) => {
+                    state.catalog.apply(&command).map_err(|e| e.to_string())
+                }
+                EntryPayload::Membership(membership) => {
+                    state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(Applied::Nothing)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, ClusterNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let data = snapshot.into_inner();
+        let installed: AppliedState = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.store_snapshot(&stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.write() = installed;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<CatalogRaft>>> {
+        let stored = self
+            .stored_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
