@@ -31,6 +31,14 @@ pub enum CatalogError {
     UndefinedRelation(String),
     #[error("cannot drop: {0}")]
     DependentObjects(String),
+    /// The replicated catalog cannot take the command now: no leader, no quorum, or a peer that
+    /// does not answer.
+    #[error("the catalog is unavailable: {0}")]
+    Unavailable(String),
+    /// The replicated state machine refused a command when it was applied (it was valid when
+    /// proposed; a concurrent command made it invalid).
+    #[error("{0}")]
+    Rejected(String),
     #[error("catalog log {path}: {source}")]
     Io {
         path: String,

@@ -5,10 +5,13 @@
 //! same catalog from the same commands. Everything Raft keeps lives in one RocksDB under the
 //! node's data directory (`raft/`): the log, the vote, the committed id and the last snapshot.
 //!
-//! This is the storage layer of the cluster; the network (tonic) and the node that runs
-//! `openraft::Raft` over it build on it.
+//! `node.rs` runs `openraft::Raft` over this storage and `network.rs`'s gRPC transport (tonic):
+//! nodes started with the same peers form the group, a follower forwards commands to the
+//! leader, and reads can be linearizable (read-index).
 
 mod log_store;
+pub mod network;
+mod node;
 mod state_machine;
 
 use std::io::Cursor;
@@ -19,6 +22,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
+pub use node::{CatalogNode, NodeConfig};
 pub use state_machine::StateMachineStore;
 
 use crate::error::{CatalogError, CatalogResult};
