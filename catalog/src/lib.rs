@@ -27,19 +27,49 @@ use log::CommandLog;
 /// The superuser and project every fresh data directory starts with.
 pub const BOOTSTRAP_NAME: &str = "quiver";
 
-/// The catalog of one Quiver node: the current state and the log that feeds it.
+/// The catalog of one Quiver node: a local command log, or a member of the replicated catalog
+/// group.
 pub struct Catalog {
-    state: RwLock<Arc<CatalogState>>,
-    /// Serialises writers; held across validate, append and publish so commands apply in log order.
-    log: Mutex<CommandLog>,
+    backend: Backend,
+}
+
+enum Backend {
+    /// A single node: the state, and the log that feeds it.
+    Local {
+        state: RwLock<Arc<CatalogState>>,
+        /// Serialises writers; held across validate, append and publish so commands apply in
+        /// log order.
+        log: Mutex<CommandLog>,
+    },
+    /// A cluster member: the state is the Raft state machine's.
+    Replicated(raft::CatalogNode),
 }
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Catalog")
             .field("applied_commands", &self.snapshot().applied_commands())
+            .field("replicated", &self.node().is_some())
             .finish()
     }
+}
+
+/// The commands a fresh catalog starts with: the superuser `quiver` and the project `quiver`.
+fn bootstrap_commands() -> [CatalogCommand; 2] {
+    [
+        CatalogCommand::CreateUser {
+            name: BOOTSTRAP_NAME.into(),
+            superuser: true,
+            password: None,
+            connection_limit: None,
+        },
+        CatalogCommand::CreateProject {
+            name: BOOTSTRAP_NAME.into(),
+            description: Some("the default project".into()),
+            owner: BOOTSTRAP_NAME.into(),
+            created_at: Utc::now(),
+        },
+    ]
 }
 
 impl Catalog {
@@ -60,50 +90,113 @@ impl Catalog {
             })?;
         }
         let catalog = Catalog {
-            state: RwLock::new(Arc::new(state)),
-            log: Mutex::new(log),
+            backend: Backend::Local {
+                state: RwLock::new(Arc::new(state)),
+                log: Mutex::new(log),
+            },
         };
         if catalog.snapshot().applied_commands() == 0 {
-            catalog.execute(CatalogCommand::CreateUser {
-                name: BOOTSTRAP_NAME.into(),
-                superuser: true,
-                password: None,
-                connection_limit: None,
-            })?;
-            catalog.execute(CatalogCommand::CreateProject {
-                name: BOOTSTRAP_NAME.into(),
-                description: Some("the default project".into()),
-                owner: BOOTSTRAP_NAME.into(),
-                created_at: Utc::now(),
-            })?;
+            for command in bootstrap_commands() {
+                catalog.execute(command)?;
+            }
         }
         Ok(catalog)
     }
 
-    /// The current catalog, unchanged by later commands.
-    pub fn snapshot(&self) -> Arc<CatalogState> {
-        match self.state.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+    /// Joins (or forms) the replicated catalog group with the Raft storage in `dir`. The member
+    /// with the lowest id bootstraps the catalog once the group has a leader, if nobody has.
+    pub async fn open_replicated(dir: &Path, config: raft::NodeConfig) -> CatalogResult<Catalog> {
+        std::fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let bootstraps = config.peers.keys().next() == Some(&config.node_id);
+        let node = raft::CatalogNode::start(dir, config).await?;
+        let catalog = Catalog {
+            backend: Backend::Replicated(node),
+        };
+        if bootstraps {
+            let state = catalog.linearizable_snapshot().await?;
+            if state.user(BOOTSTRAP_NAME).is_none() {
+                for command in bootstrap_commands() {
+                    catalog.execute_async(command).await?;
+                }
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// The cluster member this catalog is, when replicated.
+    pub fn node(&self) -> Option<&raft::CatalogNode> {
+        match &self.backend {
+            Backend::Local { .. } => None,
+            Backend::Replicated(node) => Some(node),
         }
     }
 
-    /// Validates a command against the current state, makes it durable, then publishes the new
-    /// state. A command that fails validation is never logged.
+    /// The cluster member, to shut it down.
+    pub fn into_node(self) -> Option<raft::CatalogNode> {
+        match self.backend {
+            Backend::Local { .. } => None,
+            Backend::Replicated(node) => Some(node),
+        }
+    }
+
+    /// The current catalog, unchanged by later commands. On a cluster member, as this node has
+    /// applied it: call [`Catalog::linearizable_snapshot`] first for what every node agrees on.
+    pub fn snapshot(&self) -> Arc<CatalogState> {
+        match &self.backend {
+            Backend::Local { state, .. } => match state.read() {
+                Ok(guard) => guard.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            },
+            Backend::Replicated(node) => node.local_state(),
+        }
+    }
+
+    /// The catalog with every command committed before this call (a cluster member waits for
+    /// the leader's read index); a single node's catalog is always that.
+    pub async fn linearizable_snapshot(&self) -> CatalogResult<Arc<CatalogState>> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(self.snapshot()),
+            Backend::Replicated(node) => node.linearizable_state().await,
+        }
+    }
+
+    /// Applies a command: on a single node, validated, made durable in the log, then published
+    /// (a command that fails validation is never logged); on a cluster member, committed by a
+    /// quorum and applied. Blocks: call it off the async runtime, or use
+    /// [`Catalog::execute_async`].
     pub fn execute(&self, command: CatalogCommand) -> CatalogResult<Applied> {
-        let mut log = match self.log.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut next = (*self.snapshot()).clone();
-        let applied = next.apply(&command)?;
-        log.append(&command)?;
-        let mut state = match self.state.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *state = Arc::new(next);
-        Ok(applied)
+        match &self.backend {
+            Backend::Local { state, log } => {
+                let mut log = match log.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let mut next = (*self.snapshot()).clone();
+                let applied = next.apply(&command)?;
+                log.append(&command)?;
+                let mut state = match state.write() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *state = Arc::new(next);
+                Ok(applied)
+            }
+            Backend::Replicated(node) => {
+                tokio::runtime::Handle::current().block_on(node.execute(command))
+            }
+        }
+    }
+
+    /// [`Catalog::execute`] for async callers. On a single node it still waits for the log's
+    /// fsync on the calling thread: callers that must not block use `spawn_blocking`.
+    pub async fn execute_async(&self, command: CatalogCommand) -> CatalogResult<Applied> {
+        match &self.backend {
+            Backend::Local { .. } => self.execute(command),
+            Backend::Replicated(node) => node.execute(command).await,
+        }
     }
 }
 

@@ -142,7 +142,7 @@ impl CatalogNode {
     /// The catalog after every command committed before this call (read-index: the leader
     /// confirms it still leads and names its commit index; this node, leader or follower, waits
     /// until it has applied that far).
-    pub async fn linearizable_state(&self) -> CatalogResult<CatalogState> {
+    pub async fn linearizable_state(&self) -> CatalogResult<Arc<CatalogState>> {
         let deadline = tokio::time::Instant::now() + LEADERLESS_WAIT;
         let read_index = loop {
             match self.raft.ensure_linearizable().await {
@@ -172,7 +172,7 @@ impl CatalogNode {
     }
 
     /// The catalog as this node has applied it (possibly behind the leader).
-    pub fn local_state(&self) -> CatalogState {
+    pub fn local_state(&self) -> Arc<CatalogState> {
         self.state_machine.catalog()
     }
 

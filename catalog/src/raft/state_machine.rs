@@ -21,11 +21,57 @@ type StoreResult<T> = Result<T, StorageError<u64>>;
 const SNAPSHOT: &[u8] = b"snapshot";
 
 /// The replicated state: the catalog and the last entry applied to it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 struct AppliedState {
     last_applied: Option<LogId<u64>>,
     last_membership: StoredMembership<u64, ClusterNode>,
+    /// Shared with readers' snapshots; applying copies it only while a reader holds one.
+    catalog: Arc<CatalogState>,
+}
+
+impl Default for AppliedState {
+    fn default() -> Self {
+        AppliedState {
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            // OIDs start where PostgreSQL's user objects do, as on a single node.
+            catalog: Arc::new(CatalogState::new()),
+        }
+    }
+}
+
+/// [`AppliedState`] as a snapshot stores it.
+#[derive(Serialize)]
+struct AppliedStateRef<'a> {
+    last_applied: &'a Option<LogId<u64>>,
+    last_membership: &'a StoredMembership<u64, ClusterNode>,
+    catalog: &'a CatalogState,
+}
+
+#[derive(Deserialize)]
+struct AppliedStateOwned {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, ClusterNode>,
     catalog: CatalogState,
+}
+
+impl AppliedState {
+    fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&AppliedStateRef {
+            last_applied: &self.last_applied,
+            last_membership: &self.last_membership,
+            catalog: &self.catalog,
+        })
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<AppliedState, serde_json::Error> {
+        let owned: AppliedStateOwned = serde_json::from_slice(bytes)?;
+        Ok(AppliedState {
+            last_applied: owned.last_applied,
+            last_membership: owned.last_membership,
+            catalog: Arc::new(owned.catalog),
+        })
+    }
 }
 
 /// A snapshot as stored: its metadata and the serialized [`AppliedState`].
@@ -53,15 +99,14 @@ impl StateMachineStore {
             snapshots_built: Arc::default(),
         };
         if let Some(stored) = store.stored_snapshot()? {
-            let restored: AppliedState =
-                serde_json::from_slice(&stored.data).map_err(std::io::Error::other)?;
+            let restored = AppliedState::from_bytes(&stored.data).map_err(std::io::Error::other)?;
             *store.write() = restored;
         }
         Ok(store)
     }
 
     /// The catalog as applied so far.
-    pub fn catalog(&self) -> CatalogState {
+    pub fn catalog(&self) -> Arc<CatalogState> {
         self.read().catalog.clone()
     }
 
@@ -100,8 +145,9 @@ impl RaftSnapshotBuilder<CatalogRaft> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<CatalogRaft>> {
         let (data, last_applied, last_membership) = {
             let state = self.read();
-            let data =
-                serde_json::to_vec(&*state).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let data = state
+                .to_bytes()
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
             (data, state.last_applied, state.last_membership.clone())
         };
         let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
@@ -147,9 +193,9 @@ impl RaftStateMachine<CatalogRaft> for StateMachineStore {
                 EntryPayload::Blank => Ok(Applied::Nothing),
                 // A refused command changes nothing (apply checks before it changes) and
                 // reports why to whoever proposed it; the log moves on.
-                EntryPayload::Normal(command) => {
-                    state.catalog.apply(&command).map_err(|e| e.to_string())
-                }
+                EntryPayload::Normal(command) => Arc::make_mut(&mut state.catalog)
+                    .apply(&command)
+                    .map_err(|e| e.to_string()),
                 EntryPayload::Membership(membership) => {
                     state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     Ok(Applied::Nothing)
@@ -174,7 +220,7 @@ impl RaftStateMachine<CatalogRaft> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
         let data = snapshot.into_inner();
-        let installed: AppliedState = serde_json::from_slice(&data)
+        let installed = AppliedState::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),

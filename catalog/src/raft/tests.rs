@@ -158,3 +158,46 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
         node.shutdown().await;
     }
 }
+
+/// A one-member group bootstraps the catalog like a fresh data directory, takes commands, and
+/// after a restart has everything it committed (and bootstraps nothing twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft_addr = format!("127.0.0.1:{}", free_port());
+    let config = || NodeConfig {
+        node_id: 1,
+        raft_listen: raft_addr.parse().unwrap(),
+        peers: [(
+            1,
+            ClusterNode {
+                raft_addr: raft_addr.clone(),
+                sql_addr: String::new(),
+            },
+        )]
+        .into(),
+    };
+    {
+        let catalog = crate::Catalog::open_replicated(dir.path(), config())
+            .await
+            .unwrap();
+        let state = catalog.linearizable_snapshot().await.unwrap();
+        assert!(state.user(crate::BOOTSTRAP_NAME).unwrap().superuser);
+        assert_eq!(
+            state.project(crate::BOOTSTRAP_NAME).unwrap().oid,
+            crate::FIRST_USER_OID + 1
+        );
+        catalog.execute_async(user("alice")).await.unwrap();
+        assert!(catalog.snapshot().user("alice").is_some());
+        assert!(catalog.node().unwrap().is_leader());
+        if let Some(node) = catalog.into_node() {
+            node.shutdown().await;
+        }
+    }
+    let catalog = crate::Catalog::open_replicated(dir.path(), config())
+        .await
+        .unwrap();
+    let state = catalog.linearizable_snapshot().await.unwrap();
+    assert!(state.user("alice").is_some());
+    assert_eq!(state.users().count(), 2);
+}
