@@ -71,6 +71,16 @@ enum Command {
         /// Refuse connections that do not use TLS.
         #[arg(long, env = "QUIVER_TLS_REQUIRED")]
         tls_required: bool,
+        /// This node's id in the cluster (with --peers and --raft-listen).
+        #[arg(long, env = "QUIVER_NODE_ID")]
+        node_id: Option<u64>,
+        /// Where this node serves its cluster peers (Raft over gRPC).
+        #[arg(long, env = "QUIVER_RAFT_LISTEN")]
+        raft_listen: Option<SocketAddr>,
+        /// Every initial cluster member's Raft address, this node's included: `1=host:port,2=...`.
+        /// Nodes started with the same peers form the cluster; without it, a single node.
+        #[arg(long, env = "QUIVER_PEERS")]
+        peers: Option<String>,
         /// Sessions open at once, all users together; more are refused with 53300 (each
         /// user's CONNECTION LIMIT applies too).
         #[arg(long, default_value_t = 100, env = "QUIVER_MAX_CONNECTIONS")]
@@ -84,7 +94,7 @@ enum Command {
 
 /// Gives the superuser `quiver` the configured password, unless its verifier already is for
 /// that password (a restart with the same password changes nothing in the catalog).
-fn set_superuser_password(engine: &quiver_sql::Engine, password: &str) -> Result<(), String> {
+async fn set_superuser_password(engine: &quiver_sql::Engine, password: &str) -> Result<(), String> {
     let catalog = engine.catalog.snapshot();
     let current = catalog
         .user(quiver_catalog::BOOTSTRAP_NAME)
@@ -97,14 +107,14 @@ fn set_superuser_password(engine: &quiver_sql::Engine, password: &str) -> Result
     )
     .ok_or("cannot make a SCRAM verifier for the configured password")?;
     engine
-        .catalog
-        .execute(quiver_catalog::CatalogCommand::AlterUser {
+        .change_catalog(quiver_catalog::CatalogCommand::AlterUser {
             name: quiver_catalog::BOOTSTRAP_NAME.into(),
             change: quiver_catalog::UserChange {
                 password: Some(Some(verifier)),
                 ..Default::default()
             },
         })
+        .await
         .map_err(|e| format!("cannot set the superuser's password: {e}"))?;
     Ok(())
 }
@@ -154,6 +164,9 @@ fn main() -> std::process::ExitCode {
             tls_required,
             max_connections,
             password_file,
+            node_id,
+            raft_listen,
+            peers,
         } => runtime.block_on(serve(
             ServeOptions {
                 listen,
@@ -169,6 +182,11 @@ fn main() -> std::process::ExitCode {
                 },
                 password_file,
                 max_connections,
+                cluster: ClusterOptions {
+                    node_id,
+                    raft_listen,
+                    peers,
+                },
             },
             executor.handle().clone(),
         )),
@@ -194,6 +212,73 @@ struct ServeOptions {
     tls: tls::TlsOptions,
     password_file: Option<PathBuf>,
     max_connections: usize,
+    cluster: ClusterOptions,
+}
+
+/// `--node-id`, `--raft-listen`, `--peers` as given.
+struct ClusterOptions {
+    node_id: Option<u64>,
+    raft_listen: Option<SocketAddr>,
+    peers: Option<String>,
+}
+
+impl ClusterOptions {
+    /// The catalog group this node joins, or `None` for a single node; all three flags or none.
+    fn node_config(
+        &self,
+        sql_listen: SocketAddr,
+    ) -> Result<Option<quiver_catalog::raft::NodeConfig>, String> {
+        let (node_id, raft_listen, peers) = match (self.node_id, self.raft_listen, &self.peers) {
+            (None, None, None) => return Ok(None),
+            (Some(id), Some(listen), Some(peers)) => (id, listen, peers),
+            _ => {
+                return Err(
+                    "a cluster node needs --node-id, --raft-listen and --peers together".into(),
+                );
+            }
+        };
+        let mut members = std::collections::BTreeMap::new();
+        for peer in peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = peer
+                .split_once('=')
+                .ok_or_else(|| format!("--peers: \"{peer}\" is not id=host:port"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("--peers: \"{id}\" is not a node id"))?;
+            let addr = addr.trim().to_string();
+            if addr.is_empty() {
+                return Err(format!("--peers: node {id} has no address"));
+            }
+            let sql_addr = if id == node_id {
+                sql_listen.to_string()
+            } else {
+                String::new()
+            };
+            if members
+                .insert(
+                    id,
+                    quiver_catalog::raft::ClusterNode {
+                        raft_addr: addr,
+                        sql_addr,
+                    },
+                )
+                .is_some()
+            {
+                return Err(format!("--peers names node {id} twice"));
+            }
+        }
+        if !members.contains_key(&node_id) {
+            return Err(format!(
+                "--peers does not name this node (--node-id {node_id})"
+            ));
+        }
+        Ok(Some(quiver_catalog::raft::NodeConfig {
+            node_id,
+            raft_listen,
+            peers: members,
+        }))
+    }
 }
 
 /// The superuser's password from `--password-file` or `QUIVER_PASSWORD`, if one is configured.
@@ -225,11 +310,13 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
         tls,
         password_file,
         max_connections,
+        cluster,
     } = options;
     // Everything that can be wrong with the configuration is found before the data directory
     // is opened: a server asked for TLS or passwords never starts without them.
     let tls = tls::Tls::configure(&tls)?;
     let password = configured_password(password_file.as_deref())?;
+    let cluster = cluster.node_config(listen)?;
     let offline_location = offline_store
         .map(|text| quiver_sql::StoreLocation::parse(&text))
         .transpose()
@@ -238,13 +325,14 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
         offline_location,
         online_cache_bytes: online_cache_mb.saturating_mul(1 << 20),
         query_memory_bytes: query_memory_mb.saturating_mul(1 << 20),
+        cluster,
     };
     let engine = quiver_sql::Engine::open(&data_dir, &options, executor)
         .await
         .map_err(|e| format!("cannot open data directory {}: {e}", data_dir.display()))?;
     let authentication = match &password {
         Some(password) => {
-            set_superuser_password(&engine, password)?;
+            set_superuser_password(&engine, password).await?;
             startup::AuthMethod::Scram
         }
         None => startup::AuthMethod::TrustLoopback,

@@ -78,6 +78,9 @@ pub struct EngineOptions {
     /// Memory that running queries' sorts, joins and aggregations share; beyond it they spill
     /// to `<data dir>/spill`.
     pub query_memory_bytes: usize,
+    /// Join the replicated catalog group as this member (`--node-id`, `--peers`); `None`: a
+    /// single node with a local catalog log.
+    pub cluster: Option<quiver_catalog::raft::NodeConfig>,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +89,7 @@ impl Default for EngineOptions {
             offline_location: None,
             online_cache_bytes: 256 << 20,
             query_memory_bytes: 4 << 30,
+            cluster: None,
         }
     }
 }
@@ -121,7 +125,12 @@ impl Engine {
         options: &EngineOptions,
         executor: tokio::runtime::Handle,
     ) -> SqlResult<Arc<Engine>> {
-        let catalog = Catalog::open(&data_dir.join("catalog"))?;
+        let catalog = match &options.cluster {
+            Some(config) => {
+                Catalog::open_replicated(&data_dir.join("raft"), config.clone()).await?
+            }
+            None => Catalog::open(&data_dir.join("catalog"))?,
+        };
         let online =
             OnlineStore::open(&data_dir.join("online"), options.online_cache_bytes).await?;
         let offline = match &options.offline_location {
@@ -182,8 +191,16 @@ impl Engine {
         self.runtime.clone()
     }
 
-    /// Applies a catalog command off the async runtime: it waits for an fsync of the catalog log.
+    /// Applies a catalog command: through Raft on a cluster member, else off the async runtime
+    /// (it waits for an fsync of the catalog log).
     pub async fn change_catalog(&self, command: CatalogCommand) -> SqlResult<Applied> {
+        if self.catalog.node().is_some() {
+            return self
+                .catalog
+                .execute_async(command)
+                .await
+                .map_err(SqlError::from);
+        }
         let catalog = self.catalog.clone();
         tokio::task::spawn_blocking(move || catalog.execute(command))
             .await
