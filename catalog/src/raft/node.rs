@@ -211,9 +211,11 @@ impl CatalogNode {
         self.leader().ok_or_else(|| unavailable("no leader".into()))
     }
 
-    /// Stops Raft and the service.
+    /// Stops Raft and the service, and waits until both have let go of the storage (so that it
+    /// can be opened again in this process).
     pub async fn shutdown(self) {
         let _ = self.raft.shutdown().await;
         self.server.abort();
+        let _ = self.server.await;
     }
 }

@@ -194,9 +194,20 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
             node.shutdown().await;
         }
     }
-    let catalog = crate::Catalog::open_replicated(dir.path(), config())
-        .await
-        .unwrap();
+    // openraft's state-machine worker lets go of RocksDB a moment after shutdown returns; a
+    // process restart never sees this, an in-process reopen retries until the lock is free.
+    let mut attempts = 0;
+    let catalog = loop {
+        match crate::Catalog::open_replicated(dir.path(), config()).await {
+            Ok(catalog) => break catalog,
+            Err(error) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("reopen attempt {attempts}: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the catalog did not reopen: {error}"),
+        }
+    };
     let state = catalog.linearizable_snapshot().await.unwrap();
     assert!(state.user("alice").is_some());
     assert_eq!(state.users().count(), 2);
