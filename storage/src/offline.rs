@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::Field;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructField, StructType};
 use deltalake::parquet::arrow::ArrowSchemaConverter;
 use deltalake::parquet::basic::{Compression, Encoding, Type as PhysicalType};
@@ -54,7 +55,18 @@ pub struct OfflineStore {
     /// The open tables. Each mutex serialises the writers of one table, so commit order within the
     /// process is the order writers took the lock, and holds the table's newest state.
     tables: std::sync::Mutex<HashMap<TableId, Arc<Mutex<DeltaTable>>>>,
+    /// Other processes (cluster nodes) commit to these tables too: every use reads the log's
+    /// newest commits first, and a commit that loses the race for its version is written again.
+    shared: bool,
+    /// Whether this process compacts tables. delta-rs lets two concurrent compactions of the
+    /// same files both commit (their removes do not change data, so its conflict check passes
+    /// them), which doubles rows: of the writers sharing a store exactly one may compact.
+    compacts: bool,
 }
+
+/// How many times a write to a shared table is attempted when other writers keep taking its
+/// version first.
+const SHARED_COMMIT_ATTEMPTS: usize = 20;
 
 /// What a committed write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +127,62 @@ impl OfflineStore {
         Ok(OfflineStore {
             location,
             tables: Default::default(),
+            shared: false,
+            compacts: true,
         })
+    }
+
+    /// Marks the store as shared with other writers (the nodes of a cluster): readers and
+    /// writers catch up with commits made elsewhere, and commits are optimistic (Delta's
+    /// create-if-absent log entry decides between writers; the loser writes again). Only the
+    /// one writer given `compacts` compacts tables.
+    pub fn shared_with_other_writers(mut self, compacts: bool) -> OfflineStore {
+        self.shared = true;
+        self.compacts = compacts;
+        self
+    }
+
+    /// Brings `table` up to the newest commit in the log when other writers may have added some.
+    async fn catch_up(&self, table: &mut DeltaTable) -> StorageResult<()> {
+        if self.shared {
+            table.update_incremental(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Table `id` at its newest commit (as of this call).
+    async fn latest(&self, id: TableId) -> StorageResult<DeltaTable> {
+        let handle = self.table(id).await?;
+        let mut table = handle.lock().await;
+        self.catch_up(&mut table).await?;
+        Ok(table.clone())
+    }
+
+    /// Commit properties for a write at the table's next version: on a shared store, no
+    /// retries inside delta-rs (its retry would keep sequences numbered for the lost version);
+    /// the caller writes again.
+    fn commit_properties(&self) -> CommitProperties {
+        let properties = CommitProperties::default();
+        if self.shared {
+            properties.with_max_retries(0)
+        } else {
+            properties
+        }
+    }
+
+    /// After a failed commit of version `attempted` on a shared store: whether another writer
+    /// took the version (then the caller writes again), reading the newest commits into `table`.
+    async fn lost_the_race(
+        &self,
+        table: &mut DeltaTable,
+        attempted: u64,
+        attempt: usize,
+    ) -> StorageResult<bool> {
+        if !self.shared || attempt + 1 >= SHARED_COMMIT_ATTEMPTS {
+            return Ok(false);
+        }
+        self.catch_up(table).await?;
+        Ok(table.version().unwrap_or(0) >= attempted)
     }
 
     /// Where the store is.
@@ -220,26 +287,41 @@ impl OfflineStore {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let handle = self.table(id).await?;
         let mut table = handle.lock().await;
+        self.catch_up(&mut table).await?;
         if rows == 0 {
             return Ok(Commit {
                 version: table.version().unwrap_or(0),
                 rows,
             });
         }
-        // Single writer per table (this lock): the commit gets the next version.
-        let version = table.version().unwrap_or(0) + 1;
-        let batches = with_sequences(
-            &table.snapshot()?.snapshot().arrow_schema(),
-            batches,
-            version,
-        )?;
-        let properties = parquet_properties(batches[0].schema_ref());
-        let written = table
-            .clone()
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_writer_properties(properties)
-            .await?;
+        let mut attempt = 0;
+        let written = loop {
+            // Single writer per table in this process (this lock): the commit gets the next
+            // version, unless another node's commit takes it first.
+            let version = table.version().unwrap_or(0) + 1;
+            let sequenced = with_sequences(
+                &table.snapshot()?.snapshot().arrow_schema(),
+                batches.clone(),
+                version,
+            )?;
+            let properties = parquet_properties(sequenced[0].schema_ref());
+            match table
+                .clone()
+                .write(sequenced)
+                .with_save_mode(SaveMode::Append)
+                .with_writer_properties(properties)
+                .with_commit_properties(self.commit_properties())
+                .await
+            {
+                Ok(written) => break written,
+                Err(e) => {
+                    if !self.lost_the_race(&mut table, version, attempt).await? {
+                        return Err(e.into());
+                    }
+                    attempt += 1;
+                }
+            }
+        };
         let version = written.version().unwrap_or(0);
         sync_commit(self.local_dir(id), version).await?;
         let files = written
@@ -250,7 +332,7 @@ impl OfflineStore {
         let commit = Commit { version, rows };
         let followed = then(commit).await;
         drop(table);
-        if files > COMPACTION_FILE_THRESHOLD {
+        if files > COMPACTION_FILE_THRESHOLD && self.compacts {
             tokio::spawn(compact(handle, self.local_dir(id)));
         }
         followed.map(|()| commit)
@@ -273,6 +355,46 @@ impl OfflineStore {
     {
         let handle = self.table(id).await?;
         let mut table = handle.lock().await;
+        self.catch_up(&mut table).await?;
+        let mut attempt = 0;
+        loop {
+            let version = table.version().unwrap_or(0) + 1;
+            match self
+                .delete_once(&table, predicate.clone(), key_columns)
+                .await
+            {
+                Ok(None) => {
+                    return Ok(Commit {
+                        version: version - 1,
+                        rows: 0,
+                    });
+                }
+                Ok(Some((deleted, rows, keys))) => {
+                    let version = deleted.version().unwrap_or(0);
+                    sync_commit(self.local_dir(id), version).await?;
+                    *table = deleted;
+                    let commit = Commit { version, rows };
+                    then(commit, keys).await?;
+                    return Ok(commit);
+                }
+                Err(e) => {
+                    if !self.lost_the_race(&mut table, version, attempt).await? {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`OfflineStore::delete_then`]: the table after the delete, the rows
+    /// deleted and the distinct keys they had; `None` if no row has a key to delete.
+    async fn delete_once(
+        &self,
+        table: &DeltaTable,
+        predicate: datafusion::prelude::Expr,
+        key_columns: &[String],
+    ) -> StorageResult<Option<(DeltaTable, u64, Vec<RecordBatch>)>> {
         let mut keys = Vec::new();
         if !key_columns.is_empty() {
             let context = datafusion::prelude::SessionContext::new();
@@ -287,32 +409,27 @@ impl OfflineStore {
                 .await?;
         }
         if !key_columns.is_empty() && keys.iter().all(|b| b.num_rows() == 0) {
-            return Ok(Commit {
-                version: table.version().unwrap_or(0),
-                rows: 0,
-            });
+            return Ok(None);
         }
-        let (deleted, metrics) = table.clone().delete().with_predicate(predicate).await?;
-        let version = deleted.version().unwrap_or(0);
-        sync_commit(self.local_dir(id), version).await?;
-        *table = deleted;
-        let commit = Commit {
-            version,
-            rows: metrics.num_deleted_rows.unwrap_or(0) as u64,
-        };
-        then(commit, keys).await?;
-        Ok(commit)
+        let (deleted, metrics) = table
+            .clone()
+            .delete()
+            .with_predicate(predicate)
+            .with_commit_properties(self.commit_properties())
+            .await?;
+        let rows = metrics.num_deleted_rows.unwrap_or(0) as u64;
+        Ok(Some((deleted, rows, keys)))
     }
 
     /// The current version of table `id`.
     pub async fn version(&self, id: TableId) -> StorageResult<u64> {
-        Ok(self.table(id).await?.lock().await.version().unwrap_or(0))
+        Ok(self.latest(id).await?.version().unwrap_or(0))
     }
 
     /// The operations (Delta's names: WRITE, DELETE, OPTIMIZE, ...) of the commits of table `id`
     /// after version `after`, oldest first.
     pub async fn operations_after(&self, id: TableId, after: u64) -> StorageResult<Vec<String>> {
-        let table = self.table(id).await?.lock().await.clone();
+        let table = self.latest(id).await?;
         let latest = table.version().unwrap_or(0);
         let log = table.log_store();
         let mut operations = Vec::new();
@@ -342,6 +459,7 @@ impl OfflineStore {
     pub async fn add_column(&self, id: TableId, field: Field) -> StorageResult<()> {
         let handle = self.table(id).await?;
         let mut table = handle.lock().await;
+        self.catch_up(&mut table).await?;
         let column =
             StructField::try_from_arrow(&field).map_err(|e| StorageError::Schema(e.to_string()))?;
         if let Some(existing) = table.snapshot()?.schema().field(field.name()) {
@@ -369,7 +487,7 @@ impl OfflineStore {
         version: Option<u64>,
         session: &dyn datafusion::catalog::Session,
     ) -> StorageResult<Arc<dyn TableProvider>> {
-        let mut table = self.table(id).await?.lock().await.clone();
+        let mut table = self.latest(id).await?;
         if let Some(version) = version
             && table.version() != Some(version)
         {
@@ -381,7 +499,7 @@ impl OfflineStore {
 
     /// The number of live data files of table `id`.
     pub async fn file_count(&self, id: TableId) -> StorageResult<usize> {
-        let table = self.table(id).await?.lock().await.clone();
+        let table = self.latest(id).await?;
         Ok(table.snapshot()?.log_data().num_files())
     }
 
@@ -407,7 +525,7 @@ impl OfflineStore {
 
     /// Rows and bytes of each live data file of the current version of table `id`.
     async fn file_stats(&self, id: TableId) -> StorageResult<Vec<(u64, u64)>> {
-        let table = self.table(id).await?.lock().await.clone();
+        let table = self.latest(id).await?;
         let snapshot = table.snapshot()?;
         Ok(snapshot
             .log_data()
