@@ -55,7 +55,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 /// The commands a fresh catalog starts with: the superuser `quiver` and the project `quiver`.
-fn bootstrap_commands() -> [CatalogCommand; 2] {
+pub(crate) fn bootstrap_commands() -> [CatalogCommand; 2] {
     [
         CatalogCommand::CreateUser {
             name: BOOTSTRAP_NAME.into(),
@@ -103,27 +103,18 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// Joins (or forms) the replicated catalog group with the Raft storage in `dir`. The member
-    /// with the lowest id bootstraps the catalog once the group has a leader, if nobody has.
+    /// Joins (or forms) the replicated catalog group with the Raft storage in `dir`. Returns
+    /// without waiting for a quorum; in the background, the member with the lowest id bootstraps
+    /// the catalog if nobody has, and each member registers its SQL address.
     pub async fn open_replicated(dir: &Path, config: raft::NodeConfig) -> CatalogResult<Catalog> {
         std::fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        let bootstraps = config.peers.keys().next() == Some(&config.node_id);
         let node = raft::CatalogNode::start(dir, config).await?;
-        let catalog = Catalog {
+        Ok(Catalog {
             backend: Backend::Replicated(node),
-        };
-        if bootstraps {
-            let state = catalog.linearizable_snapshot().await?;
-            if state.user(BOOTSTRAP_NAME).is_none() {
-                for command in bootstrap_commands() {
-                    catalog.execute_async(command).await?;
-                }
-            }
-        }
-        Ok(catalog)
+        })
     }
 
     /// The cluster member this catalog is, when replicated.

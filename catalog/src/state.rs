@@ -114,6 +114,11 @@ pub enum CatalogCommand {
     DropModels {
         oids: Vec<Oid>,
     },
+    /// Records where cluster member `node_id` serves SQL (each member registers itself).
+    RegisterNode {
+        node_id: u64,
+        sql_addr: String,
+    },
 }
 
 /// What `ALTER USER` changes; `None` leaves an attribute as it is.
@@ -159,6 +164,9 @@ pub struct CatalogState {
     /// Every training run, in the order they were recorded.
     #[serde(default)]
     experiment_runs: Vec<ExperimentRun>,
+    /// Each cluster member's SQL address, by node id, as the members registered them.
+    #[serde(default)]
+    sql_addrs: BTreeMap<u64, String>,
 }
 
 impl CatalogState {
@@ -168,6 +176,11 @@ impl CatalogState {
             next_oid: FIRST_USER_OID,
             ..Default::default()
         }
+    }
+
+    /// Where cluster member `node_id` serves SQL, once it has registered.
+    pub fn sql_addr(&self, node_id: u64) -> Option<&str> {
+        self.sql_addrs.get(&node_id).map(String::as_str)
     }
 
     /// How many commands this state reflects.
@@ -491,6 +504,10 @@ impl CatalogState {
                     },
                 );
                 Applied::FeatureView(oid)
+            }
+            CatalogCommand::RegisterNode { node_id, sql_addr } => {
+                self.sql_addrs.insert(*node_id, sql_addr.clone());
+                Applied::Nothing
             }
             CatalogCommand::DropFeatureViews { oids } => {
                 if let Some(missing) = oids.iter().find(|o| !self.feature_views.contains_key(o)) {

@@ -22,7 +22,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use node::{CatalogNode, NodeConfig};
+pub use node::{CatalogNode, MemberStatus, MembershipChange, NodeConfig, Replica};
 pub use state_machine::StateMachineStore;
 
 use crate::error::{CatalogError, CatalogResult};

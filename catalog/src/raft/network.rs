@@ -1,6 +1,5 @@
 //! The catalog group's transport: tonic gRPC between nodes, openraft's messages as JSON.
 
-use openraft::Raft;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -14,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::node::{MembershipChange, Redirect, Replica};
 use super::{CatalogRaft, ClusterNode, CommandOutcome};
 use crate::state::CatalogCommand;
 
@@ -165,9 +165,22 @@ pub(crate) async fn read_index(raft_addr: &str) -> Result<Result<Option<u64>, St
     decode(reply.get_ref())
 }
 
+/// Sends a membership change to the leader at `raft_addr`.
+pub(crate) async fn change_membership(
+    raft_addr: &str,
+    change: &MembershipChange,
+) -> Result<Result<(), Redirect>, Status> {
+    let channel = peer_channel(raft_addr)
+        .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
+    let reply = RaftServiceClient::new(channel)
+        .change_membership(Request::new(encode(change)?))
+        .await?;
+    decode(reply.get_ref())
+}
+
 /// The Raft service a node serves to its peers.
 pub struct RaftServer {
-    pub(crate) raft: Raft<CatalogRaft>,
+    pub(crate) replica: Replica,
 }
 
 impl RaftServer {
@@ -180,12 +193,14 @@ impl RaftServer {
 impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<CatalogRaft> = decode(request.get_ref())?;
-        Ok(Response::new(encode(&self.raft.append_entries(rpc).await)?))
+        Ok(Response::new(encode(
+            &self.replica.raft.append_entries(rpc).await,
+        )?))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: VoteRequest<u64> = decode(request.get_ref())?;
-        Ok(Response::new(encode(&self.raft.vote(rpc).await)?))
+        Ok(Response::new(encode(&self.replica.raft.vote(rpc).await)?))
     }
 
     async fn install_snapshot(
@@ -194,7 +209,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<Payload>, Status> {
         let rpc: InstallSnapshotRequest<CatalogRaft> = decode(request.get_ref())?;
         Ok(Response::new(encode(
-            &self.raft.install_snapshot(rpc).await,
+            &self.replica.raft.install_snapshot(rpc).await,
         )?))
     }
 
@@ -203,6 +218,7 @@ impl RaftService for RaftServer {
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let command: CatalogCommand = decode(request.get_ref())?;
         let result: Result<CommandOutcome, String> = self
+            .replica
             .raft
             .client_write(command)
             .await
@@ -211,8 +227,19 @@ impl RaftService for RaftServer {
         Ok(Response::new(encode(&result)?))
     }
 
+    /// Applies a membership change a follower received, if this node leads.
+    async fn change_membership(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<Payload>, Status> {
+        let change: MembershipChange = decode(request.get_ref())?;
+        let result = self.replica.change_membership_here(&change).await;
+        Ok(Response::new(encode(&result)?))
+    }
+
     async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let result: Result<Option<u64>, String> = self
+            .replica
             .raft
             .ensure_linearizable()
             .await

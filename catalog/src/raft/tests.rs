@@ -3,6 +3,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError};
 
 use super::*;
+use std::collections::BTreeSet;
 
 struct RocksDbBuilder;
 
@@ -154,6 +155,61 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
         let state = on(&nodes, id).linearizable_state().await.unwrap();
         assert!(state.user("alice").is_some() && state.user("bob").is_some());
     }
+
+    // A fourth node joins at runtime (asked of a follower, which forwards to the leader) and the
+    // dead one leaves.
+    let fourth_dir = tempfile::tempdir().unwrap();
+    let fourth_addr = format!("127.0.0.1:{}", free_port());
+    let mut fourth_peers = peers.clone();
+    fourth_peers.insert(
+        4,
+        ClusterNode {
+            raft_addr: fourth_addr.clone(),
+            sql_addr: String::new(),
+        },
+    );
+    let fourth = CatalogNode::start(
+        fourth_dir.path(),
+        NodeConfig {
+            node_id: 4,
+            raft_listen: fourth_addr.parse().unwrap(),
+            peers: fourth_peers,
+        },
+    )
+    .await
+    .unwrap();
+    let asked = (1..=3u64)
+        .find(|id| *id != leader && *id != new_leader)
+        .unwrap();
+    on(&nodes, asked)
+        .change_membership(MembershipChange::AddNode {
+            node_id: 4,
+            raft_addr: fourth_addr,
+        })
+        .await
+        .unwrap();
+    on(&nodes, asked)
+        .change_membership(MembershipChange::RemoveNode { node_id: leader })
+        .await
+        .unwrap();
+    let expected: BTreeSet<u64> = [asked, new_leader, 4].into();
+    assert_eq!(on(&nodes, new_leader).members(), expected);
+    let state = fourth.linearizable_state().await.unwrap();
+    assert!(state.user("alice").is_some() && state.user("bob").is_some());
+    let status = fourth.member_status(4);
+    assert_eq!(status.len(), 3);
+    assert!(
+        status
+            .iter()
+            .any(|m| m.node_id == new_leader && m.role == "leader")
+    );
+    assert!(matches!(
+        on(&nodes, asked)
+            .change_membership(MembershipChange::RemoveNode { node_id: leader })
+            .await,
+        Err(CatalogError::Rejected(message)) if message.contains("not a member")
+    ));
+    fourth.shutdown().await;
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
@@ -181,7 +237,15 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
         let catalog = crate::Catalog::open_replicated(dir.path(), config())
             .await
             .unwrap();
-        let state = catalog.linearizable_snapshot().await.unwrap();
+        // The lowest member bootstraps in the background once the group has a leader.
+        let mut state = catalog.linearizable_snapshot().await.unwrap();
+        for _ in 0..100 {
+            if state.project(crate::BOOTSTRAP_NAME).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state = catalog.linearizable_snapshot().await.unwrap();
+        }
         assert!(state.user(crate::BOOTSTRAP_NAME).unwrap().superuser);
         assert_eq!(
             state.project(crate::BOOTSTRAP_NAME).unwrap().oid,
