@@ -1,38 +1,85 @@
 """Three `quiver serve` processes as one database: a replicated catalog and a shared offline store."""
 
 import signal
-import subprocess
+import threading
+import time
 
 import psycopg
 import pytest
 
-from conftest import QuiverServer, free_port, wait_for_port
+from conftest import QuiverServer, free_port
+
+
+def node_args(tmp_path, node, raft_ports):
+    peers = ",".join(f"{n}=127.0.0.1:{port}" for n, port in raft_ports.items())
+    return ["--offline-store", str(tmp_path / "offline"), "--node-id", str(node),
+            "--raft-listen", f"127.0.0.1:{raft_ports[node]}", "--peers", peers]
+
+
+def connect(server, **kwargs):
+    return psycopg.connect(host="127.0.0.1", port=server.port, user="quiver", dbname="quiver",
+                           autocommit=True, **kwargs)
+
+
+def eventually(check, timeout=20.0, what="the cluster to settle"):
+    """Retries `check` until it returns a true value without raising, or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (psycopg.Error, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def kill(server):
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+
+
+def restart(server):
+    """Starts a node again on the same ports (its peers know it by its Raft address)."""
+    server.start()
+
+
+def nodes_view(server):
+    with connect(server) as conn:
+        return conn.execute(
+            "SELECT node_id, role, sql_addr, is_this_node FROM quiver.cluster_nodes ORDER BY node_id"
+        ).fetchall()
+
+
+def leader_of(cluster, among):
+    def find():
+        for node in among:
+            for node_id, role, _, _ in nodes_view(cluster[node]):
+                if role == "leader" and node_id in among:
+                    return node_id
+        return None
+    return eventually(find, what="a leader")
 
 
 @pytest.fixture()
 def cluster(tmp_path):
     raft_ports = {node: free_port() for node in (1, 2, 3)}
-    peers = ",".join(f"{node}=127.0.0.1:{port}" for node, port in raft_ports.items())
-    servers = {}
-    for node, port in raft_ports.items():
-        servers[node] = QuiverServer(
-            tmp_path / f"node{node}",
-            args=["--offline-store", str(tmp_path / "offline"), "--node-id", str(node),
-                  "--raft-listen", f"127.0.0.1:{port}", "--peers", peers],
-        )
-    # The first member waits for a quorum to bootstrap the catalog: start the others alongside.
+    servers = {node: QuiverServer(tmp_path / f"node{node}", args=node_args(tmp_path, node, raft_ports))
+               for node in raft_ports}
+    # Nodes start one after the other: none waits for the others to come up.
     for server in servers.values():
-        server.process = subprocess.Popen(server.command(), env=server.env)
-    for server in servers.values():
-        wait_for_port(server.port, server.process, "quiver")
+        server.start()
+    # The first member bootstraps the catalog (the superuser) once the group has a quorum.
+    eventually(lambda: connect(servers[1]).close() or True, what="the catalog's bootstrap")
+    servers["tmp_path"] = tmp_path
+    servers["raft_ports"] = raft_ports
     yield servers
-    for server in servers.values():
-        if server.process.poll() is None:
+    for node, server in servers.items():
+        if isinstance(node, int) and server.process and server.process.poll() is None:
             server.stop()
-
-
-def connect(server):
-    return psycopg.connect(host="127.0.0.1", port=server.port, user="quiver", dbname="quiver", autocommit=True)
 
 
 def test_ddl_and_writes_on_one_node_are_visible_on_every_other(cluster):
@@ -46,15 +93,146 @@ def test_ddl_and_writes_on_one_node_are_visible_on_every_other(cluster):
     with connect(cluster[1]) as conn:
         assert conn.execute("SELECT rolname FROM pg_roles WHERE rolname = 'alice'").fetchall() == [("alice",)]
         assert conn.execute("SELECT name FROM quiver.feature_groups").fetchall() == [("g",)]
-
-
-def test_the_catalog_survives_losing_any_one_node(cluster):
-    with connect(cluster[3]) as conn:
-        conn.execute("CREATE PROJECT before_loss")
-    cluster[1].process.send_signal(signal.SIGKILL)
-    cluster[1].process.wait()
+    # A node that has read the table already sees the next commit made elsewhere.
     with connect(cluster[2]) as conn:
-        conn.execute("CREATE PROJECT after_loss")
-    with connect(cluster[3]) as conn:
+        conn.execute("INSERT INTO g VALUES (2, 3.5, '2026-01-02 00:00:00')")
+    for node in (1, 3):
+        with connect(cluster[node]) as conn:
+            assert conn.execute("SELECT id FROM g ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+def test_cluster_nodes_shows_every_member_and_the_leader(cluster):
+    def registered():
+        rows = nodes_view(cluster[1])
+        return len(rows) == 3 and all(sql_addr for _, _, sql_addr, _ in rows) and rows
+    rows = eventually(registered, what="every node's SQL address")
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert [r[2] for r in rows] == [f"127.0.0.1:{cluster[n].port}" for n in (1, 2, 3)]
+    assert [r[3] for r in rows] == [True, False, False]
+    assert sum(1 for r in rows if r[1] == "leader") == 1
+    assert {r[1] for r in rows} <= {"leader", "follower"}
+    with connect(cluster[2]) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="not available in a cluster"):
+            conn.execute("CREATE FEATURE GROUP o (id BIGINT, ts TIMESTAMP, PRIMARY KEY (id), "
+                         "EVENT TIME ts) WITH (online = true)")
+        with pytest.raises(psycopg.errors.DuplicateObject, match="already a member"):
+            conn.execute("ALTER CLUSTER ADD NODE 2 '127.0.0.1:1'")
+        with pytest.raises(psycopg.errors.UndefinedObject, match="cluster node"):
+            conn.execute("ALTER CLUSTER REMOVE NODE 9")
+        conn.execute("CREATE USER bob")
+        conn.execute("GRANT DATA OWNER ON PROJECT quiver TO bob")
+    with psycopg.connect(host="127.0.0.1", port=cluster[3].port, user="bob", dbname="quiver",
+                         autocommit=True) as bob:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            bob.execute("ALTER CLUSTER REMOVE NODE 1")
+
+
+def test_concurrent_writers_on_two_nodes_lose_nothing(cluster):
+    with connect(cluster[1]) as conn:
+        conn.execute("CREATE TABLE events (id BIGINT, node INT)")
+    errors = []
+
+    def write(node, start):
+        try:
+            with connect(cluster[node]) as conn:
+                for i in range(start, start + 30):
+                    conn.execute("INSERT INTO events VALUES (%s, %s)", (i, node))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(node, node * 1000)) for node in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for node in (1, 2, 3):
+        with connect(cluster[node]) as conn:
+            assert conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (60, 60)
+
+
+def test_leader_loss_during_writes_loses_no_acknowledged_write_and_the_node_catches_up(cluster):
+    with connect(cluster[1]) as conn:
+        conn.execute("CREATE TABLE acks (id BIGINT)")
+    leader = leader_of(cluster, [1, 2, 3])
+    writer_node = next(n for n in (1, 2, 3) if n != leader)
+    acknowledged = []
+    stop = threading.Event()
+
+    def write():
+        i = 0
+        with connect(cluster[writer_node]) as conn:
+            while not stop.is_set():
+                try:
+                    # A statement reads the catalog through the group: it may fail while a
+                    # new leader is elected, never succeed without being durable.
+                    conn.execute("INSERT INTO acks VALUES (%s)", (i,))
+                    acknowledged.append(i)
+                except psycopg.errors.CannotConnectNow:
+                    pass
+                i += 1
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    kill(cluster[leader])
+    survivors = [n for n in (1, 2, 3) if n != leader]
+    # A new leader takes DDL within seconds.
+    with connect(cluster[survivors[0]]) as conn:
+        eventually(lambda: conn.execute("CREATE PROJECT after_failover") or True, what="a new leader")
+    failover = time.monotonic() - started
+    assert failover < 15, f"the catalog took {failover:.1f} s to accept DDL again"
+    time.sleep(1.0)
+    stop.set()
+    thread.join()
+    assert len(acknowledged) > 10
+    with connect(cluster[survivors[1]]) as conn:
+        stored = [r[0] for r in conn.execute("SELECT id FROM acks").fetchall()]
+    assert len(stored) == len(set(stored)), "a write was stored twice"
+    assert set(acknowledged) <= set(stored), "an acknowledged write was lost"
+
+    # While it was down, the catalog changed; restarted, it catches up and serves it.
+    with connect(cluster[survivors[0]]) as conn:
+        conn.execute("CREATE TABLE made_while_down (x INT)")
+        conn.execute("INSERT INTO made_while_down VALUES (7)")
+    restart(cluster[leader])
+    with connect(cluster[leader]) as conn:
+        assert conn.execute("SELECT x FROM made_while_down").fetchall() == [(7,)]
         names = [r[0] for r in conn.execute("SHOW PROJECTS").fetchall()]
-        assert {"before_loss", "after_loss"} <= set(names)
+        assert "after_failover" in names
+
+
+def test_without_a_quorum_writes_fail_cleanly_and_a_fourth_node_joins(cluster):
+    tmp_path, raft_ports = cluster["tmp_path"], cluster["raft_ports"]
+    # A fourth node joins at runtime: started with the members it will join, then added.
+    raft_ports[4] = free_port()
+    fourth = QuiverServer(tmp_path / "node4", args=node_args(tmp_path, 4, raft_ports))
+    cluster[4] = fourth
+    with connect(cluster[1]) as conn:
+        conn.execute("CREATE TABLE kept (x INT)")
+        conn.execute("INSERT INTO kept VALUES (1)")
+    fourth.start()
+    with connect(cluster[2]) as conn:
+        conn.execute(f"ALTER CLUSTER ADD NODE 4 '127.0.0.1:{raft_ports[4]}'")
+        assert [r[0] for r in conn.execute("SELECT node_id FROM quiver.cluster_nodes ORDER BY 1")] == [1, 2, 3, 4]
+    with connect(fourth) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchall() == [(1,)]
+    # Back to three voters, then two of them down: no quorum.
+    with connect(fourth) as conn:
+        conn.execute("ALTER CLUSTER REMOVE NODE 4")
+    kill(cluster[1])
+    kill(cluster[2])
+    with connect(cluster[3]) as conn:
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.CannotConnectNow, match="quorum"):
+            conn.execute("INSERT INTO kept VALUES (2)")
+        assert time.monotonic() - started < 30, "the write did not fail within statement_timeout"
+        with pytest.raises(psycopg.errors.CannotConnectNow):
+            conn.execute("CREATE TABLE refused (x INT)")
+    # A node back, a quorum again: the cluster takes writes and nothing refused was applied.
+    restart(cluster[2])
+    with connect(cluster[3]) as conn:
+        eventually(lambda: conn.execute("INSERT INTO kept VALUES (3)") or True, what="a quorum")
+        assert sorted(r[0] for r in conn.execute("SELECT x FROM kept").fetchall()) == [1, 3]
+        assert conn.execute("SELECT count(*) FROM quiver.tables WHERE name = 'refused'").fetchone() == (0,)

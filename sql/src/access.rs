@@ -145,6 +145,7 @@ fn requirement(statement: &Statement) -> Requirement {
         Statement::ShareFeatureGroup { .. } | Statement::UnshareFeatureGroup { .. } => {
             InProject(Privilege::ManageMembers)
         }
+        Statement::AlterCluster(_) => Superuser("change the cluster's membership"),
     }
 }
 

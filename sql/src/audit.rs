@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::ast;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{SqlError, SqlResult};
-use crate::parser::{Statement, object_name_to_string};
+use crate::parser::{ClusterChange, Statement, object_name_to_string};
 
 /// One audited event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +142,13 @@ pub(crate) fn subject(statement: &Statement) -> Option<(String, String)> {
         }
         Statement::UnshareFeatureGroup { name, with } => {
             named("UNSHARE FEATURE GROUP", &format!("{name} from {with}"))
+        }
+        Statement::AlterCluster(ClusterChange::AddNode { node_id, raft_addr }) => named(
+            "ALTER CLUSTER ADD NODE",
+            &format!("{node_id} at {raft_addr}"),
+        ),
+        Statement::AlterCluster(ClusterChange::RemoveNode { node_id }) => {
+            named("ALTER CLUSTER REMOVE NODE", &node_id.to_string())
         }
         Statement::Sql(sql) => match sql.as_ref() {
             ast::Statement::CreateTable(create) => {

@@ -8,6 +8,7 @@
 
 use chrono::Utc;
 use datafusion::sql::sqlparser::ast::{self, ColumnDef, ColumnOption, ObjectName, TableConstraint};
+use quiver_catalog::raft::MembershipChange;
 use quiver_catalog::{
     Applied, CatalogCommand, CatalogError, Column, FeatureGroupOptions, FeatureGroupOptionsPatch,
     FeatureGroupSpec, Relation, RelationKind,
@@ -16,8 +17,8 @@ use quiver_catalog::{
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::{
-    AlterFeatureGroupAction, CreateFeatureGroup, OptionEntry, OptionValue, Statement,
-    column_is_inline_primary_key, normalize_ident, object_name_to_string, quote_literal,
+    AlterFeatureGroupAction, ClusterChange, CreateFeatureGroup, OptionEntry, OptionValue,
+    Statement, column_is_inline_primary_key, normalize_ident, object_name_to_string, quote_literal,
 };
 use crate::partitioning::{Partitioning, stored_schema};
 use crate::session::CommandTag;
@@ -110,6 +111,64 @@ pub async fn execute(
     }
 }
 
+/// `ALTER CLUSTER ADD NODE` / `REMOVE NODE`: a membership change of the catalog group, made by
+/// its leader. Adding waits until the new node (already running) has caught up with the log.
+pub async fn alter_cluster(engine: &Engine, change: &ClusterChange) -> SqlResult<CommandTag> {
+    let Some(node) = engine.catalog.node() else {
+        return Err(SqlError::NotSupported(
+            "ALTER CLUSTER needs a cluster: this node runs alone (start quiver serve with \
+             --node-id, --raft-listen and --peers)"
+                .into(),
+        ));
+    };
+    let members: std::collections::BTreeSet<u64> =
+        node.members().union(&node.learners()).copied().collect();
+    let change = match change {
+        ClusterChange::AddNode { node_id, raft_addr } => {
+            if members.contains(node_id) {
+                return Err(SqlError::DuplicateObject(format!(
+                    "node {node_id} is already a member of the cluster"
+                )));
+            }
+            let valid_port = raft_addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid_port {
+                return Err(SqlError::InvalidParameter(format!(
+                    "\"{raft_addr}\" is not a Raft address (host:port)"
+                )));
+            }
+            MembershipChange::AddNode {
+                node_id: *node_id,
+                raft_addr: raft_addr.clone(),
+            }
+        }
+        ClusterChange::RemoveNode { node_id } => {
+            if !members.contains(node_id) {
+                return Err(SqlError::UndefinedObject(format!(
+                    "cluster node {node_id} does not exist"
+                )));
+            }
+            MembershipChange::RemoveNode { node_id: *node_id }
+        }
+    };
+    node.change_membership(change).await?;
+    Ok(CommandTag::new("ALTER CLUSTER"))
+}
+
+/// Online feature groups need the online store replicated across the cluster (a data Raft
+/// group), which cluster members do not have yet: until then they refuse them.
+fn refuse_online_in_cluster(engine: &Engine) -> SqlResult<()> {
+    if engine.catalog.node().is_some() {
+        return Err(SqlError::NotSupported(
+            "online feature groups are not available in a cluster yet (the online store is not \
+             replicated across nodes); create the group without online = true"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn create_feature_group(
     engine: &Engine,
     project: &str,
@@ -162,6 +221,9 @@ async fn create_feature_group(
     }
     let mut options = FeatureGroupOptions::default();
     apply_create_options(&mut options, &create.options)?;
+    if options.online {
+        refuse_online_in_cluster(engine)?;
+    }
     if let Some(spec) = &options.partition_by {
         Partitioning::parse(spec, event_time.as_deref(), &columns)?;
     }
@@ -416,6 +478,9 @@ async fn alter_feature_group(
     match action {
         AlterFeatureGroupAction::Set(entries) => {
             let patch = options_patch(entries, false)?;
+            if patch.online == Some(true) {
+                refuse_online_in_cluster(engine)?;
+            }
             let was_online = is_online(group);
             // Online on: the online table is filled before the catalog says so; a crash in
             // between leaves online data the next start drops. Online off: the catalog first,

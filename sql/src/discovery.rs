@@ -1,4 +1,5 @@
-//! The discovery tables: `quiver.feature_groups`, `quiver.features` and `quiver.tables`.
+//! The discovery tables: `quiver.feature_groups`, `quiver.features`, `quiver.tables`, ...,
+//! `quiver.cluster_nodes`.
 //!
 //! They are ordinary tables to the user (filter, join, `ILIKE` for search), built per query from one
 //! catalog snapshot, so a listing is always consistent with itself.
@@ -15,9 +16,10 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
+use quiver_catalog::raft::MemberStatus;
 use quiver_catalog::{
-    DatasetSource, ExperimentRun, FeatureView, Model, Project, ProjectRole, Relation, Split,
-    TrainingDataset,
+    CatalogState, DatasetSource, ExperimentRun, FeatureView, Model, Project, ProjectRole, Relation,
+    Split, TrainingDataset,
 };
 
 use crate::Engine;
@@ -38,6 +40,7 @@ pub const TABLES: &[&str] = &[
     "models",
     "experiments",
     "audit_log",
+    "cluster_nodes",
 ];
 
 /// Builds the discovery table `name` of a project, or `None` if there is no such table.
@@ -101,6 +104,10 @@ pub async fn table(
             }
             audit_log(&engine.audit.events(superuser, project)?)?
         }
+        "cluster_nodes" => match engine.catalog.node() {
+            Some(node) => cluster_nodes(&node.member_status(node.node_id()), &snapshot)?,
+            None => cluster_nodes(&[], &snapshot)?,
+        },
         _ => return Ok(None),
     };
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
@@ -121,6 +128,7 @@ pub(crate) fn schema(name: &str) -> SqlResult<Option<SchemaRef>> {
         "models" => models(&[])?,
         "experiments" => experiments(&[])?,
         "audit_log" => audit_log(&[])?,
+        "cluster_nodes" => cluster_nodes(&[], &CatalogState::new())?,
         _ => return Ok(None),
     };
     Ok(Some(empty.schema()))
@@ -369,6 +377,50 @@ fn audit_log(events: &[AuditEvent]) -> SqlResult<RecordBatch> {
             Arc::new(object.finish()),
             Arc::new(success.finish()),
             Arc::new(error.finish()),
+        ],
+    )
+}
+
+/// The cluster's members as this node sees them (empty on a node without `--peers`).
+fn cluster_nodes(members: &[MemberStatus], catalog: &CatalogState) -> SqlResult<RecordBatch> {
+    let mut node_id = Int64Builder::new();
+    let mut raft_addr = StringBuilder::new();
+    let mut sql_addr = StringBuilder::new();
+    let mut role = StringBuilder::new();
+    let mut this_node = BooleanBuilder::new();
+    let mut last_log_index = Int64Builder::new();
+    let mut last_applied_index = Int64Builder::new();
+    let mut current_term = Int64Builder::new();
+    for member in members {
+        node_id.append_value(member.node_id as i64);
+        raft_addr.append_value(&member.raft_addr);
+        sql_addr.append_option(catalog.sql_addr(member.node_id));
+        role.append_value(member.role);
+        this_node.append_value(member.is_this_node);
+        last_log_index.append_option(member.last_log_index.map(|i| i as i64));
+        last_applied_index.append_option(member.last_applied_index.map(|i| i as i64));
+        current_term.append_value(member.current_term as i64);
+    }
+    batch(
+        vec![
+            Field::new("node_id", DataType::Int64, false),
+            Field::new("raft_addr", DataType::Utf8, false),
+            Field::new("sql_addr", DataType::Utf8, true),
+            Field::new("role", DataType::Utf8, false),
+            Field::new("is_this_node", DataType::Boolean, false),
+            Field::new("last_log_index", DataType::Int64, true),
+            Field::new("last_applied_index", DataType::Int64, true),
+            Field::new("current_term", DataType::Int64, false),
+        ],
+        vec![
+            Arc::new(node_id.finish()),
+            Arc::new(raft_addr.finish()),
+            Arc::new(sql_addr.finish()),
+            Arc::new(role.finish()),
+            Arc::new(this_node.finish()),
+            Arc::new(last_log_index.finish()),
+            Arc::new(last_applied_index.finish()),
+            Arc::new(current_term.finish()),
         ],
     )
 }

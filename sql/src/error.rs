@@ -23,6 +23,9 @@ pub enum SqlError {
     /// 42P07: the object exists already.
     #[error("{0}")]
     Duplicate(String),
+    /// 42710: an object that is not a relation (a cluster node, ...) exists already.
+    #[error("{0}")]
+    DuplicateObject(String),
     /// 42804: a value or expression of the wrong type.
     #[error("{0}")]
     DatatypeMismatch(String),
@@ -45,9 +48,9 @@ pub enum SqlError {
     /// data ending inside a row).
     #[error("{0}")]
     BadCopyFormat(String),
-    /// 42704: an unknown configuration parameter.
+    /// 42704: an unknown object that is not a relation (a setting, a cluster node).
     #[error("{0}")]
-    UndefinedSetting(String),
+    UndefinedObject(String),
     /// 22023: an option or argument with a bad value.
     #[error("{0}")]
     InvalidParameter(String),

@@ -137,12 +137,25 @@ impl Engine {
             Some(location) => OfflineStore::open(location).await?,
             None => OfflineStore::open(&StoreLocation::local(&data_dir.join("offline"))).await?,
         };
+        // Cluster members write the same offline tables; the first initial member compacts them.
+        let offline = match &options.cluster {
+            Some(config) => {
+                let compacts = config.peers.keys().next() == Some(&config.node_id);
+                offline.shared_with_other_writers(compacts)
+            }
+            None => offline,
+        };
         let snapshot = catalog.snapshot();
-        let removed = offline
-            .remove_orphans(|id| snapshot.relation(id).is_some())
-            .await?;
-        if !removed.is_empty() {
-            tracing::info!(?removed, "removed offline tables the catalog does not know");
+        // A cluster member shares the offline store and may be behind the catalog (or without a
+        // quorum): a table it does not know may be another node's newest. Orphans of a cluster
+        // cost disk only.
+        if catalog.node().is_none() {
+            let removed = offline
+                .remove_orphans(|id| snapshot.relation(id).is_some())
+                .await?;
+            if !removed.is_empty() {
+                tracing::info!(?removed, "removed offline tables the catalog does not know");
+            }
         }
         for relation in snapshot.all_relations() {
             if !offline.has_table(relation.oid).await? {

@@ -111,6 +111,15 @@ pub enum Statement {
         name: String,
         with: String,
     },
+    /// `ALTER CLUSTER ADD NODE id 'raft address'` / `ALTER CLUSTER REMOVE NODE id`.
+    AlterCluster(ClusterChange),
+}
+
+/// A change of the cluster's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterChange {
+    AddNode { node_id: u64, raft_addr: String },
+    RemoveNode { node_id: u64 },
 }
 
 /// `CREATE FEATURE VIEW ...` as written.
@@ -313,6 +322,10 @@ fn parse_statement(parser: &mut Parser) -> Result<Statement, ParserError> {
     if peek_words(parser, &["ALTER", "FEATURE", "GROUP"]) {
         consume_words(parser, 3);
         return parse_alter_feature_group(parser);
+    }
+    if peek_words(parser, &["ALTER", "CLUSTER"]) {
+        consume_words(parser, 2);
+        return parse_alter_cluster(parser);
     }
     if peek_words(parser, &["DROP", "FEATURE", "GROUP"]) {
         consume_words(parser, 3);
@@ -814,6 +827,27 @@ fn parse_create_feature_group(parser: &mut Parser) -> Result<CreateFeatureGroup,
     })
 }
 
+/// `ADD NODE id 'raft address'` or `REMOVE NODE id`, after `ALTER CLUSTER`.
+fn parse_alter_cluster(parser: &mut Parser) -> Result<Statement, ParserError> {
+    let add = if peek_words(parser, &["ADD", "NODE"]) {
+        true
+    } else if peek_words(parser, &["REMOVE", "NODE"]) {
+        false
+    } else {
+        return parser.expected("ADD NODE or REMOVE NODE", parser.peek_token());
+    };
+    consume_words(parser, 2);
+    let node_id = parser.parse_literal_uint()?;
+    Ok(Statement::AlterCluster(if add {
+        ClusterChange::AddNode {
+            node_id,
+            raft_addr: parser.parse_literal_string()?,
+        }
+    } else {
+        ClusterChange::RemoveNode { node_id }
+    }))
+}
+
 fn parse_alter_feature_group(parser: &mut Parser) -> Result<Statement, ParserError> {
     let (name, version) = parse_versioned_name(parser)?;
     let action = if parser.parse_keyword(Keyword::SET) {
@@ -996,6 +1030,30 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn cluster_membership_changes() {
+        assert_eq!(
+            parse("ALTER CLUSTER ADD NODE 4 '10.0.0.4:7100'").unwrap(),
+            vec![Statement::AlterCluster(ClusterChange::AddNode {
+                node_id: 4,
+                raft_addr: "10.0.0.4:7100".into()
+            })]
+        );
+        assert_eq!(
+            parse("alter cluster remove node 2;").unwrap(),
+            vec![Statement::AlterCluster(ClusterChange::RemoveNode {
+                node_id: 2
+            })]
+        );
+        for bad in [
+            "ALTER CLUSTER ADD NODE 4",
+            "ALTER CLUSTER ADD NODE x '1:2'",
+            "ALTER CLUSTER DROP NODE 2",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} parsed");
+        }
     }
 
     #[test]

@@ -474,6 +474,9 @@ impl Session {
             | Statement::UnshareFeatureGroup { .. } => access::execute(self, &prepared.statement)
                 .await
                 .map(Output::Command),
+            Statement::AlterCluster(change) => ddl::alter_cluster(&self.engine, change)
+                .await
+                .map(Output::Command),
             statement => ddl::execute(&self.engine, &self.project, &self.user, statement)
                 .await
                 .map(Output::Command),

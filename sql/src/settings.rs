@@ -435,7 +435,7 @@ fn reset_engine_time_zone(context: &SessionContext) {
 }
 
 fn unrecognized(name: &str) -> SqlError {
-    SqlError::UndefinedSetting(format!("unrecognized configuration parameter \"{name}\""))
+    SqlError::UndefinedObject(format!("unrecognized configuration parameter \"{name}\""))
 }
 
 fn object_name(name: &ObjectName) -> String {
@@ -494,7 +494,7 @@ mod tests {
         let mut settings = Settings::default();
         assert!(matches!(
             settings.set("no_such_thing", "1"),
-            Err(SqlError::UndefinedSetting(_))
+            Err(SqlError::UndefinedObject(_))
         ));
         assert!(matches!(
             settings.set("server_version", "9"),
