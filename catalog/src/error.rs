@@ -31,9 +31,9 @@ pub enum CatalogError {
     UndefinedRelation(String),
     #[error("cannot drop: {0}")]
     DependentObjects(String),
-    /// The replicated catalog cannot take the command now: no leader, no quorum, or a peer that
-    /// does not answer.
-    #[error("the catalog is unavailable: {0}")]
+    /// A Raft group of the cluster cannot take the command or read now: no leader, no quorum, or
+    /// a peer that does not answer (the message names the group).
+    #[error("{0}")]
     Unavailable(String),
     /// The replicated state machine refused a command when it was applied (it was valid when
     /// proposed; a concurrent command made it invalid).

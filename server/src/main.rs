@@ -277,6 +277,7 @@ impl ClusterOptions {
             node_id,
             raft_listen,
             peers: members,
+            settings: quiver_catalog::raft::GroupSettings::default(),
         }))
     }
 }

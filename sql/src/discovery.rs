@@ -105,7 +105,7 @@ pub async fn table(
             audit_log(&engine.audit.events(superuser, project)?)?
         }
         "cluster_nodes" => match engine.catalog.node() {
-            Some(node) => cluster_nodes(&node.member_status(node.node_id()), &snapshot)?,
+            Some(node) => cluster_nodes(&node.member_status(), &snapshot)?,
             None => cluster_nodes(&[], &snapshot)?,
         },
         _ => return Ok(None),

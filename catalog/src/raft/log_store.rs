@@ -1,18 +1,16 @@
-//! The Raft log, vote and committed id in RocksDB.
+//! A group's Raft log, vote and committed id in RocksDB.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::{CatalogRaft, LOGS, META, column, durable};
+use super::{GroupTypes, LOGS, RaftDb};
 
 type StoreResult<T> = Result<T, StorageError<u64>>;
 
@@ -20,45 +18,37 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
-/// The catalog group's log store; clones share the database (a clone is the log reader).
-#[derive(Debug, Clone)]
-pub struct LogStore {
-    db: Arc<DB>,
+/// A group's log store; clones share the database (a clone is the log reader).
+#[derive(Debug)]
+pub struct LogStore<C> {
+    db: RaftDb,
+    group: PhantomData<C>,
 }
 
-impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            group: PhantomData,
+        }
     }
+}
 
-    fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, std::io::Error> {
-        let family = column(&self.db, META)?;
-        match self
-            .db
-            .get_cf(&family, key)
-            .map_err(std::io::Error::other)?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(std::io::Error::other),
-            None => Ok(None),
+impl<C: GroupTypes> LogStore<C> {
+    /// The log store of the group whose database is `db`.
+    pub fn new(db: RaftDb) -> Self {
+        LogStore {
+            db,
+            group: PhantomData,
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error> {
-        let family = column(&self.db, META)?;
-        let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-        self.db
-            .put_cf_opt(&family, key, bytes, &durable())
-            .map_err(std::io::Error::other)
-    }
-
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, std::io::Error> {
-        let family = column(&self.db, LOGS)?;
-        match self.db.iterator_cf(&family, IteratorMode::End).next() {
+        let family = self.db.family(LOGS)?;
+        match self.db.db.iterator_cf(&family, IteratorMode::End).next() {
             Some(item) => {
                 let (_, value) = item.map_err(std::io::Error::other)?;
-                let entry: Entry<CatalogRaft> =
+                let entry: Entry<C> =
                     serde_json::from_slice(&value).map_err(std::io::Error::other)?;
                 Ok(Some(*entry.get_log_id()))
             }
@@ -68,30 +58,39 @@ impl LogStore {
 
     /// Deletes the entries with index in `from..to`, durably.
     fn delete_range(&self, from: u64, to: u64) -> Result<(), std::io::Error> {
-        let family = column(&self.db, LOGS)?;
+        let family = self.db.family(LOGS)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&family, from.to_be_bytes(), to.to_be_bytes());
         self.db
+            .db
             .write_opt(batch, &durable())
             .map_err(std::io::Error::other)
     }
 }
 
-impl RaftLogReader<CatalogRaft> for LogStore {
+/// Writes that must be on disk before Raft is told they are: votes, appends, truncations.
+fn durable() -> rocksdb::WriteOptions {
+    let mut options = rocksdb::WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> StoreResult<Vec<Entry<CatalogRaft>>> {
+    ) -> StoreResult<Vec<Entry<C>>> {
         let start = match range.start_bound() {
             Bound::Included(&index) => index,
             Bound::Excluded(&index) => index.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let read = || -> Result<Vec<Entry<CatalogRaft>>, std::io::Error> {
-            let family = column(&self.db, LOGS)?;
+        let read = || -> Result<Vec<Entry<C>>, std::io::Error> {
+            let family = self.db.family(LOGS)?;
             let mut entries = Vec::new();
             let from = start.to_be_bytes();
             for item in self
+                .db
                 .db
                 .iterator_cf(&family, IteratorMode::From(&from, Direction::Forward))
             {
@@ -112,12 +111,12 @@ impl RaftLogReader<CatalogRaft> for LogStore {
     }
 }
 
-impl RaftLogStorage<CatalogRaft> for LogStore {
-    type LogReader = LogStore;
+impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> StoreResult<LogState<CatalogRaft>> {
+    async fn get_log_state(&mut self) -> StoreResult<LogState<C>> {
         let last_purged: Option<LogId<u64>> = self
-            .meta(LAST_PURGED)
+            .db.meta(LAST_PURGED)
             .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = self
             .last_entry_id()
@@ -133,33 +132,33 @@ impl RaftLogStorage<CatalogRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StoreResult<()> {
-        self.put_meta(VOTE, vote)
+        self.db.put_meta(VOTE, vote, true)
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<u64>>> {
-        self.meta(VOTE)
+        self.db.meta(VOTE)
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StoreResult<()> {
-        self.put_meta(COMMITTED, &committed)
+        self.db.put_meta(COMMITTED, &committed, true)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<u64>>> {
-        self.meta::<Option<LogId<u64>>>(COMMITTED)
+        self.db.meta::<Option<LogId<u64>>>(COMMITTED)
             .map(Option::flatten)
             .map_err(|e| StorageIOError::read(&e).into())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<CatalogRaft>) -> StoreResult<()>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StoreResult<()>
     where
-        I: IntoIterator<Item = Entry<CatalogRaft>> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
         let write = || -> Result<(), std::io::Error> {
-            let family = column(&self.db, LOGS)?;
+            let family = self.db.family(LOGS)?;
             let mut batch = WriteBatch::default();
             for entry in entries {
                 let value = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
@@ -167,6 +166,7 @@ impl RaftLogStorage<CatalogRaft> for LogStore {
             }
             // Synced before the callback: an append is acknowledged only once it is durable.
             self.db
+                .db
                 .write_opt(batch, &durable())
                 .map_err(std::io::Error::other)
         };
@@ -187,7 +187,7 @@ impl RaftLogStorage<CatalogRaft> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
         // The purge mark goes first: a crash in between leaves entries below it, which are
         // never read, rather than a gap that claims entries exist.
-        self.put_meta(LAST_PURGED, &log_id)
+        self.db.put_meta(LAST_PURGED, &log_id, true)
             .and_then(|()| self.delete_range(0, log_id.index.saturating_add(1)))
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }

@@ -1,4 +1,11 @@
-//! The catalog group's transport: tonic gRPC between nodes, openraft's messages as JSON.
+//! The transport of the cluster's Raft groups: tonic gRPC between nodes, one service per node
+//! for every group (each message names its group), openraft's messages as JSON.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -13,9 +20,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::node::{MembershipChange, Redirect, Replica};
-use super::{CatalogRaft, ClusterNode, CommandOutcome};
-use crate::state::CatalogCommand;
+use super::{ClusterNode, GroupId, GroupTypes};
 
 /// The generated gRPC service and client.
 pub mod proto {
@@ -26,28 +31,42 @@ use proto::Payload;
 use proto::raft_service_client::RaftServiceClient;
 use proto::raft_service_server::{RaftService, RaftServiceServer};
 
-fn encode<T: Serialize>(value: &T) -> Result<Payload, Status> {
-    serde_json::to_vec(value)
-        .map(|json| Payload { json })
-        .map_err(|e| Status::internal(format!("cannot encode a Raft message: {e}")))
+fn encode<T: Serialize>(group: GroupId, value: &T) -> Result<Payload, Status> {
+    Ok(Payload {
+        json: to_json(value)?,
+        group,
+    })
 }
 
 fn decode<T: DeserializeOwned>(payload: &Payload) -> Result<T, Status> {
-    serde_json::from_slice(&payload.json)
-        .map_err(|e| Status::invalid_argument(format!("cannot decode a Raft message: {e}")))
+    from_json(&payload.json)
 }
 
-/// Makes a client per peer; connections are opened lazily and re-opened by tonic.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+/// Makes a client per peer for one group; connections are opened lazily and re-opened by tonic.
+#[derive(Debug)]
+pub struct Network<C> {
+    group: GroupId,
+    types: PhantomData<C>,
+}
 
-impl RaftNetworkFactory<CatalogRaft> for Network {
-    type Network = PeerClient;
+impl<C> Network<C> {
+    pub fn new(group: GroupId) -> Self {
+        Network {
+            group,
+            types: PhantomData,
+        }
+    }
+}
 
-    async fn new_client(&mut self, target: u64, node: &ClusterNode) -> PeerClient {
+impl<C: GroupTypes> RaftNetworkFactory<C> for Network<C> {
+    type Network = PeerClient<C>;
+
+    async fn new_client(&mut self, target: u64, node: &ClusterNode) -> PeerClient<C> {
         PeerClient {
             target,
+            group: self.group,
             channel: peer_channel(&node.raft_addr),
+            types: PhantomData,
         }
     }
 }
@@ -64,13 +83,15 @@ pub(crate) fn peer_channel(raft_addr: &str) -> Option<Channel> {
         })
 }
 
-/// One peer, as the leader (or a candidate) talks to it.
-pub struct PeerClient {
+/// One peer, as the leader (or a candidate) of one group talks to it.
+pub struct PeerClient<C> {
     target: u64,
+    group: GroupId,
     channel: Option<Channel>,
+    types: PhantomData<C>,
 }
 
-impl PeerClient {
+impl<C: GroupTypes> PeerClient<C> {
     /// Sends one request and decodes the peer's `Result<reply, error>`.
     async fn call<Req, Resp, E>(
         &mut self,
@@ -88,34 +109,52 @@ impl PeerClient {
                 "the peer's Raft address is not a valid address",
             )))
         })?;
-        let mut client = RaftServiceClient::new(channel);
-        let payload =
-            encode(request).map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
+        let payload = encode(self.group, request)
+            .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
         let mut request = Request::new(payload);
         request.set_timeout(option.hard_ttl());
-        let reply = match method {
-            Method::AppendEntries => client.append_entries(request).await,
-            Method::Vote => client.vote(request).await,
-            Method::InstallSnapshot => client.install_snapshot(request).await,
-        }
-        .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
+        let reply = call(RaftServiceClient::new(channel), method, request)
+            .await
+            .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
         let result: Result<Resp, E> = decode(reply.get_ref())
             .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-#[derive(Clone, Copy)]
-enum Method {
+/// The service's methods.
+#[derive(Clone, Copy, Debug)]
+pub enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// A proposal sent to a follower, forwarded to the leader to propose.
+    Forward,
+    /// The leader's read index, for a follower's linearizable read.
+    ReadIndex,
+    /// A membership change sent to a follower, forwarded to the leader.
+    ChangeMembership,
 }
 
-impl RaftNetwork<CatalogRaft> for PeerClient {
+async fn call(
+    mut client: RaftServiceClient<Channel>,
+    method: Method,
+    request: Request<Payload>,
+) -> Result<Response<Payload>, Status> {
+    match method {
+        Method::AppendEntries => client.append_entries(request).await,
+        Method::Vote => client.vote(request).await,
+        Method::InstallSnapshot => client.install_snapshot(request).await,
+        Method::Forward => client.forward(request).await,
+        Method::ReadIndex => client.read_index(request).await,
+        Method::ChangeMembership => client.change_membership(request).await,
+    }
+}
+
+impl<C: GroupTypes> RaftNetwork<C> for PeerClient<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<CatalogRaft>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, ClusterNode, RaftError<u64>>> {
         self.call(Method::AppendEntries, &rpc, &option).await
@@ -123,7 +162,7 @@ impl RaftNetwork<CatalogRaft> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<CatalogRaft>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
@@ -141,110 +180,134 @@ impl RaftNetwork<CatalogRaft> for PeerClient {
     }
 }
 
-/// Sends a catalog command to the leader at `raft_addr` to propose.
-pub(crate) async fn forward(
+/// Sends `request` to group `group`'s service on the node at `raft_addr` (the leader, for
+/// forwarded proposals, read indexes and membership changes) and decodes its reply.
+pub(crate) async fn ask<Req: Serialize, Resp: DeserializeOwned>(
     raft_addr: &str,
-    command: &CatalogCommand,
-) -> Result<Result<CommandOutcome, String>, Status> {
+    group: GroupId,
+    method: Method,
+    request: &Req,
+) -> Result<Resp, Status> {
     let channel = peer_channel(raft_addr)
         .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
-    let reply = RaftServiceClient::new(channel)
-        .forward(Request::new(encode(command)?))
-        .await?;
+    let reply = call(
+        RaftServiceClient::new(channel),
+        method,
+        Request::new(encode(group, request)?),
+    )
+    .await?;
     decode(reply.get_ref())
 }
 
-/// Asks the leader at `raft_addr` for its read index: the log index every committed command is
-/// at or below when the leader has confirmed it still leads.
-pub(crate) async fn read_index(raft_addr: &str) -> Result<Result<Option<u64>, String>, Status> {
-    let channel = peer_channel(raft_addr)
-        .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
-    let reply = RaftServiceClient::new(channel)
-        .read_index(Request::new(encode(&())?))
-        .await?;
-    decode(reply.get_ref())
+/// A boxed reply future of a [`GroupService`].
+pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send + 'a>>;
+
+/// One group as the node's service serves it: a request's JSON in, the reply's JSON out.
+pub trait GroupService: Send + Sync {
+    fn handle<'a>(&'a self, method: Method, json: &'a [u8]) -> Reply<'a>;
 }
 
-/// Sends a membership change to the leader at `raft_addr`.
-pub(crate) async fn change_membership(
-    raft_addr: &str,
-    change: &MembershipChange,
-) -> Result<Result<(), Redirect>, Status> {
-    let channel = peer_channel(raft_addr)
-        .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
-    let reply = RaftServiceClient::new(channel)
-        .change_membership(Request::new(encode(change)?))
-        .await?;
-    decode(reply.get_ref())
+/// The groups a node serves, by id; a group is added once it has started.
+#[derive(Clone, Default)]
+pub struct GroupRegistry {
+    groups: Arc<RwLock<HashMap<GroupId, Arc<dyn GroupService>>>>,
 }
 
-/// The Raft service a node serves to its peers.
+impl GroupRegistry {
+    /// Serves `group` from now on (replacing a group of the same id).
+    pub fn register(&self, group: GroupId, service: Arc<dyn GroupService>) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, service);
+    }
+
+    /// Stops serving `group`.
+    pub fn unregister(&self, group: GroupId) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+
+    fn get(&self, group: GroupId) -> Option<Arc<dyn GroupService>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
+/// The Raft service a node serves to its peers, for every registered group.
 pub struct RaftServer {
-    pub(crate) replica: Replica,
+    pub(crate) groups: GroupRegistry,
 }
 
 impl RaftServer {
     pub fn into_service(self) -> RaftServiceServer<RaftServer> {
         RaftServiceServer::new(self)
     }
+
+    async fn dispatch(
+        &self,
+        method: Method,
+        request: Request<Payload>,
+    ) -> Result<Response<Payload>, Status> {
+        let payload = request.into_inner();
+        // A group that has not started here yet is, to its peers, a node that is down.
+        let service = self.groups.get(payload.group).ok_or_else(|| {
+            Status::unavailable(format!("Raft group {} is not running here", payload.group))
+        })?;
+        let json = service.handle(method, &payload.json).await?;
+        Ok(Response::new(Payload {
+            json,
+            group: payload.group,
+        }))
+    }
 }
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc: AppendEntriesRequest<CatalogRaft> = decode(request.get_ref())?;
-        Ok(Response::new(encode(
-            &self.replica.raft.append_entries(rpc).await,
-        )?))
+        self.dispatch(Method::AppendEntries, request).await
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc: VoteRequest<u64> = decode(request.get_ref())?;
-        Ok(Response::new(encode(&self.replica.raft.vote(rpc).await)?))
+        self.dispatch(Method::Vote, request).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<Payload>,
     ) -> Result<Response<Payload>, Status> {
-        let rpc: InstallSnapshotRequest<CatalogRaft> = decode(request.get_ref())?;
-        Ok(Response::new(encode(
-            &self.replica.raft.install_snapshot(rpc).await,
-        )?))
+        self.dispatch(Method::InstallSnapshot, request).await
     }
 
-    /// Proposes a command a follower received; a node that is not the leader (any more) says so
-    /// and the follower retries at the leader it names.
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let command: CatalogCommand = decode(request.get_ref())?;
-        let result: Result<CommandOutcome, String> = self
-            .replica
-            .raft
-            .client_write(command)
-            .await
-            .map(|response| response.data)
-            .map_err(|e| e.to_string());
-        Ok(Response::new(encode(&result)?))
+        self.dispatch(Method::Forward, request).await
     }
 
-    /// Applies a membership change a follower received, if this node leads.
+    async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.dispatch(Method::ReadIndex, request).await
+    }
+
     async fn change_membership(
         &self,
         request: Request<Payload>,
     ) -> Result<Response<Payload>, Status> {
-        let change: MembershipChange = decode(request.get_ref())?;
-        let result = self.replica.change_membership_here(&change).await;
-        Ok(Response::new(encode(&result)?))
+        self.dispatch(Method::ChangeMembership, request).await
     }
+}
 
-    async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let result: Result<Option<u64>, String> = self
-            .replica
-            .raft
-            .ensure_linearizable()
-            .await
-            .map(|log_id| log_id.map(|id| id.index))
-            .map_err(|e| e.to_string());
-        Ok(Response::new(encode(&result)?))
-    }
+/// Decodes a request's JSON.
+pub(crate) fn from_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(json)
+        .map_err(|e| Status::invalid_argument(format!("cannot decode a Raft message: {e}")))
+}
+
+/// Encodes a reply as JSON.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value)
+        .map_err(|e| Status::internal(format!("cannot encode a Raft message: {e}")))
 }

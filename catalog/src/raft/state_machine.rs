@@ -10,10 +10,9 @@ use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
-use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
-use super::{CatalogRaft, ClusterNode, CommandOutcome, META, column, durable};
+use super::{CatalogRaft, ClusterNode, CommandOutcome, RaftDb};
 use crate::state::{Applied, CatalogState};
 
 type StoreResult<T> = Result<T, StorageError<u64>>;
@@ -84,7 +83,7 @@ struct StoredSnapshot {
 /// The catalog group's state machine; clones share the state (a clone builds snapshots).
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    db: RaftDb,
     state: Arc<RwLock<AppliedState>>,
     /// Tells apart snapshots built at the same log id.
     snapshots_built: Arc<AtomicU64>,
@@ -92,7 +91,7 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// The state machine as of the last snapshot in `db` (empty without one).
-    pub(super) fn open(db: Arc<DB>) -> Result<Self, std::io::Error> {
+    pub(super) fn open(db: RaftDb) -> Result<Self, std::io::Error> {
         let store = StateMachineStore {
             db,
             state: Arc::default(),
@@ -119,25 +118,11 @@ impl StateMachineStore {
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, std::io::Error> {
-        let family = column(&self.db, META)?;
-        match self
-            .db
-            .get_cf(&family, SNAPSHOT)
-            .map_err(std::io::Error::other)?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(std::io::Error::other),
-            None => Ok(None),
-        }
+        self.db.meta(SNAPSHOT)
     }
 
     fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
-        let family = column(&self.db, META)?;
-        let bytes = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
-        self.db
-            .put_cf_opt(&family, SNAPSHOT, bytes, &durable())
-            .map_err(std::io::Error::other)
+        self.db.put_meta(SNAPSHOT, snapshot, true)
     }
 }
 

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 struct RocksDbBuilder;
 
-impl StoreBuilder<CatalogRaft, LogStore, StateMachineStore, tempfile::TempDir> for RocksDbBuilder {
+impl StoreBuilder<CatalogRaft, LogStore<CatalogRaft>, StateMachineStore, tempfile::TempDir> for RocksDbBuilder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore<CatalogRaft>, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let (log, state_machine) =
             open(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
@@ -103,6 +103,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
             node_id: *id,
             raft_listen: node.raft_addr.parse().unwrap(),
             peers: peers.clone(),
+            settings: GroupSettings::default(),
         };
         nodes.push(Some(
             CatalogNode::start(dirs[index].path(), config)
@@ -174,6 +175,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
             node_id: 4,
             raft_listen: fourth_addr.parse().unwrap(),
             peers: fourth_peers,
+            settings: GroupSettings::default(),
         },
     )
     .await
@@ -196,7 +198,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     assert_eq!(on(&nodes, new_leader).members(), expected);
     let state = fourth.linearizable_state().await.unwrap();
     assert!(state.user("alice").is_some() && state.user("bob").is_some());
-    let status = fourth.member_status(4);
+    let status = fourth.member_status();
     assert_eq!(status.len(), 3);
     assert!(
         status
@@ -232,6 +234,7 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
             },
         )]
         .into(),
+        settings: GroupSettings::default(),
     };
     {
         let catalog = crate::Catalog::open_replicated(dir.path(), config())
