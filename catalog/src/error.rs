@@ -16,6 +16,9 @@ pub enum CatalogError {
     UndefinedRole(String),
     #[error("{0}")]
     InvalidShare(String),
+    /// A shard map that does not cover the key space once.
+    #[error("invalid shard map: {0}")]
+    InvalidShard(String),
     #[error("feature group \"{0}\" does not exist")]
     UndefinedFeatureGroup(String),
     #[error("{kind} \"{name}\" has no version {version}")]

@@ -88,6 +88,48 @@ impl ColumnType {
     }
 }
 
+/// A shard of the online store's key space, served by one Raft group of the cluster (its data
+/// group). A row belongs to the shard whose hash range holds the hash of its encoded primary key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub id: u32,
+    /// The Raft group that replicates the shard's online writes.
+    pub raft_group: u32,
+    /// The first and last key hash of the shard, inclusive.
+    pub hash_start: u64,
+    pub hash_end: u64,
+}
+
+impl Shard {
+    /// One shard, served by `raft_group`, for the whole key space.
+    pub fn whole(raft_group: u32) -> Shard {
+        Shard {
+            id: 0,
+            raft_group,
+            hash_start: 0,
+            hash_end: u64::MAX,
+        }
+    }
+
+    /// Checks that `shards`, in order, cover the hash space once: no gap, no overlap.
+    pub fn check_cover(shards: &[Shard]) -> Result<(), String> {
+        let mut next = Some(0u64);
+        for shard in shards {
+            if Some(shard.hash_start) != next || shard.hash_end < shard.hash_start {
+                return Err(format!(
+                    "shard {} does not start where the previous one ends",
+                    shard.id
+                ));
+            }
+            next = shard.hash_end.checked_add(1);
+        }
+        match next {
+            None => Ok(()),
+            Some(_) => Err("the shards do not cover every key".into()),
+        }
+    }
+}
+
 /// One column of a feature group or table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {

@@ -13,7 +13,7 @@ use crate::access::{ProjectRole, ScramVerifier};
 use crate::error::{CatalogError, CatalogResult};
 use crate::model::{
     Column, ExperimentRun, FIRST_USER_OID, FeatureGroupOptionsPatch, FeatureGroupSpec, FeatureView,
-    Model, Oid, Project, Relation, RelationKind, TrainingDataset, User,
+    Model, Oid, Project, Relation, RelationKind, Shard, TrainingDataset, User,
 };
 
 /// A change to the catalog. Commands are the entries of the catalog log.
@@ -119,6 +119,11 @@ pub enum CatalogCommand {
         node_id: u64,
         sql_addr: String,
     },
+    /// Sets the cluster's shard map: which Raft group serves which part of the online store's
+    /// key space (the cluster's bootstrap defines one shard for all keys).
+    DefineShards {
+        shards: Vec<Shard>,
+    },
 }
 
 /// What `ALTER USER` changes; `None` leaves an attribute as it is.
@@ -167,6 +172,9 @@ pub struct CatalogState {
     /// Each cluster member's SQL address, by node id, as the members registered them.
     #[serde(default)]
     sql_addrs: BTreeMap<u64, String>,
+    /// The cluster's shard map (empty on a single node).
+    #[serde(default)]
+    shards: Vec<Shard>,
 }
 
 impl CatalogState {
@@ -176,6 +184,12 @@ impl CatalogState {
             next_oid: FIRST_USER_OID,
             ..Default::default()
         }
+    }
+
+    /// The cluster's shards of the online store's key space, by id (empty on a single node and
+    /// before the cluster's bootstrap).
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
     }
 
     /// Where cluster member `node_id` serves SQL, once it has registered.
@@ -507,6 +521,11 @@ impl CatalogState {
             }
             CatalogCommand::RegisterNode { node_id, sql_addr } => {
                 self.sql_addrs.insert(*node_id, sql_addr.clone());
+                Applied::Nothing
+            }
+            CatalogCommand::DefineShards { shards } => {
+                Shard::check_cover(shards).map_err(CatalogError::InvalidShard)?;
+                self.shards = shards.clone();
                 Applied::Nothing
             }
             CatalogCommand::DropFeatureViews { oids } => {

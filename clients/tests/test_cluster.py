@@ -1,4 +1,5 @@
-"""Three `quiver serve` processes as one database: a replicated catalog and a shared offline store."""
+"""Three `quiver serve` processes as one database: a replicated catalog, a replicated online store
+and a shared offline store."""
 
 import signal
 import threading
@@ -10,10 +11,19 @@ import pytest
 from conftest import QuiverServer, free_port
 
 
+# Snapshots every 20 entries (the default is 5000): a node that misses more than that catches up by
+# snapshot, which the tests below make happen.
+SNAPSHOT_EVERY = 20
+
+
 def node_args(tmp_path, node, raft_ports):
     peers = ",".join(f"{n}=127.0.0.1:{port}" for n, port in raft_ports.items())
     return ["--offline-store", str(tmp_path / "offline"), "--node-id", str(node),
-            "--raft-listen", f"127.0.0.1:{raft_ports[node]}", "--peers", peers]
+            "--raft-listen", f"127.0.0.1:{raft_ports[node]}", "--peers", peers,
+            "--raft-snapshot-every", str(SNAPSHOT_EVERY)]
+
+
+QUIET = {"QUIVER_LOG": "error,openraft=off,buoyant_kernel=off,deltalake_core=off"}
 
 
 def connect(server, **kwargs):
@@ -67,7 +77,7 @@ def leader_of(cluster, among):
 @pytest.fixture()
 def cluster(tmp_path):
     raft_ports = {node: free_port() for node in (1, 2, 3)}
-    servers = {node: QuiverServer(tmp_path / f"node{node}", args=node_args(tmp_path, node, raft_ports))
+    servers = {node: QuiverServer(tmp_path / f"node{node}", args=node_args(tmp_path, node, raft_ports), env=QUIET)
                for node in raft_ports}
     # Nodes start one after the other: none waits for the others to come up.
     for server in servers.values():
@@ -112,9 +122,6 @@ def test_cluster_nodes_shows_every_member_and_the_leader(cluster):
     assert sum(1 for r in rows if r[1] == "leader") == 1
     assert {r[1] for r in rows} <= {"leader", "follower"}
     with connect(cluster[2]) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="not available in a cluster"):
-            conn.execute("CREATE FEATURE GROUP o (id BIGINT, ts TIMESTAMP, PRIMARY KEY (id), "
-                         "EVENT TIME ts) WITH (online = true)")
         with pytest.raises(psycopg.errors.DuplicateObject, match="already a member"):
             conn.execute("ALTER CLUSTER ADD NODE 2 '127.0.0.1:1'")
         with pytest.raises(psycopg.errors.UndefinedObject, match="cluster node"):
@@ -153,8 +160,11 @@ def test_concurrent_writers_on_two_nodes_lose_nothing(cluster):
 
 def test_leader_loss_during_writes_loses_no_acknowledged_write_and_the_node_catches_up(cluster):
     with connect(cluster[1]) as conn:
-        conn.execute("CREATE TABLE acks (id BIGINT)")
-    leader = leader_of(cluster, [1, 2, 3])
+        conn.execute("CREATE FEATURE GROUP acks (id BIGINT, n BIGINT, ts TIMESTAMP, PRIMARY KEY (id), "
+                     "EVENT TIME ts) WITH (online = true)")
+    # The node that leads the online store's data group (and usually the catalog's).
+    leader = eventually(lambda: next((r[0] for r in online_roles(cluster[1]) if r[1] == "leader"), None),
+                        what="a data group leader")
     writer_node = next(n for n in (1, 2, 3) if n != leader)
     acknowledged = []
     stop = threading.Event()
@@ -164,9 +174,10 @@ def test_leader_loss_during_writes_loses_no_acknowledged_write_and_the_node_catc
         with connect(cluster[writer_node]) as conn:
             while not stop.is_set():
                 try:
-                    # A statement reads the catalog through the group: it may fail while a
-                    # new leader is elected, never succeed without being durable.
-                    conn.execute("INSERT INTO acks VALUES (%s)", (i,))
+                    # A statement reads the catalog and the online store through their groups,
+                    # and a write waits for a quorum of the data group: it may fail while a new
+                    # leader is elected, never succeed without being durable.
+                    conn.execute("INSERT INTO acks VALUES (%s, %s, now())", (i % 50, i))
                     acknowledged.append(i)
                 except psycopg.errors.CannotConnectNow:
                     pass
@@ -178,36 +189,113 @@ def test_leader_loss_during_writes_loses_no_acknowledged_write_and_the_node_catc
     started = time.monotonic()
     kill(cluster[leader])
     survivors = [n for n in (1, 2, 3) if n != leader]
-    # A new leader takes DDL within seconds.
+    # New leaders take DDL and online writes within seconds.
     with connect(cluster[survivors[0]]) as conn:
         eventually(lambda: conn.execute("CREATE PROJECT after_failover") or True, what="a new leader")
+        count = len(acknowledged)
+        eventually(lambda: len(acknowledged) > count, what="online writes to resume")
     failover = time.monotonic() - started
-    assert failover < 15, f"the catalog took {failover:.1f} s to accept DDL again"
+    assert failover < 15, f"the cluster took {failover:.1f} s to accept writes again"
     time.sleep(1.0)
     stop.set()
     thread.join()
     assert len(acknowledged) > 10
     with connect(cluster[survivors[1]]) as conn:
-        stored = [r[0] for r in conn.execute("SELECT id FROM acks").fetchall()]
+        stored = [r[0] for r in conn.execute("SELECT n FROM acks").fetchall()]
     assert len(stored) == len(set(stored)), "a write was stored twice"
     assert set(acknowledged) <= set(stored), "an acknowledged write was lost"
+    # Every survivor serves the latest acknowledged write of each key online.
+    latest = {}
+    for n in acknowledged:
+        latest[n % 50] = n
+    for node in survivors:
+        with connect(cluster[node]) as conn:
+            online = dict(conn.execute("SELECT id, n FROM online.acks").fetchall())
+        assert all(online[key] >= n for key, n in latest.items()), f"node {node} lost an online write"
+    # A write that failed may have committed offline (its outcome was unknown to the client);
+    # the data group's reconciliation brings the online store to the offline store's latest.
+    for node in survivors:
+        with connect(cluster[node]) as conn:
+            eventually(lambda: online_matches_offline(conn, "acks"), timeout=30,
+                       what=f"node {node}'s online store to match the offline store")
 
-    # While it was down, the catalog changed; restarted, it catches up and serves it.
+    # While it was down, the catalog changed and more than a snapshot's worth of online writes
+    # came (the log it missed is purged); restarted, it catches up by snapshot and serves both.
     with connect(cluster[survivors[0]]) as conn:
         conn.execute("CREATE TABLE made_while_down (x INT)")
         conn.execute("INSERT INTO made_while_down VALUES (7)")
+        for i in range(3 * SNAPSHOT_EVERY):
+            conn.execute("INSERT INTO acks VALUES (%s, %s, now())", (i % 7, 100000 + i))
+        conn.execute("DELETE FROM acks WHERE id = 6")
     restart(cluster[leader])
     with connect(cluster[leader]) as conn:
         assert conn.execute("SELECT x FROM made_while_down").fetchall() == [(7,)]
         names = [r[0] for r in conn.execute("SHOW PROJECTS").fetchall()]
         assert "after_failover" in names
+        assert online_matches_offline(conn, "acks")
+        last_of_5 = max(i for i in range(3 * SNAPSHOT_EVERY) if i % 7 == 5)
+        assert conn.execute("SELECT n FROM online.acks WHERE id = 5").fetchone() == (100000 + last_of_5,)
+        assert conn.execute("SELECT count(*) FROM online.acks WHERE id = 6").fetchone() == (0,)
+
+
+def online_roles(server):
+    with connect(server) as conn:
+        return conn.execute("SELECT node_id, online_role FROM quiver.cluster_nodes ORDER BY node_id").fetchall()
+
+
+def online_matches_offline(conn, group):
+    """Whether the online table holds exactly the latest row per key of the offline table."""
+    online = conn.execute(f"SELECT id, n FROM online.{group} ORDER BY id").fetchall()
+    offline = conn.execute(
+        f"SELECT id, n FROM (SELECT id, n, row_number() OVER (PARTITION BY id ORDER BY ts DESC, n DESC) AS r "
+        f"FROM {group}) WHERE r = 1 ORDER BY id").fetchall()
+    return online == offline
+
+
+def test_online_writes_on_one_node_are_served_by_every_node(cluster):
+    with connect(cluster[2]) as conn:
+        conn.execute("CREATE FEATURE GROUP g (id BIGINT, n BIGINT, ts TIMESTAMP, PRIMARY KEY (id), "
+                     "EVENT TIME ts) WITH (online = true)")
+    with connect(cluster[3]) as conn:
+        conn.execute("INSERT INTO g VALUES (1, 10, '2026-01-02'), (2, 20, '2026-01-02')")
+        # Late data: an older event time never replaces the newer row.
+        conn.execute("INSERT INTO g VALUES (1, 11, '2026-01-01')")
+    for node in (1, 2, 3):
+        with connect(cluster[node]) as conn:
+            # At once: a statement waits until its node has applied what was acknowledged.
+            assert conn.execute("SELECT id, n FROM online.g ORDER BY id").fetchall() == [(1, 10), (2, 20)]
+    # A write too big to travel in the log is read by every node from the shared offline store.
+    with connect(cluster[1]) as conn:
+        conn.execute("INSERT INTO g SELECT value, value * 10, TIMESTAMP '2026-01-03' "
+                     "FROM generate_series(3, 30000)")
+        conn.execute("DELETE FROM g WHERE id = 2")
+    for node in (1, 2, 3):
+        with connect(cluster[node]) as conn:
+            assert conn.execute("SELECT count(*), sum(n) FROM online.g").fetchone() == (29999, 10 + 10 * sum(range(3, 30001)))
+            assert conn.execute("SELECT n FROM online.g WHERE id = ANY(%s)", ([29999, 2],)).fetchall() == [(299990,)]
+            assert online_matches_offline(conn, "g")
+    # Off and on again: the online data goes from every node, then is built again everywhere.
+    with connect(cluster[3]) as conn:
+        conn.execute("ALTER FEATURE GROUP g SET (online = false)")
+        conn.execute("INSERT INTO g VALUES (1, 12, '2026-01-04')")
+    with connect(cluster[1]) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="is not online"):
+            conn.execute("SELECT * FROM online.g")
+        conn.execute("ALTER FEATURE GROUP g SET (online = true)")
+    for node in (1, 2, 3):
+        with connect(cluster[node]) as conn:
+            assert conn.execute("SELECT n FROM online.g WHERE id = 1").fetchone() == (12,)
+            assert conn.execute("SELECT online_rows FROM quiver.feature_groups WHERE name = 'g'").fetchone() == (29999,)
+    with connect(cluster[2]) as conn:
+        conn.execute("DROP FEATURE GROUP g")
+        assert [r[1] for r in online_roles(cluster[2])].count("leader") == 1
 
 
 def test_without_a_quorum_writes_fail_cleanly_and_a_fourth_node_joins(cluster):
     tmp_path, raft_ports = cluster["tmp_path"], cluster["raft_ports"]
     # A fourth node joins at runtime: started with the members it will join, then added.
     raft_ports[4] = free_port()
-    fourth = QuiverServer(tmp_path / "node4", args=node_args(tmp_path, 4, raft_ports))
+    fourth = QuiverServer(tmp_path / "node4", args=node_args(tmp_path, 4, raft_ports), env=QUIET)
     cluster[4] = fourth
     with connect(cluster[1]) as conn:
         conn.execute("CREATE TABLE kept (x INT)")

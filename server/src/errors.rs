@@ -63,7 +63,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
             | CatalogError::UndefinedRelation(_) => "42P01",
             CatalogError::DependentObjects(_) => "2BP01",
             CatalogError::UndefinedRole(_) => "42704",
-            CatalogError::InvalidShare(_) => "22023",
+            CatalogError::InvalidShare(_) | CatalogError::InvalidShard(_) => "22023",
             // cannot_connect_now: the cluster has no leader or quorum at the moment.
             CatalogError::Unavailable(_) => "57P03",
             CatalogError::Rejected(_) => "55000",

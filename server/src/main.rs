@@ -81,6 +81,10 @@ enum Command {
         /// Nodes started with the same peers form the cluster; without it, a single node.
         #[arg(long, env = "QUIVER_PEERS")]
         peers: Option<String>,
+        /// In a cluster, each Raft group snapshots its state machine after this many log entries
+        /// and purges the log before it; a node further behind catches up by snapshot.
+        #[arg(long, default_value_t = 5000, env = "QUIVER_RAFT_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+        raft_snapshot_every: u64,
         /// Sessions open at once, all users together; more are refused with 53300 (each
         /// user's CONNECTION LIMIT applies too).
         #[arg(long, default_value_t = 100, env = "QUIVER_MAX_CONNECTIONS")]
@@ -167,6 +171,7 @@ fn main() -> std::process::ExitCode {
             node_id,
             raft_listen,
             peers,
+            raft_snapshot_every,
         } => runtime.block_on(serve(
             ServeOptions {
                 listen,
@@ -186,6 +191,7 @@ fn main() -> std::process::ExitCode {
                     node_id,
                     raft_listen,
                     peers,
+                    snapshot_every: raft_snapshot_every,
                 },
             },
             executor.handle().clone(),
@@ -215,11 +221,12 @@ struct ServeOptions {
     cluster: ClusterOptions,
 }
 
-/// `--node-id`, `--raft-listen`, `--peers` as given.
+/// `--node-id`, `--raft-listen`, `--peers`, `--raft-snapshot-every` as given.
 struct ClusterOptions {
     node_id: Option<u64>,
     raft_listen: Option<SocketAddr>,
     peers: Option<String>,
+    snapshot_every: u64,
 }
 
 impl ClusterOptions {
@@ -277,7 +284,9 @@ impl ClusterOptions {
             node_id,
             raft_listen,
             peers: members,
-            settings: quiver_catalog::raft::GroupSettings::default(),
+            settings: quiver_catalog::raft::GroupSettings {
+                snapshot_every: self.snapshot_every,
+            },
         }))
     }
 }

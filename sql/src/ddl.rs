@@ -152,21 +152,12 @@ pub async fn alter_cluster(engine: &Engine, change: &ClusterChange) -> SqlResult
             MembershipChange::RemoveNode { node_id: *node_id }
         }
     };
-    node.change_membership(change).await?;
-    Ok(CommandTag::new("ALTER CLUSTER"))
-}
-
-/// Online feature groups need the online store replicated across the cluster (a data Raft
-/// group), which cluster members do not have yet: until then they refuse them.
-fn refuse_online_in_cluster(engine: &Engine) -> SqlResult<()> {
-    if engine.catalog.node().is_some() {
-        return Err(SqlError::NotSupported(
-            "online feature groups are not available in a cluster yet (the online store is not \
-             replicated across nodes); create the group without online = true"
-                .into(),
-        ));
+    // Every group has the same members: the catalog's first, then the online store's.
+    node.change_membership(change.clone()).await?;
+    if let Some(group) = engine.online_group() {
+        group.group().change_membership(change).await?;
     }
-    Ok(())
+    Ok(CommandTag::new("ALTER CLUSTER"))
 }
 
 async fn create_feature_group(
@@ -221,9 +212,6 @@ async fn create_feature_group(
     }
     let mut options = FeatureGroupOptions::default();
     apply_create_options(&mut options, &create.options)?;
-    if options.online {
-        refuse_online_in_cluster(engine)?;
-    }
     if let Some(spec) = &options.partition_by {
         Partitioning::parse(spec, event_time.as_deref(), &columns)?;
     }
@@ -262,7 +250,7 @@ async fn create_relation(engine: &Engine, command: CatalogCommand) -> SqlResult<
         .create_table(oid, schema, &partition_columns)
         .await
     {
-        Ok(()) if is_online(relation) => crate::online::backfill(engine, relation).await,
+        Ok(()) if is_online(relation) => crate::online::enable(engine, relation).await,
         other => other.map_err(SqlError::from),
     };
     if let Err(e) = created {
@@ -478,15 +466,12 @@ async fn alter_feature_group(
     match action {
         AlterFeatureGroupAction::Set(entries) => {
             let patch = options_patch(entries, false)?;
-            if patch.online == Some(true) {
-                refuse_online_in_cluster(engine)?;
-            }
             let was_online = is_online(group);
             // Online on: the online table is filled before the catalog says so; a crash in
             // between leaves online data the next start drops. Online off: the catalog first,
             // then the data; a crash in between leaves data the next start drops.
             if patch.online == Some(true) && !was_online {
-                crate::online::backfill(engine, group).await?;
+                crate::online::enable(engine, group).await?;
             }
             engine
                 .change_catalog(CatalogCommand::AlterFeatureGroup {
@@ -497,7 +482,7 @@ async fn alter_feature_group(
                 })
                 .await?;
             if patch.online == Some(false) && was_online {
-                engine.online.drop_table(group.oid).await?;
+                crate::online::disable(engine, group).await?;
             }
         }
         AlterFeatureGroupAction::AddColumn(definition) => {
@@ -578,7 +563,7 @@ async fn drop_relations(engine: &Engine, oids: Vec<u32>) -> SqlResult<()> {
 async fn remove_storage(engine: &Engine, relations: &[Relation]) -> SqlResult<()> {
     for relation in relations {
         engine.offline.drop_table(relation.oid).await?;
-        engine.online.drop_table(relation.oid).await?;
+        crate::online::disable(engine, relation).await?;
     }
     Ok(())
 }

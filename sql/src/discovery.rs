@@ -105,8 +105,14 @@ pub async fn table(
             audit_log(&engine.audit.events(superuser, project)?)?
         }
         "cluster_nodes" => match engine.catalog.node() {
-            Some(node) => cluster_nodes(&node.member_status(), &snapshot)?,
-            None => cluster_nodes(&[], &snapshot)?,
+            Some(node) => {
+                let online = engine
+                    .online_group()
+                    .map(|group| group.group().member_status())
+                    .unwrap_or_default();
+                cluster_nodes(&node.member_status(), &online, &snapshot)?
+            }
+            None => cluster_nodes(&[], &[], &snapshot)?,
         },
         _ => return Ok(None),
     };
@@ -128,7 +134,7 @@ pub(crate) fn schema(name: &str) -> SqlResult<Option<SchemaRef>> {
         "models" => models(&[])?,
         "experiments" => experiments(&[])?,
         "audit_log" => audit_log(&[])?,
-        "cluster_nodes" => cluster_nodes(&[], &CatalogState::new())?,
+        "cluster_nodes" => cluster_nodes(&[], &[], &CatalogState::new())?,
         _ => return Ok(None),
     };
     Ok(Some(empty.schema()))
@@ -381,8 +387,13 @@ fn audit_log(events: &[AuditEvent]) -> SqlResult<RecordBatch> {
     )
 }
 
-/// The cluster's members as this node sees them (empty on a node without `--peers`).
-fn cluster_nodes(members: &[MemberStatus], catalog: &CatalogState) -> SqlResult<RecordBatch> {
+/// The cluster's members as this node sees them (empty on a node without `--peers`): their
+/// state in the catalog group (`members`) and in the online store's data group (`online`).
+fn cluster_nodes(
+    members: &[MemberStatus],
+    online: &[MemberStatus],
+    catalog: &CatalogState,
+) -> SqlResult<RecordBatch> {
     let mut node_id = Int64Builder::new();
     let mut raft_addr = StringBuilder::new();
     let mut sql_addr = StringBuilder::new();
@@ -391,7 +402,12 @@ fn cluster_nodes(members: &[MemberStatus], catalog: &CatalogState) -> SqlResult<
     let mut last_log_index = Int64Builder::new();
     let mut last_applied_index = Int64Builder::new();
     let mut current_term = Int64Builder::new();
+    let mut online_role = StringBuilder::new();
+    let mut online_last_applied_index = Int64Builder::new();
     for member in members {
+        let in_online = online.iter().find(|m| m.node_id == member.node_id);
+        online_role.append_option(in_online.map(|m| m.role));
+        online_last_applied_index.append_option(in_online.and_then(|m| m.last_applied_index.map(|i| i as i64)));
         node_id.append_value(member.node_id as i64);
         raft_addr.append_value(&member.raft_addr);
         sql_addr.append_option(catalog.sql_addr(member.node_id));
@@ -411,6 +427,8 @@ fn cluster_nodes(members: &[MemberStatus], catalog: &CatalogState) -> SqlResult<
             Field::new("last_log_index", DataType::Int64, true),
             Field::new("last_applied_index", DataType::Int64, true),
             Field::new("current_term", DataType::Int64, false),
+            Field::new("online_role", DataType::Utf8, true),
+            Field::new("online_last_applied_index", DataType::Int64, true),
         ],
         vec![
             Arc::new(node_id.finish()),
@@ -421,6 +439,8 @@ fn cluster_nodes(members: &[MemberStatus], catalog: &CatalogState) -> SqlResult<
             Arc::new(last_log_index.finish()),
             Arc::new(last_applied_index.finish()),
             Arc::new(current_term.finish()),
+            Arc::new(online_role.finish()),
+            Arc::new(online_last_applied_index.finish()),
         ],
     )
 }

@@ -21,6 +21,7 @@ mod feature_view;
 mod lookup;
 mod models;
 mod online;
+mod online_group;
 pub mod parser;
 pub mod partitioning;
 mod project_catalog;
@@ -102,6 +103,8 @@ pub struct Engine {
     pub audit: audit::AuditLog,
     pub offline: Arc<OfflineStore>,
     pub online: Arc<OnlineStore>,
+    /// On a cluster member, the data group that replicates the online store.
+    online_group: Option<online_group::OnlineGroup>,
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
     /// The tokio runtime queries execute on, apart from the one serving connections, so a
@@ -133,6 +136,12 @@ impl Engine {
         };
         let online =
             OnlineStore::open(&data_dir.join("online"), options.online_cache_bytes).await?;
+        // A cluster member's online store is the data group's state machine: its log is the
+        // durable copy, and the machine syncs the store before it records what it applied.
+        let online = match &options.cluster {
+            Some(_) => Arc::new(online.without_synced_writes()),
+            None => Arc::new(online),
+        };
         let offline = match &options.offline_location {
             Some(location) => OfflineStore::open(location).await?,
             None => OfflineStore::open(&StoreLocation::local(&data_dir.join("offline"))).await?,
@@ -144,6 +153,21 @@ impl Engine {
                 offline.shared_with_other_writers(compacts)
             }
             None => offline,
+        };
+        let offline = Arc::new(offline);
+        let catalog = Arc::new(catalog);
+        let online_group = match catalog.node() {
+            Some(node) => Some(
+                online_group::OnlineGroup::start(
+                    node,
+                    catalog.clone(),
+                    &data_dir.join("raft-online"),
+                    offline.clone(),
+                    online.clone(),
+                )
+                .await?,
+            ),
+            None => None,
         };
         let snapshot = catalog.snapshot();
         // A cluster member shares the offline store and may be behind the catalog (or without a
@@ -183,10 +207,11 @@ impl Engine {
         let system_catalog = system_catalog::SystemCatalog::new()?;
         let audit = audit::AuditLog::open(data_dir)?;
         let engine = Arc::new_cyclic(|engine| Engine {
-            catalog: Arc::new(catalog),
+            catalog,
             audit,
-            offline: Arc::new(offline),
-            online: Arc::new(online),
+            offline,
+            online,
+            online_group,
             runtime,
             target_partitions,
             executor,
@@ -195,7 +220,10 @@ impl Engine {
             models: Default::default(),
             prediction_log: Arc::new(models::PredictionLog::new(engine.clone())),
         });
-        online::reconcile(&engine).await?;
+        // A cluster member's online store follows the data group, which reconciles it.
+        if engine.online_group.is_none() {
+            online::reconcile(&engine).await?;
+        }
         Ok(engine)
     }
 
@@ -219,6 +247,27 @@ impl Engine {
             .await
             .map_err(|e| SqlError::Internal(format!("catalog task failed: {e}")))?
             .map_err(SqlError::from)
+    }
+
+    /// On a cluster member, waits until this node has applied every catalog change and online
+    /// write the cluster committed before this call (both read-index rounds at once); a single
+    /// node always has.
+    pub(crate) async fn catch_up_with_cluster(&self) -> SqlResult<()> {
+        let Some(group) = &self.online_group else {
+            if self.catalog.node().is_some() {
+                self.catalog.linearizable_snapshot().await?;
+            }
+            return Ok(());
+        };
+        let (catalog, online) =
+            tokio::join!(self.catalog.linearizable_snapshot(), group.catch_up());
+        catalog?;
+        online
+    }
+
+    /// On a cluster member, the data group that replicates the online store.
+    pub(crate) fn online_group(&self) -> Option<&online_group::OnlineGroup> {
+        self.online_group.as_ref()
     }
 
     /// The data directory.

@@ -28,11 +28,13 @@ use datafusion::physical_plan::{
 use datafusion::prelude::{SessionContext, col, lit};
 use futures::StreamExt;
 use itertools::Itertools;
-use quiver_catalog::Relation;
-use quiver_storage::{OnlineLayout, OnlineStore, SEQUENCE_COLUMN, StorageResult};
+use quiver_catalog::{Column, Relation};
+use quiver_storage::{OfflineStore, OnlineLayout, OnlineStore, SEQUENCE_COLUMN, StorageResult};
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
+pub(crate) use crate::online_group::CommitChange;
+use crate::online_group::{OnlineCommand, OnlineTableSpec};
 use crate::types::arrow_schema;
 
 /// The schema that serves the online store of a project's feature groups.
@@ -47,17 +49,26 @@ pub fn layout(relation: &Relation) -> SqlResult<Option<OnlineLayout>> {
     let Some(spec) = relation.feature_group() else {
         return Ok(None);
     };
-    let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
-    let layout = OnlineLayout::new(
-        arrow_schema(&relation.columns),
-        relation
-            .primary_key
-            .iter()
-            .filter_map(|k| position(k))
-            .collect(),
-        spec.event_time.as_deref().and_then(position),
-    )?;
-    Ok(Some(layout))
+    layout_of(
+        &relation.columns,
+        &relation.primary_key,
+        spec.event_time.as_deref(),
+    )
+    .map(Some)
+}
+
+/// The online layout of a feature group with these columns, primary key and event time.
+pub(crate) fn layout_of(
+    columns: &[Column],
+    primary_key: &[String],
+    event_time: Option<&str>,
+) -> SqlResult<OnlineLayout> {
+    let position = |name: &str| columns.iter().position(|c| c.name == name);
+    Ok(OnlineLayout::new(
+        arrow_schema(columns),
+        primary_key.iter().filter_map(|k| position(k)).collect(),
+        event_time.and_then(position),
+    )?)
 }
 
 /// Applies the rows of offline commit `version` (batches of the relation's columns, in commit
@@ -83,47 +94,128 @@ pub async fn apply_commit(
     Ok(())
 }
 
+/// After offline commit `version` of `relation`, under the table's writer lock: what the commit
+/// does to the online store, applied here on a single node (when the group has online data) or
+/// proposed to the data group on a cluster member, before the statement is acknowledged.
+pub(crate) async fn after_commit(
+    engine: &Engine,
+    relation: &Relation,
+    version: u64,
+    change: CommitChange,
+) -> SqlResult<()> {
+    if let Some(group) = engine.online_group() {
+        let catalog = engine.catalog.snapshot();
+        return group.commit(&catalog, relation, version, change).await;
+    }
+    let oid = relation.oid;
+    let Some(layout) = layout(relation)?.filter(|_| engine.online.has_table(oid)) else {
+        return Ok(());
+    };
+    match change {
+        CommitChange::Rows(rows) => {
+            apply_commit(&engine.online, oid, &layout, rows, version).await?;
+        }
+        CommitChange::Deleted(keys) => {
+            let Some(first) = keys.first() else {
+                return Ok(());
+            };
+            let keys = datafusion::arrow::compute::concat_batches(first.schema_ref(), &keys)
+                .map_err(|e| SqlError::Internal(e.to_string()))?;
+            engine
+                .online
+                .delete(oid, &layout, keys.columns().to_vec(), version)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `relation` (a feature group going online) its online data: built here from the offline
+/// history on a single node; on a cluster member, by every node when the data group applies
+/// the proposal.
+pub(crate) async fn enable(engine: &Engine, relation: &Relation) -> SqlResult<()> {
+    let Some(group) = engine.online_group() else {
+        return backfill(engine, relation).await;
+    };
+    let spec = OnlineTableSpec::of(relation).ok_or_else(|| not_a_feature_group(relation))?;
+    let version = engine.offline.version(relation.oid).await?;
+    let command = OnlineCommand::Enable {
+        table: relation.oid,
+        spec,
+        version,
+    };
+    group.propose(&engine.catalog.snapshot(), command).await
+}
+
+/// Drops the online data of `relation` (gone, or no longer online): here, or on every node of a
+/// cluster.
+pub(crate) async fn disable(engine: &Engine, relation: &Relation) -> SqlResult<()> {
+    match engine.online_group() {
+        Some(group) if relation.feature_group().is_some() => {
+            let command = OnlineCommand::Disable {
+                table: relation.oid,
+            };
+            group.propose(&engine.catalog.snapshot(), command).await
+        }
+        Some(_) => Ok(()),
+        None => Ok(engine.online.drop_table(relation.oid).await?),
+    }
+}
+
+fn not_a_feature_group(relation: &Relation) -> SqlError {
+    SqlError::NotSupported(format!(
+        "\"{}\" is not a feature group",
+        relation.qualified_name()
+    ))
+}
+
 /// Fills the online table of `relation` from its offline history: the latest row per key of the
 /// current version, and then records that version. Creates the online table first, so commits
 /// made meanwhile are applied by their writers too (applying twice is harmless).
-pub async fn backfill(engine: &Engine, relation: &Relation) -> SqlResult<()> {
-    let layout = layout(relation)?.ok_or_else(|| {
-        SqlError::NotSupported(format!(
-            "\"{}\" is not a feature group",
-            relation.qualified_name()
-        ))
-    })?;
+async fn backfill(engine: &Engine, relation: &Relation) -> SqlResult<()> {
+    let layout = layout(relation)?.ok_or_else(|| not_a_feature_group(relation))?;
     engine.online.create_table(relation.oid).await?;
-    replay(engine, relation, &layout, None).await
+    let columns = column_names(&relation.columns);
+    replay(&engine.offline, &engine.online, relation.oid, &columns, &layout, None, None).await
 }
 
-/// Applies the offline rows of `relation` whose sequence is past commit `after` (all of them for
-/// `None`), then records the current offline version as applied.
-async fn replay(
-    engine: &Engine,
-    relation: &Relation,
+/// The names of `columns`, in order.
+pub(crate) fn column_names(columns: &[Column]) -> Vec<String> {
+    columns.iter().map(|c| c.name.clone()).collect()
+}
+
+/// Applies to online table `oid` the rows of its offline table at version `at` (the newest when
+/// `None`) whose sequence is past commit `after` (all of them for `None`), then records that
+/// version as applied. `columns` are the online layout's columns, in order.
+pub(crate) async fn replay(
+    offline: &OfflineStore,
+    online: &OnlineStore,
+    oid: u32,
+    columns: &[String],
     layout: &OnlineLayout,
     after: Option<u64>,
+    at: Option<u64>,
 ) -> SqlResult<()> {
-    let oid = relation.oid;
-    let version = engine.offline.version(oid).await?;
+    let version = match at {
+        Some(version) => version,
+        None => offline.version(oid).await?,
+    };
     let context = SessionContext::new();
-    let provider = engine
-        .offline
-        .table_provider(oid, None, &context.state())
+    let provider = offline
+        .table_provider(oid, Some(version), &context.state())
         .await?;
     let stored = provider.schema();
     let mut frame = context.read_table(provider)?;
     if let Some(after) = after {
         frame = frame.filter(col(SEQUENCE_COLUMN).gt_eq(lit(((after + 1) as i64) << 32)))?;
     }
-    let mut columns: Vec<Expr> = relation.columns.iter().map(|c| col(&c.name)).collect();
+    let mut selection: Vec<Expr> = columns.iter().map(|c| col(c.as_str())).collect();
     let has_sequence = stored.index_of(SEQUENCE_COLUMN).is_ok();
     if has_sequence {
-        columns.push(col(SEQUENCE_COLUMN));
+        selection.push(col(SEQUENCE_COLUMN));
     }
-    let mut stream = frame.select(columns)?.execute_stream().await?;
-    let width = relation.columns.len();
+    let mut stream = frame.select(selection)?.execute_stream().await?;
+    let width = columns.len();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let sequences = if has_sequence {
@@ -140,12 +232,9 @@ async fn replay(
         let rows = batch
             .project(&(0..width).collect::<Vec<_>>())
             .map_err(|e| SqlError::Internal(e.to_string()))?;
-        engine
-            .online
-            .apply(oid, layout, rows, sequences, None)
-            .await?;
+        online.apply(oid, layout, rows, sequences, None).await?;
     }
-    engine.online.set_applied_version(oid, version).await?;
+    online.set_applied_version(oid, version).await?;
     Ok(())
 }
 
@@ -196,7 +285,17 @@ pub async fn reconcile(engine: &Engine) -> SqlResult<()> {
             backfill(engine, relation).await?;
         } else {
             tracing::info!(relation = %relation.qualified_name(), commits = pending.len(), "applying offline commits to the online store");
-            replay(engine, relation, &layout, Some(applied)).await?;
+            let columns = column_names(&relation.columns);
+            replay(
+                &engine.offline,
+                &engine.online,
+                relation.oid,
+                &columns,
+                &layout,
+                Some(applied),
+                None,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -30,6 +30,7 @@ use quiver_storage::SEQUENCE_COLUMN;
 
 use crate::Engine;
 use crate::error::SqlError;
+use crate::online::CommitChange;
 use crate::partitioning::{Partitioning, written_schema};
 use crate::types::{arrow_schema, planning_schema};
 
@@ -410,25 +411,15 @@ async fn delete_rows(
     predicate: Expr,
     key_columns: &[String],
 ) -> Result<u64, SqlError> {
-    let oid = relation.oid;
-    let layout = crate::online::layout(relation)?;
-    let online = engine.online.clone();
     let commit = engine
         .offline
-        .delete_then(oid, predicate, key_columns, |commit, keys| async move {
-            let Some(layout) = layout.filter(|_| online.has_table(oid)) else {
-                return Ok(());
-            };
-            let schema = keys
-                .first()
-                .map(|b| b.schema())
-                .ok_or_else(|| quiver_storage::StorageError::Internal("no keys".into()))?;
-            let keys = datafusion::arrow::compute::concat_batches(&schema, &keys)
-                .map_err(|e| quiver_storage::StorageError::Internal(e.to_string()))?;
-            online
-                .delete(oid, &layout, keys.columns().to_vec(), commit.version)
-                .await
-                .map(|_| ())
+        .delete_then(relation.oid, predicate, key_columns, |commit, keys| {
+            crate::online::after_commit(
+                engine,
+                relation,
+                commit.version,
+                CommitChange::Deleted(keys),
+            )
         })
         .await?;
     Ok(commit.rows)
@@ -476,9 +467,7 @@ impl RelationSink {
                 }
             });
         }
-        let oid = relation.oid;
-        let layout = crate::online::layout(relation)?;
-        let online_rows: Vec<RecordBatch> = match &layout {
+        let online_rows: Vec<RecordBatch> = match relation.feature_group() {
             Some(_) => {
                 let columns: Vec<usize> = (0..relation.columns.len()).collect();
                 checked
@@ -489,23 +478,15 @@ impl RelationSink {
             }
             None => Vec::new(),
         };
-        let online = engine.online.clone();
         let commit = engine
             .offline
-            .append_then(oid, checked, |commit| async move {
-                match layout {
-                    Some(layout) if online.has_table(oid) => {
-                        crate::online::apply_commit(
-                            &online,
-                            oid,
-                            &layout,
-                            online_rows,
-                            commit.version,
-                        )
-                        .await
-                    }
-                    _ => Ok(()),
-                }
+            .append_then(relation.oid, checked, |commit| {
+                crate::online::after_commit(
+                    engine,
+                    relation,
+                    commit.version,
+                    CommitChange::Rows(online_rows),
+                )
             })
             .await?;
         Ok(commit.rows)

@@ -281,9 +281,7 @@ impl Session {
         if self.block.as_ref().is_some_and(|block| block.failed) && !ends_block(&statement) {
             return Err(SqlError::InFailedTransaction);
         }
-        if self.engine.catalog.node().is_some() {
-            self.engine.catalog.linearizable_snapshot().await?;
-        }
+        self.engine.catch_up_with_cluster().await?;
         let mut setting_changes = Vec::new();
         let (plan, result_schema) = match &statement {
             Statement::Sql(sql) => match sql.as_ref() {
@@ -358,9 +356,7 @@ impl Session {
             return Err(SqlError::InFailedTransaction);
         }
         // On a cluster member, every statement sees what any node committed before it.
-        if self.engine.catalog.node().is_some() {
-            self.engine.catalog.linearizable_snapshot().await?;
-        }
+        self.engine.catch_up_with_cluster().await?;
         let result = match access::authorize(
             &self.engine.catalog.snapshot(),
             &self.project,

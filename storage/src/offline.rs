@@ -54,7 +54,7 @@ pub struct OfflineStore {
     location: StoreLocation,
     /// The open tables. Each mutex serialises the writers of one table, so commit order within the
     /// process is the order writers took the lock, and holds the table's newest state.
-    tables: std::sync::Mutex<HashMap<TableId, Arc<Mutex<DeltaTable>>>>,
+    tables: std::sync::Mutex<HashMap<TableId, Arc<OpenTable>>>,
     /// Other processes (cluster nodes) commit to these tables too: every use reads the log's
     /// newest commits first, and a commit that loses the race for its version is written again.
     shared: bool,
@@ -67,6 +67,36 @@ pub struct OfflineStore {
 /// How many times a write to a shared table is attempted when other writers keep taking its
 /// version first.
 const SHARED_COMMIT_ATTEMPTS: usize = 20;
+
+/// A table this process has open.
+struct OpenTable {
+    /// Serialises this process's writers of the table (commit order), holding the table as the
+    /// last of them left it.
+    writer: Mutex<DeltaTable>,
+    /// The newest state a writer published: readers never wait for a writer (one may hold the
+    /// lock while the online store applies its commit, which can read this table).
+    published: std::sync::RwLock<DeltaTable>,
+}
+
+impl OpenTable {
+    fn new(table: DeltaTable) -> OpenTable {
+        OpenTable {
+            published: std::sync::RwLock::new(table.clone()),
+            writer: Mutex::new(table),
+        }
+    }
+
+    fn published(&self) -> DeltaTable {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, table: &DeltaTable) {
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = table.clone();
+    }
+}
 
 /// What a committed write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +182,9 @@ impl OfflineStore {
 
     /// Table `id` at its newest commit (as of this call).
     async fn latest(&self, id: TableId) -> StorageResult<DeltaTable> {
-        let handle = self.table(id).await?;
-        let mut table = handle.lock().await;
+        let mut table = self.table(id).await?.published();
         self.catch_up(&mut table).await?;
-        Ok(table.clone())
+        Ok(table)
     }
 
     /// Commit properties for a write at the table's next version: on a shared store, no
@@ -235,21 +264,20 @@ impl OfflineStore {
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
         sync_commit(self.local_dir(id), table.version().unwrap_or(0)).await?;
-        self.lock_table_map()
-            .insert(id, Arc::new(Mutex::new(table)));
+        self.lock_table_map().insert(id, Arc::new(OpenTable::new(table)));
         Ok(())
     }
 
     fn lock_table_map(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<Mutex<DeltaTable>>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<OpenTable>>> {
         match self.tables.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    async fn table(&self, id: TableId) -> StorageResult<Arc<Mutex<DeltaTable>>> {
+    async fn table(&self, id: TableId) -> StorageResult<Arc<OpenTable>> {
         if let Some(table) = self.lock_table_map().get(&id) {
             return Ok(table.clone());
         }
@@ -261,7 +289,7 @@ impl OfflineStore {
                 deltalake::DeltaTableError::NotATable(_) => StorageError::MissingTable(id),
                 other => StorageError::Delta(other),
             })?;
-        let table = Arc::new(Mutex::new(table));
+        let table = Arc::new(OpenTable::new(table));
         Ok(self.lock_table_map().entry(id).or_insert(table).clone())
     }
 
@@ -274,29 +302,49 @@ impl OfflineStore {
     /// [`OfflineStore::append`], then `then` with the durable commit while the table's writer lock
     /// is still held, so whatever `then` does (applying the rows to the online store) happens in
     /// commit order. An error from `then` is returned, but the commit stands.
-    pub async fn append_then<F, Fut>(
+    pub async fn append_then<F, Fut, E>(
         &self,
         id: TableId,
         batches: Vec<RecordBatch>,
         then: F,
-    ) -> StorageResult<Commit>
+    ) -> Result<Commit, E>
     where
         F: FnOnce(Commit) -> Fut,
-        Fut: std::future::Future<Output = StorageResult<()>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: From<StorageError>,
     {
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let handle = self.table(id).await?;
-        let mut table = handle.lock().await;
-        self.catch_up(&mut table).await?;
+        let mut table = handle.writer.lock().await;
+        let (commit, files) = self.commit_append(&mut table, id, batches).await?;
+        handle.publish(&table);
+        if commit.rows == 0 {
+            return Ok(commit);
+        }
+        let followed = then(commit).await;
+        drop(table);
+        if files > COMPACTION_FILE_THRESHOLD && self.compacts {
+            tokio::spawn(compact(handle, self.local_dir(id)));
+        }
+        followed.map(|()| commit)
+    }
+
+    /// Writes `batches` to `table` (whose writer lock the caller holds) as one durable commit;
+    /// returns it and the table's number of live files after it. Nothing is written for no rows.
+    async fn commit_append(
+        &self,
+        table: &mut DeltaTable,
+        id: TableId,
+        batches: Vec<RecordBatch>,
+    ) -> StorageResult<(Commit, usize)> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.catch_up(table).await?;
         if rows == 0 {
-            return Ok(Commit {
-                version: table.version().unwrap_or(0),
-                rows,
-            });
+            let version = table.version().unwrap_or(0);
+            return Ok((Commit { version, rows }, 0));
         }
         let mut attempt = 0;
         let written = loop {
-            // Single writer per table in this process (this lock): the commit gets the next
+            // Single writer per table in this process (the lock): the commit gets the next
             // version, unless another node's commit takes it first.
             let version = table.version().unwrap_or(0) + 1;
             let sequenced = with_sequences(
@@ -315,7 +363,7 @@ impl OfflineStore {
             {
                 Ok(written) => break written,
                 Err(e) => {
-                    if !self.lost_the_race(&mut table, version, attempt).await? {
+                    if !self.lost_the_race(table, version, attempt).await? {
                         return Err(e.into());
                     }
                     attempt += 1;
@@ -329,56 +377,66 @@ impl OfflineStore {
             .map(|s| s.log_data().num_files())
             .unwrap_or(0);
         *table = written;
-        let commit = Commit { version, rows };
-        let followed = then(commit).await;
-        drop(table);
-        if files > COMPACTION_FILE_THRESHOLD && self.compacts {
-            tokio::spawn(compact(handle, self.local_dir(id)));
-        }
-        followed.map(|()| commit)
+        Ok((Commit { version, rows }, files))
     }
 
     /// Deletes the rows of table `id` matching `predicate` (over the table's columns, unqualified)
     /// as one durable commit that rewrites the files holding them. Before deleting, the distinct
     /// values of `key_columns` (if any) among those rows are read; `then` gets them with the
     /// commit, under the table's writer lock. Returns the commit (its `rows` are the rows deleted).
-    pub async fn delete_then<F, Fut>(
+    pub async fn delete_then<F, Fut, E>(
         &self,
         id: TableId,
         predicate: datafusion::prelude::Expr,
         key_columns: &[String],
         then: F,
-    ) -> StorageResult<Commit>
+    ) -> Result<Commit, E>
     where
         F: FnOnce(Commit, Vec<RecordBatch>) -> Fut,
-        Fut: std::future::Future<Output = StorageResult<()>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: From<StorageError>,
     {
         let handle = self.table(id).await?;
-        let mut table = handle.lock().await;
-        self.catch_up(&mut table).await?;
+        let mut table = handle.writer.lock().await;
+        let deleted = self
+            .commit_delete(&mut table, id, predicate, key_columns)
+            .await?;
+        handle.publish(&table);
+        match deleted {
+            Some((commit, keys)) => {
+                then(commit, keys).await?;
+                Ok(commit)
+            }
+            None => Ok(Commit {
+                version: table.version().unwrap_or(0),
+                rows: 0,
+            }),
+        }
+    }
+
+    /// Deletes from `table` (whose writer lock the caller holds) as one durable commit; returns
+    /// it and the deleted keys, or `None` (and no commit) when no row has a key to delete.
+    async fn commit_delete(
+        &self,
+        table: &mut DeltaTable,
+        id: TableId,
+        predicate: datafusion::prelude::Expr,
+        key_columns: &[String],
+    ) -> StorageResult<Option<(Commit, Vec<RecordBatch>)>> {
+        self.catch_up(table).await?;
         let mut attempt = 0;
         loop {
             let version = table.version().unwrap_or(0) + 1;
-            match self
-                .delete_once(&table, predicate.clone(), key_columns)
-                .await
-            {
-                Ok(None) => {
-                    return Ok(Commit {
-                        version: version - 1,
-                        rows: 0,
-                    });
-                }
+            match self.delete_once(table, predicate.clone(), key_columns).await {
+                Ok(None) => return Ok(None),
                 Ok(Some((deleted, rows, keys))) => {
                     let version = deleted.version().unwrap_or(0);
                     sync_commit(self.local_dir(id), version).await?;
                     *table = deleted;
-                    let commit = Commit { version, rows };
-                    then(commit, keys).await?;
-                    return Ok(commit);
+                    return Ok(Some((Commit { version, rows }, keys)));
                 }
                 Err(e) => {
-                    if !self.lost_the_race(&mut table, version, attempt).await? {
+                    if !self.lost_the_race(table, version, attempt).await? {
                         return Err(e);
                     }
                     attempt += 1;
@@ -429,11 +487,23 @@ impl OfflineStore {
     /// The operations (Delta's names: WRITE, DELETE, OPTIMIZE, ...) of the commits of table `id`
     /// after version `after`, oldest first.
     pub async fn operations_after(&self, id: TableId, after: u64) -> StorageResult<Vec<String>> {
+        self.operations_between(id, after, None).await
+    }
+
+    /// The operations of the commits of table `id` after version `after` up to version
+    /// `through` (the newest when `None`), oldest first.
+    pub async fn operations_between(
+        &self,
+        id: TableId,
+        after: u64,
+        through: Option<u64>,
+    ) -> StorageResult<Vec<String>> {
         let table = self.latest(id).await?;
         let latest = table.version().unwrap_or(0);
+        let last = through.map_or(latest, |through| through.min(latest));
         let log = table.log_store();
         let mut operations = Vec::new();
-        for version in after + 1..=latest {
+        for version in after + 1..=last {
             let Some(entry) = log.read_commit_entry(version).await? else {
                 continue;
             };
@@ -458,7 +528,7 @@ impl OfflineStore {
     /// after a crash between this and the catalog change succeeds.
     pub async fn add_column(&self, id: TableId, field: Field) -> StorageResult<()> {
         let handle = self.table(id).await?;
-        let mut table = handle.lock().await;
+        let mut table = handle.writer.lock().await;
         self.catch_up(&mut table).await?;
         let column =
             StructField::try_from_arrow(&field).map_err(|e| StorageError::Schema(e.to_string()))?;
@@ -474,6 +544,7 @@ impl OfflineStore {
         let altered = table.clone().add_columns().with_fields([column]).await?;
         sync_commit(self.local_dir(id), altered.version().unwrap_or(0)).await?;
         *table = altered;
+        handle.publish(&table);
         Ok(())
     }
 
@@ -646,8 +717,8 @@ fn parquet_properties(schema: &Schema) -> WriterProperties {
 
 /// Merges the small files of a table into larger ones, as one commit; readers of older versions
 /// keep their files (nothing is vacuumed), so time travel still works.
-async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: Option<PathBuf>) {
-    let mut table = handle.lock().await;
+async fn compact(handle: Arc<OpenTable>, dir: Option<PathBuf>) {
+    let mut table = handle.writer.lock().await;
     let properties = match table.snapshot() {
         Ok(snapshot) => parquet_properties(&snapshot.snapshot().arrow_schema()),
         Err(e) => {
@@ -677,6 +748,7 @@ async fn compact(handle: Arc<Mutex<DeltaTable>>, dir: Option<PathBuf>) {
                 "compacted"
             );
             *table = compacted;
+            handle.publish(&table);
         }
         Err(e) => tracing::warn!(?dir, error = %e, "compaction failed"),
     }

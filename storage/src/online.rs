@@ -114,6 +114,10 @@ pub struct OnlineStore {
     path: PathBuf,
     /// Options of every table's column family; they share one block cache.
     family_options: Options,
+    /// Whether writes that record an applied version are synced. A single node's online store
+    /// must be durable when a write is acknowledged; a cluster member's is rebuilt from the
+    /// data group's log, which is, so it syncs only when its state machine says ([`OnlineStore::sync`]).
+    synced_writes: bool,
 }
 
 impl std::fmt::Debug for OnlineStore {
@@ -253,7 +257,28 @@ impl OnlineStore {
             db: Arc::new(db),
             path,
             family_options,
+            synced_writes: true,
         })
+    }
+
+    /// Makes writes unsynced (a cluster member's store, whose state machine calls
+    /// [`OnlineStore::sync`] before it records what it applied).
+    pub fn without_synced_writes(mut self) -> OnlineStore {
+        self.synced_writes = false;
+        self
+    }
+
+    /// Makes every write so far durable.
+    pub async fn sync(&self) -> StorageResult<()> {
+        let db = self.db.clone();
+        blocking(move || db.flush_wal(true).map_err(rocks)).await
+    }
+
+    /// Options of a write that records an applied version.
+    fn recording(&self) -> WriteOptions {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.synced_writes);
+        options
     }
 
     /// The tables the store has.
@@ -285,12 +310,13 @@ impl OnlineStore {
     /// Drops table `id` and its bookkeeping; dropping a missing table does nothing.
     pub async fn drop_table(&self, id: TableId) -> StorageResult<()> {
         let db = self.db.clone();
+        let options = self.recording();
         blocking(move || {
             let meta = meta_family(&db)?;
             let mut batch = WriteBatch::default();
             batch.delete_cf(&meta, applied_key(id));
             batch.delete_cf(&meta, count_key(id));
-            db.write_opt(batch, &synced()).map_err(rocks)?;
+            db.write_opt(batch, &options).map_err(rocks)?;
             if db.cf_handle(&family_name(id)).is_some() {
                 db.drop_cf(&family_name(id)).map_err(rocks)?;
             }
@@ -337,18 +363,21 @@ impl OnlineStore {
     ) -> StorageResult<()> {
         let db = self.db.clone();
         let layout = layout.clone();
-        blocking(move || apply_blocking(&db, id, &layout, &batch, &sequences, applied)).await
+        let options = self.recording();
+        blocking(move || apply_blocking(&db, id, &layout, &batch, &sequences, applied, &options))
+            .await
     }
 
     /// Records that offline commit `version` is applied to table `id` without changing rows (a
     /// commit with nothing for the online store: compaction, a schema change).
     pub async fn set_applied_version(&self, id: TableId, version: u64) -> StorageResult<()> {
         let db = self.db.clone();
+        let options = self.recording();
         blocking(move || {
             let meta = meta_family(&db)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
-            db.write_opt(batch, &synced()).map_err(rocks)
+            db.write_opt(batch, &options).map_err(rocks)
         })
         .await
     }
@@ -364,6 +393,7 @@ impl OnlineStore {
     ) -> StorageResult<u64> {
         let db = self.db.clone();
         let layout = layout.clone();
+        let options = self.recording();
         blocking(move || {
             let family = table_family(&db, id)?;
             let meta = meta_family(&db)?;
@@ -387,7 +417,7 @@ impl OnlineStore {
             );
             batch.put_cf(&meta, count_key(id), (count - removed as i64).to_be_bytes());
             batch.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
-            db.write_opt(batch, &synced()).map_err(rocks)?;
+            db.write_opt(batch, &options).map_err(rocks)?;
             Ok(removed)
         })
         .await
@@ -499,12 +529,6 @@ impl OnlineStore {
     }
 }
 
-fn synced() -> WriteOptions {
-    let mut options = WriteOptions::default();
-    options.set_sync(true);
-    options
-}
-
 fn meta_family(db: &DB) -> StorageResult<Arc<rocksdb::BoundColumnFamily<'_>>> {
     db.cf_handle(META_FAMILY)
         .ok_or_else(|| StorageError::Internal("online store: no meta family".into()))
@@ -548,6 +572,7 @@ fn apply_blocking(
     batch: &RecordBatch,
     sequences: &[i64],
     applied: Option<u64>,
+    recording: &WriteOptions,
 ) -> StorageResult<()> {
     let family = table_family(db, id)?;
     let meta = meta_family(db)?;
@@ -615,7 +640,7 @@ fn apply_blocking(
     match applied {
         Some(version) => {
             write.put_cf(&meta, applied_key(id), (version as i64).to_be_bytes());
-            db.write_opt(write, &synced()).map_err(rocks)
+            db.write_opt(write, recording).map_err(rocks)
         }
         None => db.write(write).map_err(rocks),
     }

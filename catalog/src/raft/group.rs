@@ -118,6 +118,8 @@ impl<C: GroupTypes> RaftGroup<C> {
             election_timeout_max: 1200,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every.min(500),
+            // An entry of the data group may carry a few hundred KiB of rows.
+            max_payload_entries: 100,
             ..Default::default()
         }
         .validate()

@@ -47,6 +47,9 @@ pub type GroupId = u32;
 /// The catalog group's id.
 pub const CATALOG_GROUP: GroupId = 0;
 
+/// The id of the first data group (the online store's shard 0).
+pub const FIRST_DATA_GROUP: GroupId = 1;
+
 /// What every group of the cluster has in common: members are [`ClusterNode`]s by `u64` id,
 /// entries are openraft's, snapshots are held in memory (a group keeps its bulk data elsewhere:
 /// the catalog is small, the online store's snapshot names offline versions).

@@ -28,6 +28,16 @@ pub mod proto {
 }
 
 use proto::Payload;
+
+/// The largest message a node sends or accepts: an AppendEntries of the data group carries up to
+/// a hundred entries of rows, and a snapshot is one message.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+fn client(channel: Channel) -> RaftServiceClient<Channel> {
+    RaftServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
 use proto::raft_service_client::RaftServiceClient;
 use proto::raft_service_server::{RaftService, RaftServiceServer};
 
@@ -113,7 +123,7 @@ impl<C: GroupTypes> PeerClient<C> {
             .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
         let mut request = Request::new(payload);
         request.set_timeout(option.hard_ttl());
-        let reply = call(RaftServiceClient::new(channel), method, request)
+        let reply = call(client(channel), method, request)
             .await
             .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
         let result: Result<Resp, E> = decode(reply.get_ref())
@@ -191,7 +201,7 @@ pub(crate) async fn ask<Req: Serialize, Resp: DeserializeOwned>(
     let channel = peer_channel(raft_addr)
         .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
     let reply = call(
-        RaftServiceClient::new(channel),
+        client(channel),
         method,
         Request::new(encode(group, request)?),
     )
@@ -247,6 +257,8 @@ pub struct RaftServer {
 impl RaftServer {
     pub fn into_service(self) -> RaftServiceServer<RaftServer> {
         RaftServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     async fn dispatch(

@@ -162,6 +162,13 @@ async fn join(replica: Replica, node_id: u64, sql_addr: String, bootstraps: bool
                         replica.execute(command).await?;
                     }
                 }
+                if state.shards().is_empty() {
+                    replica
+                        .execute(CatalogCommand::DefineShards {
+                            shards: vec![crate::Shard::whole(super::FIRST_DATA_GROUP)],
+                        })
+                        .await?;
+                }
                 bootstrapped = true;
             }
             if !registered {

@@ -1,0 +1,723 @@
+//! The online store of a cluster: a Raft group of its own (the data group, separate from the
+//! catalog's), whose state machine is every node's RocksDB online store.
+//!
+//! The offline store is shared by all nodes and stays the ingestion log; the data group orders
+//! what each offline commit does to the online store. A writer commits offline (version `v` of
+//! table `t`), then proposes `Commit { t, v, change }` with the commit's rows (or deleted keys)
+//! when they are small, and waits until a quorum has it and this node has applied it before it
+//! acknowledges the statement. Every node applies every entry to its own RocksDB, so any node
+//! serves any key and losing a node loses nothing acknowledged.
+//!
+//! The state machine keeps, per online table, the offline version applied (in RocksDB, written
+//! with the rows it covers), and applies an entry only in version order: `v` right after the
+//! applied version is applied from the entry; an older `v` is already applied (another writer's
+//! later commit, or a catch-up, covered it); a newer `v` leaves a gap (a commit whose writer
+//! proposed it later, or crashed before proposing, or a compaction), which is filled from the
+//! offline store at exactly version `v`, so every node computes the same rows. Which row wins per
+//! key depends only on (event time, sequence), so applying a row twice is harmless.
+//!
+//! The data group's snapshot is small: each online table's layout and applied offline version.
+//! Installing it rebuilds a table from the offline store at that version (Delta time travel),
+//! unless this node already has it at that version.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use quiver_catalog::raft::{
+    CatalogNode, ClusterNode, FIRST_DATA_GROUP, GroupTypes, LogStore, RaftDb, RaftGroup,
+};
+use quiver_catalog::{CatalogState, Column, Relation};
+use quiver_storage::{OfflineStore, OnlineLayout, OnlineStore};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{SqlError, SqlResult};
+use crate::online::{apply_commit, column_names, layout_of, replay};
+
+/// Rows (or keys) of one commit travel in its log entry up to this size (Arrow IPC); a bigger
+/// commit is read by every node from the offline store, where it already is.
+const MAX_ROWS_IN_ENTRY: usize = 256 << 10;
+
+/// How often the data group's leader looks for offline commits the online store lacks (a writer
+/// that crashed between its offline commit and its proposal).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What applying one entry gave: nothing, or why this node could not apply it (it stays behind
+/// on that table until a later entry fills the gap).
+pub type OnlineOutcome = Result<(), String>;
+
+openraft::declare_raft_types!(
+    /// openraft's types for the data group.
+    pub OnlineRaft:
+        D = OnlineCommand,
+        R = OnlineOutcome,
+        NodeId = u64,
+        Node = ClusterNode,
+        Entry = openraft::Entry<OnlineRaft>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+impl GroupTypes for OnlineRaft {
+    const NAME: &'static str = "online store's data group";
+}
+
+/// How the online store sees a feature group: enough to rebuild its layout on any node, whatever
+/// that node's catalog has applied yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineTableSpec {
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub event_time: Option<String>,
+}
+
+impl OnlineTableSpec {
+    /// The spec of a feature group; `None` for a plain table.
+    pub fn of(relation: &Relation) -> Option<OnlineTableSpec> {
+        relation.feature_group().map(|spec| OnlineTableSpec {
+            columns: relation.columns.clone(),
+            primary_key: relation.primary_key.clone(),
+            event_time: spec.event_time.clone(),
+        })
+    }
+
+    fn layout(&self) -> SqlResult<OnlineLayout> {
+        layout_of(
+            &self.columns,
+            &self.primary_key,
+            self.event_time.as_deref(),
+        )
+    }
+}
+
+/// An entry of the data group's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OnlineCommand {
+    /// Feature group `table` goes online: its online table is built from the offline table at
+    /// `version` (or at a later version some commit entry already named).
+    Enable {
+        table: u32,
+        spec: OnlineTableSpec,
+        version: u64,
+    },
+    /// Feature group `table` goes offline only (or is dropped): its online table is dropped.
+    Disable { table: u32 },
+    /// Offline commit `version` of feature group `table`.
+    Commit {
+        table: u32,
+        version: u64,
+        spec: OnlineTableSpec,
+        change: Change,
+    },
+}
+
+/// What an offline commit did, as its writer tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// It appended these rows (the group's columns, Arrow IPC stream, in commit order).
+    Rows(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// It deleted every row of these keys (the key columns, Arrow IPC stream).
+    Deleted(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// The writer did not send it (too big, or the group was not online when it wrote): read it
+    /// from the offline store.
+    Unknown,
+}
+
+/// Arrow IPC bytes as base64 in the log's JSON (a JSON array of numbers would be four times as
+/// big).
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `batches` as an Arrow IPC stream, if there is at least one.
+fn to_ipc(batches: &[RecordBatch]) -> SqlResult<Option<Vec<u8>>> {
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut bytes, first.schema_ref())
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    for batch in batches {
+        writer
+            .write(batch)
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    drop(writer);
+    Ok(Some(bytes))
+}
+
+fn from_ipc(bytes: &[u8]) -> SqlResult<Vec<RecordBatch>> {
+    StreamReader::try_new(bytes, None)
+        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| SqlError::Internal(format!("a data group entry's rows: {e}")))
+}
+
+/// What the writer of an offline commit hands over.
+pub enum CommitChange {
+    Rows(Vec<RecordBatch>),
+    Deleted(Vec<RecordBatch>),
+}
+
+impl Change {
+    /// The entry's change for a commit of a group that is online (as the writer's catalog says):
+    /// the rows or keys themselves when they are small enough.
+    fn of(change: CommitChange, online: bool) -> SqlResult<Change> {
+        if !online {
+            return Ok(Change::Unknown);
+        }
+        let (batches, rows): (Vec<RecordBatch>, bool) = match change {
+            CommitChange::Rows(batches) => (batches, true),
+            CommitChange::Deleted(batches) => (batches, false),
+        };
+        let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        if size > MAX_ROWS_IN_ENTRY {
+            return Ok(Change::Unknown);
+        }
+        Ok(match to_ipc(&batches)? {
+            Some(bytes) if rows => Change::Rows(bytes),
+            Some(bytes) => Change::Deleted(bytes),
+            None => Change::Unknown,
+        })
+    }
+}
+
+/// The state machine's state besides the online store's rows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MachineState {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, ClusterNode>,
+    /// The online tables, with the spec of the newest commit applied.
+    tables: BTreeMap<u32, OnlineTableSpec>,
+    /// The newest offline version any commit entry named, per feature group (online or not):
+    /// a group going online is built at least that far.
+    seen: BTreeMap<u32, u64>,
+}
+
+/// A snapshot: the state, and each online table's applied offline version.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    state: MachineState,
+    applied: BTreeMap<u32, u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, ClusterNode>,
+    data: Vec<u8>,
+}
+
+const STATE: &[u8] = b"online_state";
+const SNAPSHOT: &[u8] = b"online_snapshot";
+
+type StoreResult<T> = Result<T, StorageError<u64>>;
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// The data group's state machine: this node's online store.
+pub struct OnlineStateMachine {
+    db: RaftDb,
+    offline: Arc<OfflineStore>,
+    online: Arc<OnlineStore>,
+    state: MachineState,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+impl OnlineStateMachine {
+    fn open(
+        db: RaftDb,
+        offline: Arc<OfflineStore>,
+        online: Arc<OnlineStore>,
+    ) -> SqlResult<OnlineStateMachine> {
+        let state = db
+            .meta(STATE)
+            .map_err(|e| SqlError::Internal(format!("the data group's state: {e}")))?
+            .unwrap_or_default();
+        Ok(OnlineStateMachine {
+            db,
+            offline,
+            online,
+            state,
+            snapshots_built: Arc::default(),
+        })
+    }
+
+    /// Applies one command. An error leaves the table's applied version where it was, so the
+    /// next commit entry of that table fills the gap from the offline store.
+    async fn apply_command(&mut self, command: OnlineCommand) -> SqlResult<()> {
+        match command {
+            OnlineCommand::Enable {
+                table,
+                spec,
+                version,
+            } => {
+                let at = version.max(self.state.seen.get(&table).copied().unwrap_or(0));
+                self.state.tables.insert(table, spec.clone());
+                self.rebuild(table, &spec, at).await
+            }
+            OnlineCommand::Disable { table } => {
+                self.state.tables.remove(&table);
+                Ok(self.online.drop_table(table).await?)
+            }
+            OnlineCommand::Commit {
+                table,
+                version,
+                spec,
+                change,
+            } => {
+                let seen = self.state.seen.entry(table).or_default();
+                *seen = (*seen).max(version);
+                if !self.state.tables.contains_key(&table) {
+                    return Ok(());
+                }
+                let applied = match self.online.has_table(table) {
+                    true => self.online.applied_version(table).await?,
+                    false => None,
+                };
+                let Some(applied) = applied else {
+                    // Never built here (its build failed): build it now.
+                    self.state.tables.insert(table, spec.clone());
+                    return self.rebuild(table, &spec, version).await;
+                };
+                if version <= applied {
+                    return Ok(());
+                }
+                self.state.tables.insert(table, spec.clone());
+                let layout = spec.layout()?;
+                match change {
+                    Change::Rows(bytes) if version == applied + 1 => {
+                        let rows = from_ipc(&bytes)?;
+                        Ok(apply_commit(&self.online, table, &layout, rows, version).await?)
+                    }
+                    Change::Deleted(bytes) if version == applied + 1 => {
+                        let keys = from_ipc(&bytes)?;
+                        let Some(first) = keys.first() else {
+                            return Ok(self.online.set_applied_version(table, version).await?);
+                        };
+                        let keys = datafusion::arrow::compute::concat_batches(first.schema_ref(), &keys)
+                            .map_err(|e| SqlError::Internal(e.to_string()))?;
+                        self.online
+                            .delete(table, &layout, keys.columns().to_vec(), version)
+                            .await?;
+                        Ok(())
+                    }
+                    _ => self.fill(table, &spec, &layout, applied, version).await,
+                }
+            }
+        }
+    }
+
+    /// Applies offline commits `after+1 ..= through` of `table` from the offline store: the rows
+    /// they added, or, if one of them deleted rows, the whole table again at `through`.
+    async fn fill(
+        &self,
+        table: u32,
+        spec: &OnlineTableSpec,
+        layout: &OnlineLayout,
+        after: u64,
+        through: u64,
+    ) -> SqlResult<()> {
+        let operations = self
+            .offline
+            .operations_between(table, after, Some(through))
+            .await?;
+        if operations.iter().any(|op| op == "DELETE") {
+            return self.rebuild(table, spec, through).await;
+        }
+        let columns = column_names(&spec.columns);
+        replay(
+            &self.offline,
+            &self.online,
+            table,
+            &columns,
+            layout,
+            Some(after),
+            Some(through),
+        )
+        .await
+    }
+
+    /// Builds `table` afresh from the offline table at version `at`.
+    async fn rebuild(&self, table: u32, spec: &OnlineTableSpec, at: u64) -> SqlResult<()> {
+        let layout = spec.layout()?;
+        self.online.create_table(table).await?;
+        let columns = column_names(&spec.columns);
+        replay(
+            &self.offline,
+            &self.online,
+            table,
+            &columns,
+            &layout,
+            None,
+            Some(at),
+        )
+        .await
+    }
+
+    /// Makes the rows applied so far durable, then records how far the machine got (a crash
+    /// in between replays entries, which is harmless).
+    async fn persist(&self) -> Result<(), std::io::Error> {
+        self.online.sync().await.map_err(io_error)?;
+        self.db.put_meta(STATE, &self.state, false)
+    }
+
+    async fn applied_versions(&self) -> BTreeMap<u32, u64> {
+        let mut applied = BTreeMap::new();
+        for table in self.state.tables.keys() {
+            if self.online.has_table(*table)
+                && let Ok(Some(version)) = self.online.applied_version(*table).await
+            {
+                applied.insert(*table, version);
+            }
+        }
+        applied
+    }
+}
+
+/// Builds the data group's snapshot from the state captured when it was asked for.
+pub struct OnlineSnapshotBuilder {
+    db: RaftDb,
+    data: SnapshotData,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+impl RaftSnapshotBuilder<OnlineRaft> for OnlineSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<OnlineRaft>> {
+        let last_applied = self.data.state.last_applied;
+        let data =
+            serde_json::to_vec(&self.data).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
+            None => format!("--{built}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: self.data.state.last_membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.db
+            .put_meta(SNAPSHOT, &stored, true)
+            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<OnlineRaft> for OnlineStateMachine {
+    type SnapshotBuilder = OnlineSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<u64>>, StoredMembership<u64, ClusterNode>)> {
+        Ok((
+            self.state.last_applied,
+            self.state.last_membership.clone(),
+        ))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<OnlineOutcome>>
+    where
+        I: IntoIterator<Item = Entry<OnlineRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            self.state.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Ok(()),
+                EntryPayload::Normal(command) => {
+                    self.apply_command(command).await.map_err(|e| {
+                        tracing::warn!(error = %e, "the online store could not apply a data group entry; a later commit of the table fills the gap");
+                        e.to_string()
+                    })
+                }
+                EntryPayload::Membership(membership) => {
+                    self.state.last_membership =
+                        StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(())
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.persist()
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> OnlineSnapshotBuilder {
+        OnlineSnapshotBuilder {
+            db: self.db.clone(),
+            data: SnapshotData {
+                state: self.state.clone(),
+                applied: self.applied_versions().await,
+            },
+            snapshots_built: self.snapshots_built.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, ClusterNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let bytes = snapshot.into_inner();
+        let read_error = |e: &dyn std::fmt::Display| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e))
+        };
+        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| read_error(&e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            tables = data.state.tables.len(),
+            "installing a snapshot of the online store: building its tables from the offline store"
+        );
+        let local = self.applied_versions().await;
+        for table in self.online.tables().await.map_err(|e| read_error(&e))? {
+            if !data.state.tables.contains_key(&table) {
+                self.online
+                    .drop_table(table)
+                    .await
+                    .map_err(|e| read_error(&e))?;
+            }
+        }
+        for (table, spec) in &data.state.tables {
+            match data.applied.get(table) {
+                // A table this node has at the same version has the same rows.
+                Some(version) if local.get(table) == Some(version) => {}
+                Some(version) => self
+                    .rebuild(*table, spec, *version)
+                    .await
+                    .map_err(|e| read_error(&e))?,
+                // Not built on the node that made the snapshot: the next commit builds it.
+                None => self
+                    .online
+                    .drop_table(*table)
+                    .await
+                    .map_err(|e| read_error(&e))?,
+            }
+        }
+        self.state = data.state;
+        self.state.last_applied = meta.last_log_id;
+        self.state.last_membership = meta.last_membership.clone();
+        self.persist()
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        self.db
+            .put_meta(SNAPSHOT, &stored, true)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<OnlineRaft>>> {
+        let stored: Option<StoredSnapshot> = self
+            .db
+            .meta(SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+/// This node's member of the data group, and its background reconciliation.
+pub struct OnlineGroup {
+    group: RaftGroup<OnlineRaft>,
+    reconcile: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for OnlineGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineGroup")
+            .field("node_id", &self.group.node_id())
+            .finish()
+    }
+}
+
+impl Drop for OnlineGroup {
+    fn drop(&mut self) {
+        self.reconcile.abort();
+    }
+}
+
+impl OnlineGroup {
+    /// Starts this node's member of the data group with its storage in `dir`, serves it to the
+    /// peers, and initialises it on the node that initialises the cluster.
+    pub async fn start(
+        node: &CatalogNode,
+        catalog: Arc<quiver_catalog::Catalog>,
+        dir: &Path,
+        offline: Arc<OfflineStore>,
+        online: Arc<OnlineStore>,
+    ) -> SqlResult<OnlineGroup> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SqlError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let db = RaftDb::open(dir)?;
+        let state_machine = OnlineStateMachine::open(db.clone(), offline.clone(), online.clone())?;
+        let config = node.config();
+        let group = RaftGroup::start(
+            FIRST_DATA_GROUP,
+            config.node_id,
+            config.settings,
+            LogStore::<OnlineRaft>::new(db),
+            state_machine,
+        )
+        .await?;
+        node.groups()
+            .register(FIRST_DATA_GROUP, Arc::new(group.clone()));
+        if config.initialises() {
+            group.initialize(config.peers.clone()).await?;
+        }
+        let reconcile = tokio::spawn(reconcile_forever(group.clone(), catalog, offline, online));
+        Ok(OnlineGroup { group, reconcile })
+    }
+
+    /// The group's member.
+    pub fn group(&self) -> &RaftGroup<OnlineRaft> {
+        &self.group
+    }
+
+    /// The group that serves `table`'s keys, by the catalog's shard map.
+    fn serving(&self, catalog: &CatalogState) -> SqlResult<&RaftGroup<OnlineRaft>> {
+        match catalog.shards() {
+            [shard] if shard.raft_group == FIRST_DATA_GROUP => Ok(&self.group),
+            [] => Err(SqlError::Catalog(quiver_catalog::CatalogError::Unavailable(
+                "the cluster has not defined its shards yet (is it still forming?)".into(),
+            ))),
+            _ => Err(SqlError::NotSupported(
+                "the shard map has several shards; this release serves one".into(),
+            )),
+        }
+    }
+
+    /// Proposes a command to the group of `table` and waits until this node has applied it.
+    pub async fn propose(&self, catalog: &CatalogState, command: OnlineCommand) -> SqlResult<()> {
+        self.serving(catalog)?
+            .propose(command)
+            .await?
+            .map_err(|e| {
+                SqlError::Internal(format!(
+                    "the write is committed offline, but the online store did not apply it: \
+                     {e}; a later write of the group, or the data group's reconciliation within \
+                     seconds, applies it"
+                ))
+            })
+    }
+
+    /// Proposes offline commit `version` of `relation`: `change` travels in the entry when the
+    /// group is online and it is small.
+    pub async fn commit(
+        &self,
+        catalog: &CatalogState,
+        relation: &Relation,
+        version: u64,
+        change: CommitChange,
+    ) -> SqlResult<()> {
+        let Some(spec) = OnlineTableSpec::of(relation) else {
+            return Ok(());
+        };
+        let online = relation
+            .feature_group()
+            .is_some_and(|group| group.options.online);
+        let command = OnlineCommand::Commit {
+            table: relation.oid,
+            version,
+            spec,
+            change: Change::of(change, online)?,
+        };
+        self.propose(catalog, command).await
+    }
+
+    /// Waits until this node has applied every online write committed before this call.
+    pub async fn catch_up(&self) -> SqlResult<()> {
+        Ok(self.group.catch_up().await?)
+    }
+}
+
+/// On the group's leader, every [`RECONCILE_INTERVAL`]: proposes the newest offline version of
+/// each online table whose online store is behind it (a writer that crashed between its offline
+/// commit and its proposal leaves such a gap).
+async fn reconcile_forever(
+    group: RaftGroup<OnlineRaft>,
+    catalog: Arc<quiver_catalog::Catalog>,
+    offline: Arc<OfflineStore>,
+    online: Arc<OnlineStore>,
+) {
+    loop {
+        tokio::time::sleep(RECONCILE_INTERVAL).await;
+        if !group.is_leader() {
+            continue;
+        }
+        let snapshot = catalog.snapshot();
+        for relation in snapshot.all_relations() {
+            if !relation
+                .feature_group()
+                .is_some_and(|group| group.options.online)
+            {
+                continue;
+            }
+            let behind = async {
+                let latest = offline.version(relation.oid).await?;
+                let applied = match online.has_table(relation.oid) {
+                    true => online.applied_version(relation.oid).await?,
+                    false => None,
+                };
+                SqlResult::Ok((applied.is_none_or(|applied| applied < latest)).then_some(latest))
+            }
+            .await;
+            let Ok(Some(latest)) = behind else {
+                continue;
+            };
+            let Some(spec) = OnlineTableSpec::of(relation) else {
+                continue;
+            };
+            let command = OnlineCommand::Commit {
+                table: relation.oid,
+                version: latest,
+                spec,
+                change: Change::Unknown,
+            };
+            if let Err(e) = group.propose(command).await {
+                tracing::info!(error = %e, relation = %relation.qualified_name(), "the data group's reconciliation could not propose");
+            }
+        }
+    }
+}
