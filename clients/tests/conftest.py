@@ -27,6 +27,23 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
             time.sleep(0.05)
 
 
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(directory, name):
+    """A CA and a server certificate it signs, for localhost and 127.0.0.1."""
+    directory.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name} CA",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "server.key", "-out", "server.csr", cwd=directory)
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "ext.cnf", "-out", "server.crt", cwd=directory)
+    return directory
+
+
 class QuiverServer:
     """One `quiver serve` process; `start` and `stop` may be called again to restart it."""
 

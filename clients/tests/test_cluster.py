@@ -2,13 +2,16 @@
 and a shared offline store."""
 
 import signal
+import socket
+import ssl
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import QuiverServer, free_port
+from conftest import QuiverServer, free_port, make_certificates
 
 
 # Snapshots every 20 entries (the default is 5000): a node that misses more than that catches up by
@@ -74,10 +77,10 @@ def leader_of(cluster, among):
     return eventually(find, what="a leader")
 
 
-@pytest.fixture()
-def cluster(tmp_path):
+def start_cluster(tmp_path, extra_args=()):
     raft_ports = {node: free_port() for node in (1, 2, 3)}
-    servers = {node: QuiverServer(tmp_path / f"node{node}", args=node_args(tmp_path, node, raft_ports), env=QUIET)
+    servers = {node: QuiverServer(tmp_path / f"node{node}", args=[*node_args(tmp_path, node, raft_ports), *extra_args],
+                                  env=QUIET)
                for node in raft_ports}
     # Nodes start one after the other: none waits for the others to come up.
     for server in servers.values():
@@ -86,10 +89,20 @@ def cluster(tmp_path):
     eventually(lambda: connect(servers[1]).close() or True, what="the catalog's bootstrap")
     servers["tmp_path"] = tmp_path
     servers["raft_ports"] = raft_ports
-    yield servers
+    return servers
+
+
+def stop_cluster(servers):
     for node, server in servers.items():
         if isinstance(node, int) and server.process and server.process.poll() is None:
             server.stop()
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    servers = start_cluster(tmp_path)
+    yield servers
+    stop_cluster(servers)
 
 
 def test_ddl_and_writes_on_one_node_are_visible_on_every_other(cluster):
@@ -324,3 +337,72 @@ def test_without_a_quorum_writes_fail_cleanly_and_a_fourth_node_joins(cluster):
         eventually(lambda: conn.execute("INSERT INTO kept VALUES (3)") or True, what="a quorum")
         assert sorted(r[0] for r in conn.execute("SELECT x FROM kept").fetchall()) == [1, 3]
         assert conn.execute("SELECT count(*) FROM quiver.tables WHERE name = 'refused'").fetchone() == (0,)
+
+
+def raft_handshake(port, ca, client_cert=None):
+    """Opens TLS to a node's Raft port (presenting `client_cert`, a directory with server.crt and
+    server.key, if given), sends the HTTP/2 preface and returns the first bytes the node answers."""
+    context = ssl.create_default_context(cafile=str(ca / "ca.crt"))
+    context.set_alpn_protocols(["h2"])
+    if client_cert is not None:
+        context.load_cert_chain(str(client_cert / "server.crt"), str(client_cert / "server.key"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            # An empty SETTINGS frame after the preface; the node answers with its own.
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            return tls.recv(9)
+
+
+def test_nodes_talk_over_mutual_tls_and_refuse_other_certificates(tmp_path):
+    ours = make_certificates(tmp_path / "ours", "Cluster")
+    theirs = make_certificates(tmp_path / "theirs", "Other")
+    servers = start_cluster(tmp_path, ["--raft-tls-cert", str(ours / "server.crt"), "--raft-tls-key",
+                                       str(ours / "server.key"), "--raft-tls-ca", str(ours / "ca.crt")])
+    try:
+        with connect(servers[2]) as conn:
+            conn.execute("CREATE FEATURE GROUP g (id BIGINT, n BIGINT, ts TIMESTAMP, PRIMARY KEY (id), "
+                         "EVENT TIME ts) WITH (online = true)")
+        with connect(servers[3]) as conn:
+            conn.execute("INSERT INTO g VALUES (1, 10, '2026-01-01')")
+        with connect(servers[1]) as conn:
+            assert conn.execute("SELECT n FROM online.g WHERE id = 1").fetchone() == (10,)
+        port = servers["raft_ports"][1]
+        # A peer with a certificate the cluster's CA signed is served (HTTP/2 SETTINGS back).
+        assert raft_handshake(port, ours, client_cert=ours)[3] == 0x04
+        # Without a certificate, or with another CA's, the node hangs up.
+        for client_cert in (None, theirs):
+            with pytest.raises((ssl.SSLError, ConnectionResetError, AssertionError)):
+                assert raft_handshake(port, ours, client_cert=client_cert) != b""
+        # Plaintext gets nothing either.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            try:
+                answer = raw.recv(64)
+            except ConnectionResetError:
+                answer = b""
+            assert not answer.startswith(b"\x00\x00")
+    finally:
+        stop_cluster(servers)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--raft-tls-cert", "CERT", "--raft-tls-key", "KEY"], "--raft-tls-cert, --raft-tls-key and --raft-tls-ca together"),
+        (["--raft-tls-cert", "/nonexistent.crt", "--raft-tls-key", "KEY", "--raft-tls-ca", "CA"], "--raft-tls-cert /nonexistent.crt"),
+        (["--raft-tls-cert", "CERT", "--raft-tls-key", "CAKEY", "--raft-tls-ca", "CA"], "do not make a usable pair"),
+        (["--raft-tls-cert", "CERT", "--raft-tls-key", "KEY", "--raft-tls-ca", "KEY"], "--raft-tls-ca"),
+    ],
+)
+def test_a_bad_cluster_tls_configuration_stops_the_node_at_start(tmp_path, args, message):
+    certificates = make_certificates(tmp_path / "tls", "Cluster")
+    files = {"CERT": certificates / "server.crt", "KEY": certificates / "server.key",
+             "CAKEY": certificates / "ca.key", "CA": certificates / "ca.crt"}
+    args = [str(files.get(a, a)) for a in args]
+    raft_port = free_port()
+    server = QuiverServer(tmp_path / "data", args=[*node_args(tmp_path, 1, {1: raft_port}), *args], env=QUIET)
+    out = subprocess.run(server.command(), env=server.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert not (tmp_path / "data").exists(), "a misconfigured node must not touch its data directory"
+

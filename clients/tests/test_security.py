@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from conftest import QuiverServer, free_port
+from conftest import QuiverServer, free_port, make_certificates
 
 ROLES = ["observer", "scientist", "owner"]
 GRANTS = {"observer": "OBSERVER", "scientist": "DATA SCIENTIST", "owner": "DATA OWNER"}
@@ -19,23 +19,6 @@ GRANTS = {"observer": "OBSERVER", "scientist": "DATA SCIENTIST", "owner": "DATA 
 
 def connect(port, user="quiver", dbname="fraud", **options):
     return psycopg.connect(host="127.0.0.1", port=port, user=user, dbname=dbname, autocommit=True, **options)
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certificates(directory, name):
-    """A CA and a server certificate it signs, for localhost and 127.0.0.1."""
-    directory.mkdir()
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name} CA",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", "server.key", "-out", "server.csr", cwd=directory)
-    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "1", "-extfile", "ext.cnf", "-out", "server.crt", cwd=directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,16 @@ enum Command {
         /// and purges the log before it; a node further behind catches up by snapshot.
         #[arg(long, default_value_t = 5000, env = "QUIVER_RAFT_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
         raft_snapshot_every: u64,
+        /// PEM certificate chain this node presents to its cluster peers, as a server and as a
+        /// client (with --raft-tls-key and --raft-tls-ca: mutual TLS between nodes).
+        #[arg(long, env = "QUIVER_RAFT_TLS_CERT")]
+        raft_tls_cert: Option<PathBuf>,
+        /// PEM private key of --raft-tls-cert.
+        #[arg(long, env = "QUIVER_RAFT_TLS_KEY")]
+        raft_tls_key: Option<PathBuf>,
+        /// PEM certificate of the CA that signs every node's certificate: only its nodes get in.
+        #[arg(long, env = "QUIVER_RAFT_TLS_CA")]
+        raft_tls_ca: Option<PathBuf>,
         /// Sessions open at once, all users together; more are refused with 53300 (each
         /// user's CONNECTION LIMIT applies too).
         #[arg(long, default_value_t = 100, env = "QUIVER_MAX_CONNECTIONS")]
@@ -132,6 +142,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Two rustls providers are built (ring, and aws-lc-rs for the S3 client): TLS set up without
+    // naming one (tonic's, between cluster nodes) needs the process default. A second install
+    // cannot happen here, the first statement of the process.
+    let _ = pgwire::tokio::tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,6 +186,9 @@ fn main() -> std::process::ExitCode {
             raft_listen,
             peers,
             raft_snapshot_every,
+            raft_tls_cert,
+            raft_tls_key,
+            raft_tls_ca,
         } => runtime.block_on(serve(
             ServeOptions {
                 listen,
@@ -192,6 +209,11 @@ fn main() -> std::process::ExitCode {
                     raft_listen,
                     peers,
                     snapshot_every: raft_snapshot_every,
+                    tls: tls::ClusterTlsOptions {
+                        cert: raft_tls_cert,
+                        key: raft_tls_key,
+                        ca: raft_tls_ca,
+                    },
                 },
             },
             executor.handle().clone(),
@@ -221,12 +243,13 @@ struct ServeOptions {
     cluster: ClusterOptions,
 }
 
-/// `--node-id`, `--raft-listen`, `--peers`, `--raft-snapshot-every` as given.
+/// `--node-id`, `--raft-listen`, `--peers`, `--raft-snapshot-every`, `--raft-tls-*` as given.
 struct ClusterOptions {
     node_id: Option<u64>,
     raft_listen: Option<SocketAddr>,
     peers: Option<String>,
     snapshot_every: u64,
+    tls: tls::ClusterTlsOptions,
 }
 
 impl ClusterOptions {
@@ -235,7 +258,11 @@ impl ClusterOptions {
         &self,
         sql_listen: SocketAddr,
     ) -> Result<Option<quiver_catalog::raft::NodeConfig>, String> {
+        let tls = self.tls.configure()?;
         let (node_id, raft_listen, peers) = match (self.node_id, self.raft_listen, &self.peers) {
+            (None, None, None) if tls.is_some() => {
+                return Err("--raft-tls-* configure a cluster node: add --node-id, --raft-listen and --peers".into());
+            }
             (None, None, None) => return Ok(None),
             (Some(id), Some(listen), Some(peers)) => (id, listen, peers),
             _ => {
@@ -287,6 +314,7 @@ impl ClusterOptions {
             settings: quiver_catalog::raft::GroupSettings {
                 snapshot_every: self.snapshot_every,
             },
+            tls,
         }))
     }
 }

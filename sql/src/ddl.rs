@@ -121,11 +121,17 @@ pub async fn alter_cluster(engine: &Engine, change: &ClusterChange) -> SqlResult
                 .into(),
         ));
     };
-    let members: std::collections::BTreeSet<u64> =
-        node.members().union(&node.learners()).copied().collect();
-    let change = match change {
+    // Every group has the same members. A change that stopped half way (the catalog group
+    // changed, the online store's did not) is finished by running it again.
+    let online = engine.online_group().map(|group| group.group());
+    let node_id = match change {
+        ClusterChange::AddNode { node_id, .. } | ClusterChange::RemoveNode { node_id } => *node_id,
+    };
+    let in_catalog = node.has_member(node_id);
+    let in_online = online.map(|group| group.has_member(node_id));
+    match change {
         ClusterChange::AddNode { node_id, raft_addr } => {
-            if members.contains(node_id) {
+            if in_catalog && in_online != Some(false) {
                 return Err(SqlError::DuplicateObject(format!(
                     "node {node_id} is already a member of the cluster"
                 )));
@@ -138,24 +144,31 @@ pub async fn alter_cluster(engine: &Engine, change: &ClusterChange) -> SqlResult
                     "\"{raft_addr}\" is not a Raft address (host:port)"
                 )));
             }
-            MembershipChange::AddNode {
+            let add = MembershipChange::AddNode {
                 node_id: *node_id,
                 raft_addr: raft_addr.clone(),
+            };
+            if !in_catalog {
+                node.change_membership(add.clone()).await?;
+            }
+            if let Some(group) = online.filter(|_| in_online == Some(false)) {
+                group.change_membership(add).await?;
             }
         }
         ClusterChange::RemoveNode { node_id } => {
-            if !members.contains(node_id) {
+            if !in_catalog && in_online != Some(true) {
                 return Err(SqlError::UndefinedObject(format!(
                     "cluster node {node_id} does not exist"
                 )));
             }
-            MembershipChange::RemoveNode { node_id: *node_id }
+            let remove = MembershipChange::RemoveNode { node_id: *node_id };
+            if in_catalog {
+                node.change_membership(remove.clone()).await?;
+            }
+            if let Some(group) = online.filter(|_| in_online == Some(true)) {
+                group.change_membership(remove).await?;
+            }
         }
-    };
-    // Every group has the same members: the catalog's first, then the online store's.
-    node.change_membership(change.clone()).await?;
-    if let Some(group) = engine.online_group() {
-        group.group().change_membership(change).await?;
     }
     Ok(CommandTag::new("ALTER CLUSTER"))
 }

@@ -282,7 +282,10 @@ impl OnlineStateMachine {
                 self.rebuild(table, &spec, at).await
             }
             OnlineCommand::Disable { table } => {
+                // Commit entries name the group's versions again from now on, so an Enable
+                // after this one still sees every commit that raced with it.
                 self.state.tables.remove(&table);
+                self.state.seen.remove(&table);
                 Ok(self.online.drop_table(table).await?)
             }
             OnlineCommand::Commit {
@@ -597,6 +600,7 @@ impl OnlineGroup {
             FIRST_DATA_GROUP,
             config.node_id,
             config.settings,
+            config.transport(),
             LogStore::<OnlineRaft>::new(db),
             state_machine,
         )

@@ -12,7 +12,9 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::network::{self, GroupService, Method, Network, Reply, from_json, to_json};
+use super::network::{
+    self, GroupService, Method, Network, Reply, Transport, from_json, to_json,
+};
 use super::{ClusterNode, GroupId, GroupTypes};
 use crate::error::{CatalogError, CatalogResult};
 
@@ -22,6 +24,9 @@ const LEADERLESS_WAIT: Duration = Duration::from_secs(10);
 /// The longest a proposal or a linearizable read waits in all (well within the default
 /// statement_timeout of 30 s): a leader that lost its quorum would otherwise wait forever.
 const STATEMENT_WAIT: Duration = Duration::from_secs(12);
+
+/// How long adding a node waits for it to catch up with the log before it gives up.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// How a group runs.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +86,7 @@ pub struct RaftGroup<C: GroupTypes> {
     raft: Raft<C>,
     group: GroupId,
     node_id: u64,
+    transport: Transport,
 }
 
 impl<C: GroupTypes> Clone for RaftGroup<C> {
@@ -89,6 +95,7 @@ impl<C: GroupTypes> Clone for RaftGroup<C> {
             raft: self.raft.clone(),
             group: self.group,
             node_id: self.node_id,
+            transport: self.transport.clone(),
         }
     }
 }
@@ -104,6 +111,7 @@ impl<C: GroupTypes> RaftGroup<C> {
         group: GroupId,
         node_id: u64,
         settings: GroupSettings,
+        transport: Transport,
         log_store: L,
         state_machine: S,
     ) -> CatalogResult<Self>
@@ -127,7 +135,7 @@ impl<C: GroupTypes> RaftGroup<C> {
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            Network::new(group),
+            Network::new(group, transport.clone()),
             log_store,
             state_machine,
         )
@@ -137,6 +145,7 @@ impl<C: GroupTypes> RaftGroup<C> {
             raft,
             group,
             node_id,
+            transport,
         })
     }
 
@@ -192,7 +201,14 @@ impl<C: GroupTypes> RaftGroup<C> {
             };
             if let Some(leader) = leader {
                 let reply: Result<Result<(C::R, u64), String>, _> =
-                    network::ask(&leader.raft_addr, self.group, Method::Forward, &command).await;
+                    network::ask(
+                    &self.transport,
+                    &leader.raft_addr,
+                    self.group,
+                    Method::Forward,
+                    &command,
+                )
+                .await;
                 match reply {
                     Ok(Ok((outcome, index))) => {
                         // The caller reads this node's state next: wait until it has applied
@@ -241,8 +257,14 @@ impl<C: GroupTypes> RaftGroup<C> {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                     if let Some(leader) = forward.leader_node {
                         let reply: Result<Result<Option<u64>, String>, _> =
-                            network::ask(&leader.raft_addr, self.group, Method::ReadIndex, &())
-                                .await;
+                            network::ask(
+                                &self.transport,
+                                &leader.raft_addr,
+                                self.group,
+                                Method::ReadIndex,
+                                &(),
+                            )
+                            .await;
                         if let Ok(Ok(index)) = reply {
                             break index;
                         }
@@ -304,6 +326,17 @@ impl<C: GroupTypes> RaftGroup<C> {
             .collect()
     }
 
+    /// Whether node `id` is a member (a voter or a learner).
+    pub fn has_member(&self, id: u64) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     /// Waits until a leader is known, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> CatalogResult<u64> {
         self.raft
@@ -328,6 +361,7 @@ impl<C: GroupTypes> RaftGroup<C> {
             };
             if let Some(leader) = leader {
                 let reply: Result<Result<(), Redirect>, _> = network::ask(
+                    &self.transport,
                     &leader.raft_addr,
                     self.group,
                     Method::ChangeMembership,
@@ -362,7 +396,21 @@ impl<C: GroupTypes> RaftGroup<C> {
                     raft_addr: raft_addr.clone(),
                     sql_addr: String::new(),
                 };
-                match self.raft.add_learner(*node_id, node, true).await {
+                // Waits until the learner has caught up; a node that never answers (down, or
+                // refusing this cluster's TLS certificates) would make it wait forever.
+                let added =
+                    tokio::time::timeout(LEARNER_CATCH_UP, self.raft.add_learner(*node_id, node, true))
+                        .await
+                        .map_err(|_| {
+                            Redirect::Refused(format!(
+                                "node {node_id} at {raft_addr} did not catch up within {} s: is it \
+                                 running and reachable (with the cluster's TLS certificates)? It \
+                                 was added as a learner; ALTER CLUSTER REMOVE NODE {node_id} \
+                                 takes it out",
+                                LEARNER_CATCH_UP.as_secs()
+                            ))
+                        })?;
+                match added {
                     Ok(_) => {
                         self.raft
                             .change_membership(ChangeMembers::AddVoterIds([*node_id].into()), false)
@@ -372,14 +420,16 @@ impl<C: GroupTypes> RaftGroup<C> {
                 }
             }
             MembershipChange::RemoveNode { node_id } => {
-                if !self.members().contains(node_id) && !self.learners().contains(node_id) {
+                let change = if self.members().contains(node_id) {
+                    ChangeMembers::RemoveVoters([*node_id].into())
+                } else if self.learners().contains(node_id) {
+                    ChangeMembers::RemoveNodes([*node_id].into())
+                } else {
                     return Err(Redirect::Refused(format!(
                         "node {node_id} is not a member of the cluster"
                     )));
-                }
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters([*node_id].into()), false)
-                    .await
+                };
+                self.raft.change_membership(change, false).await
             }
         };
         match result {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use group::{GroupSettings, MemberStatus, MembershipChange, RaftGroup};
 pub use log_store::LogStore;
-pub use network::{GroupRegistry, GroupService};
+pub use network::{GroupRegistry, GroupService, Transport, TransportTls};
 pub use node::{CatalogNode, NodeConfig, Replica};
 pub use state_machine::StateMachineStore;
 

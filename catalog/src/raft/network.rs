@@ -17,7 +17,9 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 use tonic::{Request, Response, Status};
 
 use super::{ClusterNode, GroupId, GroupTypes};
@@ -52,17 +54,67 @@ fn decode<T: DeserializeOwned>(payload: &Payload) -> Result<T, Status> {
     from_json(&payload.json)
 }
 
+/// The PEM files of mutual TLS between nodes: this node's certificate chain and key (presented
+/// as a server and as a client), and the CA that signs every node's certificate.
+#[derive(Debug, Clone)]
+pub struct TransportTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+}
+
+/// How this node reaches its peers: plaintext HTTP/2, or mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    tls: Option<TransportTls>,
+}
+
+impl Transport {
+    pub fn new(tls: Option<TransportTls>) -> Transport {
+        Transport { tls }
+    }
+
+    /// A lazily connected channel to a peer's Raft service; `None` when the address is unusable
+    /// (every call then reports the peer unreachable).
+    pub(crate) fn channel(&self, raft_addr: &str) -> Option<Channel> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{raft_addr}"))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            // The peer's certificate must name the host of its Raft address and be signed by
+            // the cluster's CA; this node proves itself with its own certificate.
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            endpoint = endpoint.tls_config(config).ok()?;
+        }
+        Some(endpoint.connect_lazy())
+    }
+
+    /// The server side: only peers whose certificate the cluster's CA signed get in.
+    pub(crate) fn server_tls(&self) -> Option<ServerTlsConfig> {
+        self.tls.as_ref().map(|tls| {
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+        })
+    }
+}
+
 /// Makes a client per peer for one group; connections are opened lazily and re-opened by tonic.
 #[derive(Debug)]
 pub struct Network<C> {
     group: GroupId,
+    transport: Transport,
     types: PhantomData<C>,
 }
 
 impl<C> Network<C> {
-    pub fn new(group: GroupId) -> Self {
+    pub fn new(group: GroupId, transport: Transport) -> Self {
         Network {
             group,
+            transport,
             types: PhantomData,
         }
     }
@@ -75,22 +127,10 @@ impl<C: GroupTypes> RaftNetworkFactory<C> for Network<C> {
         PeerClient {
             target,
             group: self.group,
-            channel: peer_channel(&node.raft_addr),
+            channel: self.transport.channel(&node.raft_addr),
             types: PhantomData,
         }
     }
-}
-
-/// A lazily connected channel to a peer's Raft service; `None` when the address is unusable
-/// (every call then reports the peer unreachable).
-pub(crate) fn peer_channel(raft_addr: &str) -> Option<Channel> {
-    Endpoint::from_shared(format!("http://{raft_addr}"))
-        .ok()
-        .map(|endpoint| {
-            endpoint
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .connect_lazy()
-        })
 }
 
 /// One peer, as the leader (or a candidate) of one group talks to it.
@@ -193,12 +233,14 @@ impl<C: GroupTypes> RaftNetwork<C> for PeerClient<C> {
 /// Sends `request` to group `group`'s service on the node at `raft_addr` (the leader, for
 /// forwarded proposals, read indexes and membership changes) and decodes its reply.
 pub(crate) async fn ask<Req: Serialize, Resp: DeserializeOwned>(
+    transport: &Transport,
     raft_addr: &str,
     group: GroupId,
     method: Method,
     request: &Req,
 ) -> Result<Resp, Status> {
-    let channel = peer_channel(raft_addr)
+    let channel = transport
+        .channel(raft_addr)
         .ok_or_else(|| Status::invalid_argument(format!("bad Raft address {raft_addr}")))?;
     let reply = call(
         client(channel),

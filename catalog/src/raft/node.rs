@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::group::{GroupSettings, RaftGroup};
-use super::network::{GroupRegistry, RaftServer};
+use super::network::{GroupRegistry, RaftServer, Transport, TransportTls};
 use super::{CATALOG_GROUP, CatalogRaft, ClusterNode, StateMachineStore};
 use crate::error::{CatalogError, CatalogResult};
 use crate::state::{Applied, CatalogCommand, CatalogState};
@@ -23,6 +23,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<u64, ClusterNode>,
     /// How the groups run (snapshot frequency).
     pub settings: GroupSettings,
+    /// Mutual TLS between nodes; plaintext without.
+    pub tls: Option<TransportTls>,
 }
 
 impl NodeConfig {
@@ -30,6 +32,11 @@ impl NodeConfig {
     /// id (exactly one node does).
     pub fn initialises(&self) -> bool {
         self.peers.keys().next() == Some(&self.node_id)
+    }
+
+    /// How this node reaches its peers.
+    pub fn transport(&self) -> Transport {
+        Transport::new(self.tls.clone())
     }
 }
 
@@ -58,10 +65,12 @@ impl CatalogNode {
     /// time: nodes started with the same peers form the cluster by themselves.
     pub async fn start(dir: &Path, config: NodeConfig) -> CatalogResult<CatalogNode> {
         let (log_store, state_machine) = super::open(dir)?;
+        let transport = config.transport();
         let group = RaftGroup::start(
             CATALOG_GROUP,
             config.node_id,
             config.settings,
+            transport.clone(),
             log_store,
             state_machine.clone(),
         )
@@ -78,13 +87,16 @@ impl CatalogNode {
             groups: groups.clone(),
         }
         .into_service();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = transport.server_tls() {
+            builder = builder.tls_config(tls).map_err(|e| {
+                CatalogError::Unavailable(format!("the Raft service's TLS configuration: {e}"))
+            })?;
+        }
+        let router = builder.add_service(service);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!(error = %e, "the Raft service stopped");
             }
         });

@@ -104,6 +104,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
             raft_listen: node.raft_addr.parse().unwrap(),
             peers: peers.clone(),
             settings: GroupSettings::default(),
+            tls: None,
         };
         nodes.push(Some(
             CatalogNode::start(dirs[index].path(), config)
@@ -176,6 +177,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
             raft_listen: fourth_addr.parse().unwrap(),
             peers: fourth_peers,
             settings: GroupSettings::default(),
+            tls: None,
         },
     )
     .await
@@ -235,6 +237,7 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
         )]
         .into(),
         settings: GroupSettings::default(),
+            tls: None,
     };
     {
         let catalog = crate::Catalog::open_replicated(dir.path(), config())
