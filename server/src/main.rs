@@ -1,5 +1,9 @@
 //! `quiver`: the Quiver feature store server.
 
+// The handler's futures nest the session's, which nest DataFusion's and both Raft groups': rustc
+// computing their layouts has been seen to pass the default query depth of 128.
+#![recursion_limit = "256"]
+
 mod cancel;
 mod connection;
 mod errors;

@@ -87,6 +87,14 @@ pub struct RaftGroup<C: GroupTypes> {
     group: GroupId,
     node_id: u64,
     transport: Transport,
+    rounds: Arc<std::sync::Mutex<ReadIndexRounds>>,
+}
+
+/// The callers waiting for the next read-index round, and whether rounds are running.
+#[derive(Default)]
+struct ReadIndexRounds {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<Option<u64>, String>>>,
 }
 
 impl<C: GroupTypes> Clone for RaftGroup<C> {
@@ -96,6 +104,7 @@ impl<C: GroupTypes> Clone for RaftGroup<C> {
             group: self.group,
             node_id: self.node_id,
             transport: self.transport.clone(),
+            rounds: self.rounds.clone(),
         }
     }
 }
@@ -146,6 +155,7 @@ impl<C: GroupTypes> RaftGroup<C> {
             group,
             node_id,
             transport,
+            rounds: Arc::default(),
         })
     }
 
@@ -250,23 +260,74 @@ impl<C: GroupTypes> RaftGroup<C> {
     }
 
     async fn catch_up_once_led(&self) -> CatalogResult<()> {
+        match self.read_index().await? {
+            Some(index) => self.wait_applied(index).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The leader's read index, from a round that started after this call: concurrent callers
+    /// share rounds (one leadership confirmation answers every caller that was waiting when it
+    /// began), so a busy node confirms leadership once per round trip, not once per statement.
+    async fn read_index(&self) -> CatalogResult<Option<u64>> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let starts_rounds = {
+            let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+            rounds.waiting.push(sender);
+            !std::mem::replace(&mut rounds.running, true)
+        };
+        if starts_rounds {
+            tokio::spawn(self.clone().run_read_index_rounds());
+        }
+        receiver
+            .await
+            .map_err(|_| unavailable::<C>("the linearizable read was abandoned"))?
+            .map_err(unavailable::<C>)
+    }
+
+    /// Runs read-index rounds while callers wait, each for the callers that were waiting when
+    /// it began.
+    async fn run_read_index_rounds(self) {
+        loop {
+            let callers = {
+                let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+                if rounds.waiting.is_empty() {
+                    rounds.running = false;
+                    return;
+                }
+                std::mem::take(&mut rounds.waiting)
+            };
+            let result = tokio::time::timeout(STATEMENT_WAIT, self.read_index_round())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(unavailable::<C>("no leader confirmed a linearizable read (no quorum?)"))
+                })
+                .map_err(|e| e.to_string());
+            for caller in callers {
+                let _ = caller.send(result.clone());
+            }
+        }
+    }
+
+    /// One read-index round: the leader confirms it still leads (a heartbeat to a quorum) and
+    /// names its commit index; a follower asks the leader.
+    async fn read_index_round(&self) -> CatalogResult<Option<u64>> {
         let deadline = tokio::time::Instant::now() + LEADERLESS_WAIT;
-        let read_index = loop {
+        loop {
             match self.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
+                Ok(log_id) => return Ok(log_id.map(|id| id.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                     if let Some(leader) = forward.leader_node {
-                        let reply: Result<Result<Option<u64>, String>, _> =
-                            network::ask(
-                                &self.transport,
-                                &leader.raft_addr,
-                                self.group,
-                                Method::ReadIndex,
-                                &(),
-                            )
-                            .await;
+                        let reply: Result<Result<Option<u64>, String>, _> = network::ask(
+                            &self.transport,
+                            &leader.raft_addr,
+                            self.group,
+                            Method::ReadIndex,
+                            &(),
+                        )
+                        .await;
                         if let Ok(Ok(index)) = reply {
-                            break index;
+                            return Ok(index);
                         }
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -278,10 +339,6 @@ impl<C: GroupTypes> RaftGroup<C> {
                 }
                 Err(e) => return Err(unavailable::<C>(format!("linearizable read: {e}"))),
             }
-        };
-        match read_index {
-            Some(index) => self.wait_applied(index).await,
-            None => Ok(()),
         }
     }
 
@@ -514,12 +571,8 @@ impl<C: GroupTypes> GroupService for RaftGroup<C> {
                     to_json(&result)
                 }
                 Method::ReadIndex => {
-                    let result: Result<Option<u64>, String> = self
-                        .raft
-                        .ensure_linearizable()
-                        .await
-                        .map(|log_id| log_id.map(|id| id.index))
-                        .map_err(|e| e.to_string());
+                    let result: Result<Option<u64>, String> =
+                        self.read_index().await.map_err(|e| e.to_string());
                     to_json(&result)
                 }
                 Method::ChangeMembership => {

@@ -63,20 +63,36 @@ pub struct TransportTls {
     pub ca_pem: Vec<u8>,
 }
 
-/// How this node reaches its peers: plaintext HTTP/2, or mutual TLS.
+/// How this node reaches its peers: plaintext HTTP/2, or mutual TLS. Clones share one channel
+/// per peer address (a channel multiplexes calls over one connection and reconnects by itself;
+/// a connection per call would cost a handshake per forwarded read).
 #[derive(Debug, Clone, Default)]
 pub struct Transport {
     tls: Option<TransportTls>,
+    channels: Arc<std::sync::Mutex<HashMap<String, Channel>>>,
 }
 
 impl Transport {
     pub fn new(tls: Option<TransportTls>) -> Transport {
-        Transport { tls }
+        Transport {
+            tls,
+            channels: Arc::default(),
+        }
     }
 
-    /// A lazily connected channel to a peer's Raft service; `None` when the address is unusable
-    /// (every call then reports the peer unreachable).
+    /// The channel to a peer's Raft service, connected lazily; `None` when the address is
+    /// unusable (every call then reports the peer unreachable).
     pub(crate) fn channel(&self, raft_addr: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(raft_addr) {
+            return Some(channel.clone());
+        }
+        let channel = self.connect(raft_addr)?;
+        channels.insert(raft_addr.to_string(), channel.clone());
+        Some(channel)
+    }
+
+    fn connect(&self, raft_addr: &str) -> Option<Channel> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{raft_addr}"))
             .ok()?
