@@ -13,7 +13,7 @@ use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use super::network::{
-    self, GroupService, Method, Network, Reply, Transport, from_json, to_json,
+    self, GroupService, LeaderAcks, Method, Network, Reply, Transport, from_json, to_json,
 };
 use super::{ClusterNode, GroupId, GroupTypes};
 use crate::error::{CatalogError, CatalogResult};
@@ -24,6 +24,12 @@ const LEADERLESS_WAIT: Duration = Duration::from_secs(10);
 /// The longest a proposal or a linearizable read waits in all (well within the default
 /// statement_timeout of 30 s): a leader that lost its quorum would otherwise wait forever.
 const STATEMENT_WAIT: Duration = Duration::from_secs(12);
+
+/// A leader serves reads without a heartbeat round while a quorum accepted its leadership in
+/// requests sent this recently: well within openraft's leader lease (the maximum election
+/// timeout, 1.2 s here), during which a peer that accepted a leader votes for no one else.
+/// Heartbeats every 150 ms keep it fresh.
+const LEASE_READ_WINDOW: Duration = Duration::from_millis(500);
 
 /// How long adding a node waits for it to catch up with the log before it gives up.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
@@ -88,6 +94,7 @@ pub struct RaftGroup<C: GroupTypes> {
     node_id: u64,
     transport: Transport,
     rounds: Arc<std::sync::Mutex<ReadIndexRounds>>,
+    acks: LeaderAcks,
 }
 
 /// The callers waiting for the next read-index round, and whether rounds are running.
@@ -105,6 +112,7 @@ impl<C: GroupTypes> Clone for RaftGroup<C> {
             node_id: self.node_id,
             transport: self.transport.clone(),
             rounds: self.rounds.clone(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -141,10 +149,11 @@ impl<C: GroupTypes> RaftGroup<C> {
         }
         .validate()
         .map_err(|e| unavailable::<C>(format!("Raft configuration: {e}")))?;
+        let acks = LeaderAcks::default();
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            Network::new(group, transport.clone()),
+            Network::new(group, transport.clone(), acks.clone()),
             log_store,
             state_machine,
         )
@@ -156,6 +165,7 @@ impl<C: GroupTypes> RaftGroup<C> {
             node_id,
             transport,
             rounds: Arc::default(),
+            acks,
         })
     }
 
@@ -309,9 +319,12 @@ impl<C: GroupTypes> RaftGroup<C> {
         }
     }
 
-    /// One read-index round: the leader confirms it still leads (a heartbeat to a quorum) and
-    /// names its commit index; a follower asks the leader.
+    /// One read-index round: the leader confirms it still leads (by its lease, or a heartbeat to
+    /// a quorum) and names its commit index; a follower asks the leader.
     async fn read_index_round(&self) -> CatalogResult<Option<u64>> {
+        if let Some(index) = self.leased_read_index() {
+            return Ok(index);
+        }
         let deadline = tokio::time::Instant::now() + LEADERLESS_WAIT;
         loop {
             match self.raft.ensure_linearizable().await {
@@ -340,6 +353,33 @@ impl<C: GroupTypes> RaftGroup<C> {
                 Err(e) => return Err(unavailable::<C>(format!("linearizable read: {e}"))),
             }
         }
+    }
+
+    /// On a leader whose lease holds, the read index without a round trip: a quorum accepted
+    /// its leadership in requests sent within [`LEASE_READ_WINDOW`], so no other leader can have
+    /// been elected since (peers refuse votes for the maximum election timeout after accepting
+    /// a leader), and it has applied an entry of its own term, so every entry committed before
+    /// this call, and acknowledged to its writer, is applied here. `None` when that cannot be
+    /// shown: the caller confirms leadership with a heartbeat round.
+    fn leased_read_index(&self) -> Option<Option<u64>> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return None;
+        }
+        let applied = metrics.last_applied?;
+        if applied.leader_id.term != metrics.current_term {
+            return None;
+        }
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let since = std::time::Instant::now().checked_sub(LEASE_READ_WINDOW)?;
+        let acked = self.acks.count_since(
+            voters.iter().copied().filter(|id| *id != self.node_id),
+            metrics.current_term,
+            since,
+        );
+        let with_self = acked + usize::from(voters.contains(&self.node_id));
+        (with_self * 2 > voters.len()).then_some(Some(applied.index))
     }
 
     async fn wait_applied(&self, index: u64) -> CatalogResult<()> {

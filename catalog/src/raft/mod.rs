@@ -15,6 +15,7 @@ mod group;
 mod log_store;
 pub mod network;
 mod node;
+mod snapshot;
 mod state_machine;
 
 use std::io::Cursor;
@@ -29,6 +30,7 @@ pub use group::{GroupSettings, MemberStatus, MembershipChange, RaftGroup};
 pub use log_store::LogStore;
 pub use network::{GroupRegistry, GroupService, Transport, TransportTls};
 pub use node::{CatalogNode, NodeConfig, Replica};
+pub use snapshot::SnapshotStore;
 pub use state_machine::StateMachineStore;
 
 use crate::error::{CatalogError, CatalogResult};

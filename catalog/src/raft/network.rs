@@ -118,19 +118,57 @@ impl Transport {
     }
 }
 
+/// When each peer last accepted this node's leadership: for every peer, the term of the leader
+/// vote it accepted in an AppendEntries (a heartbeat or a replication) and when that request was
+/// sent. A peer that accepts a leader's AppendEntries refuses every other candidate's vote for
+/// openraft's leader lease (the maximum election timeout) after it processed it, so a leader
+/// that a quorum acknowledged at `t` is the only leader until `t` plus that lease.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderAcks {
+    acks: Arc<std::sync::Mutex<HashMap<u64, (u64, std::time::Instant)>>>,
+}
+
+impl LeaderAcks {
+    fn record(&self, peer: u64, term: u64, sent: std::time::Instant) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = acks.entry(peer).or_insert((term, sent));
+        if (term, sent) > *entry {
+            *entry = (term, sent);
+        }
+    }
+
+    /// How many of `peers` accepted a leader of `term` in a request sent after `since`.
+    pub(crate) fn count_since(
+        &self,
+        peers: impl Iterator<Item = u64>,
+        term: u64,
+        since: std::time::Instant,
+    ) -> usize {
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .filter(|peer| {
+                acks.get(peer)
+                    .is_some_and(|(acked_term, sent)| *acked_term == term && *sent >= since)
+            })
+            .count()
+    }
+}
+
 /// Makes a client per peer for one group; connections are opened lazily and re-opened by tonic.
 #[derive(Debug)]
 pub struct Network<C> {
     group: GroupId,
     transport: Transport,
+    acks: LeaderAcks,
     types: PhantomData<C>,
 }
 
 impl<C> Network<C> {
-    pub fn new(group: GroupId, transport: Transport) -> Self {
+    pub fn new(group: GroupId, transport: Transport, acks: LeaderAcks) -> Self {
         Network {
             group,
             transport,
+            acks,
             types: PhantomData,
         }
     }
@@ -144,6 +182,7 @@ impl<C: GroupTypes> RaftNetworkFactory<C> for Network<C> {
             target,
             group: self.group,
             channel: self.transport.channel(&node.raft_addr),
+            acks: self.acks.clone(),
             types: PhantomData,
         }
     }
@@ -154,6 +193,7 @@ pub struct PeerClient<C> {
     target: u64,
     group: GroupId,
     channel: Option<Channel>,
+    acks: LeaderAcks,
     types: PhantomData<C>,
 }
 
@@ -223,7 +263,14 @@ impl<C: GroupTypes> RaftNetwork<C> for PeerClient<C> {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, ClusterNode, RaftError<u64>>> {
-        self.call(Method::AppendEntries, &rpc, &option).await
+        let sent = std::time::Instant::now();
+        let term = rpc.vote.leader_id().get_term();
+        let response = self.call(Method::AppendEntries, &rpc, &option).await?;
+        // Every answer but a higher vote means the peer took this node as its leader.
+        if rpc.vote.is_committed() && !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.acks.record(self.target, term, sent);
+        }
+        Ok(response)
     }
 
     async fn install_snapshot(

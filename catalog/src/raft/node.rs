@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_stream::StreamExt;
+
 use super::group::{GroupSettings, RaftGroup};
 use super::network::{GroupRegistry, RaftServer, Transport, TransportTls};
 use super::{CATALOG_GROUP, CatalogRaft, ClusterNode, StateMachineStore};
@@ -95,7 +97,16 @@ impl CatalogNode {
         }
         let router = builder.add_service(service);
         let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Replies are small and awaited (heartbeats of read-index rounds): Nagle's algorithm
+            // would hold them back until the peer's delayed ACK. tonic sets TCP_NODELAY only on
+            // listeners it binds itself.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                accepted.inspect(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY on a Raft connection");
+                    }
+                })
+            });
             if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!(error = %e, "the Raft service stopped");
             }

@@ -2,7 +2,6 @@
 //! snapshots kept in RocksDB.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -12,12 +11,12 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::snapshot::SnapshotStore;
 use super::{CatalogRaft, ClusterNode, CommandOutcome, RaftDb};
 use crate::state::{Applied, CatalogState};
 
 type StoreResult<T> = Result<T, StorageError<u64>>;
 
-const SNAPSHOT: &[u8] = b"snapshot";
 
 /// The replicated state: the catalog and the last entry applied to it.
 #[derive(Debug, Clone)]
@@ -73,32 +72,22 @@ impl AppliedState {
     }
 }
 
-/// A snapshot as stored: its metadata and the serialized [`AppliedState`].
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, ClusterNode>,
-    data: Vec<u8>,
-}
-
 /// The catalog group's state machine; clones share the state (a clone builds snapshots).
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
-    db: RaftDb,
+    snapshots: SnapshotStore,
     state: Arc<RwLock<AppliedState>>,
-    /// Tells apart snapshots built at the same log id.
-    snapshots_built: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
     /// The state machine as of the last snapshot in `db` (empty without one).
     pub(super) fn open(db: RaftDb) -> Result<Self, std::io::Error> {
         let store = StateMachineStore {
-            db,
+            snapshots: SnapshotStore::new(db),
             state: Arc::default(),
-            snapshots_built: Arc::default(),
         };
-        if let Some(stored) = store.stored_snapshot()? {
-            let restored = AppliedState::from_bytes(&stored.data).map_err(std::io::Error::other)?;
+        if let Some(data) = store.snapshots.current_data()? {
+            let restored = AppliedState::from_bytes(&data).map_err(std::io::Error::other)?;
             *store.write() = restored;
         }
         Ok(store)
@@ -117,13 +106,6 @@ impl StateMachineStore {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, std::io::Error> {
-        self.db.meta(SNAPSHOT)
-    }
-
-    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
-        self.db.put_meta(SNAPSHOT, snapshot, true)
-    }
 }
 
 impl RaftSnapshotBuilder<CatalogRaft> for StateMachineStore {
@@ -135,23 +117,7 @@ impl RaftSnapshotBuilder<CatalogRaft> for StateMachineStore {
                 .map_err(|e| StorageIOError::read_state_machine(&e))?;
             (data, state.last_applied, state.last_membership.clone())
         };
-        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot_id = match last_applied {
-            Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
-            None => format!("--{built}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot { meta, data };
-        self.store_snapshot(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        self.snapshots.save(last_applied, last_membership, data)
     }
 }
 
@@ -207,23 +173,12 @@ impl RaftStateMachine<CatalogRaft> for StateMachineStore {
         let data = snapshot.into_inner();
         let installed = AppliedState::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.store_snapshot(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.snapshots.save_received(meta, &data)?;
         *self.write() = installed;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<CatalogRaft>>> {
-        let stored = self
-            .stored_snapshot()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        self.snapshots.current()
     }
 }
