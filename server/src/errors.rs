@@ -32,6 +32,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::Canceled | SqlError::StatementTimeout => "57014",
         SqlError::InFailedTransaction => "25P02",
         SqlError::NoActiveTransaction(_) => "25P01",
+        SqlError::SerializationFailure(_) => "40001",
         SqlError::UndefinedCursor(_) => "34000",
         SqlError::UndefinedSavepoint(_) => "3B001",
         SqlError::DuplicateCursor(_) => "42P03",

@@ -830,7 +830,13 @@ impl CopyHandler for QueryHandler {
                 "CopyDone received outside of a COPY".into(),
             ));
         };
-        let tag = copy.finish().await.map_err(to_pgwire)?;
+        let session = session_of(client)?;
+        let tag = session
+            .lock()
+            .await
+            .finish_copy(*copy)
+            .await
+            .map_err(to_pgwire)?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 command_tag(&tag).into(),
@@ -850,6 +856,9 @@ impl CopyHandler for QueryHandler {
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
         pending.lock().take();
+        if let Ok(session) = session_of(client) {
+            session.lock().await.note_failure();
+        }
         error_response(
             "ERROR",
             "57014",

@@ -189,6 +189,7 @@ pub async fn start(
             relation,
             targets,
             options,
+            session.open_block_writes(),
         ))));
     }
     if !matches!(target, CopyTarget::Stdout) {

@@ -23,6 +23,7 @@ use crate::copy::{CopyFormat, CopyOptions};
 use crate::error::{SqlError, SqlResult};
 use crate::relation::RelationSink;
 use crate::session::CommandTag;
+use crate::transaction::BlockWrites;
 use crate::types::{arrow_type, planning_schema};
 
 /// How much text is buffered before the complete records in it are parsed.
@@ -47,6 +48,8 @@ pub struct CopyIn {
     ended: bool,
     failure: Option<SqlError>,
     binary: BinaryReader,
+    /// The open transaction block's writes, which the rows join instead of committing now.
+    block: Option<Arc<BlockWrites>>,
 }
 
 impl CopyIn {
@@ -55,6 +58,7 @@ impl CopyIn {
         relation: Relation,
         targets: Vec<usize>,
         options: CopyOptions,
+        block: Option<Arc<BlockWrites>>,
     ) -> Self {
         CopyIn {
             engine,
@@ -68,6 +72,7 @@ impl CopyIn {
             ended: false,
             failure: None,
             binary: BinaryReader::default(),
+            block,
         }
     }
 
@@ -108,7 +113,8 @@ impl CopyIn {
         }
     }
 
-    /// Parses what is left and commits everything as one write; returns the `COPY n` tag.
+    /// Parses what is left and commits everything as one write (inside a transaction block:
+    /// checks it and defers it to COMMIT); returns the `COPY n` tag.
     pub async fn finish(mut self) -> SqlResult<CommandTag> {
         if let Some(failure) = self.failure.take() {
             return Err(failure);
@@ -124,8 +130,13 @@ impl CopyIn {
                 )));
             }
         }
-        let written =
-            RelationSink::write_batches(&self.relation, &self.engine, self.batches).await?;
+        let written = RelationSink::write_or_defer(
+            &self.relation,
+            &self.engine,
+            self.block.as_deref(),
+            self.batches,
+        )
+        .await?;
         Ok(CommandTag {
             command: "COPY".into(),
             oid: None,

@@ -2,8 +2,8 @@
 //!
 //! A block (`BEGIN` ... `COMMIT`/`ROLLBACK`) is tracked so that clients see PostgreSQL's
 //! protocol: the transaction status, an error aborting the block (25P02 until it ends), cursors
-//! living until the block ends. Writes inside a block still commit when each statement succeeds;
-//! a `ROLLBACK` after writes therefore cannot undo them and says so with a WARNING.
+//! living until the block ends. The block's writes wait for COMMIT in `transaction`; catalog
+//! changes (DDL, grants) commit at once, so a `ROLLBACK` after them says it cannot undo them.
 //!
 //! A cursor (`DECLARE c CURSOR FOR query`) holds the query's running stream; `FETCH n` takes
 //! the next n rows from it, keeping the rest of a batch for the next FETCH, so a cursor over a
@@ -24,23 +24,37 @@ use crate::error::{SqlError, SqlResult};
 pub(crate) struct Block {
     /// A statement failed: everything but the block's end is refused (25P02).
     pub failed: bool,
-    /// Statements inside the block that changed data or the catalog (already committed).
+    /// Statements inside the block that changed the catalog (committed at once).
     pub writes: u32,
-    /// Open savepoints, innermost last, with the block's write count when each was set.
-    pub savepoints: Vec<(String, u32)>,
+    /// Open savepoints, innermost last.
+    pub savepoints: Vec<Savepoint>,
+}
+
+/// A savepoint of the open block.
+#[derive(Debug)]
+pub(crate) struct Savepoint {
+    name: String,
+    /// The block's count of catalog changes when it was set.
+    writes: u32,
+    /// The mark of the block's deferred writes when it was set.
+    deferred: usize,
 }
 
 impl Block {
-    /// `SAVEPOINT name`.
-    pub(crate) fn savepoint(&mut self, name: &str) {
-        self.savepoints.push((name.to_string(), self.writes));
+    /// `SAVEPOINT name`, with the mark of the block's deferred writes.
+    pub(crate) fn savepoint(&mut self, name: &str, deferred: usize) {
+        self.savepoints.push(Savepoint {
+            name: name.to_string(),
+            writes: self.writes,
+            deferred,
+        });
     }
 
     /// The position of the innermost savepoint of this name.
     fn find(&self, name: &str) -> SqlResult<usize> {
         self.savepoints
             .iter()
-            .rposition(|(savepoint, _)| savepoint == name)
+            .rposition(|savepoint| savepoint.name == name)
             .ok_or_else(|| {
                 SqlError::UndefinedSavepoint(format!("savepoint \"{name}\" does not exist"))
             })
@@ -54,13 +68,17 @@ impl Block {
     }
 
     /// `ROLLBACK TO SAVEPOINT name`: the block is usable again, the savepoint stays; returns how
-    /// many writes since it already committed (which it cannot undo).
-    pub(crate) fn roll_back_to(&mut self, name: &str) -> SqlResult<u32> {
+    /// many catalog changes since it already committed (which it cannot undo), and the mark to
+    /// roll the deferred writes back to.
+    pub(crate) fn roll_back_to(&mut self, name: &str) -> SqlResult<(u32, usize)> {
         let position = self.find(name)?;
-        let writes_then = self.savepoints[position].1;
+        let (writes_then, deferred) = {
+            let savepoint = &self.savepoints[position];
+            (savepoint.writes, savepoint.deferred)
+        };
         self.savepoints.truncate(position + 1);
         self.failed = false;
-        Ok(self.writes - writes_then)
+        Ok((self.writes - writes_then, deferred))
     }
 }
 

@@ -80,6 +80,9 @@ pub enum SqlError {
     /// 25P01: a statement that needs a transaction block ran outside one.
     #[error("{0}")]
     NoActiveTransaction(String),
+    /// 40001: a transaction block's writes can no longer be applied as they were made.
+    #[error("{0}")]
+    SerializationFailure(String),
     /// 3B001: no savepoint of that name.
     #[error("{0}")]
     UndefinedSavepoint(String),

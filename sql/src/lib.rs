@@ -31,6 +31,7 @@ mod session;
 mod settings;
 mod system_catalog;
 mod training_dataset;
+mod transaction;
 pub mod types;
 
 use std::path::Path;
@@ -223,6 +224,16 @@ impl Engine {
         // A cluster member's online store follows the data group, which reconciles it.
         if engine.online_group.is_none() {
             online::reconcile(&engine).await?;
+            transaction::recover(&engine).await?;
+        } else {
+            // The online writes of a recovered commit go through the data group, which may have
+            // no leader yet: finished in the background (the offline store is the durable copy).
+            let recovering = engine.clone();
+            tokio::spawn(async move {
+                if let Err(e) = transaction::recover(&recovering).await {
+                    tracing::error!(error = %e, "cannot finish an interrupted transaction block commit");
+                }
+            });
         }
         Ok(engine)
     }

@@ -5,13 +5,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -32,6 +37,7 @@ use crate::Engine;
 use crate::error::SqlError;
 use crate::online::CommitChange;
 use crate::partitioning::{Partitioning, written_schema};
+use crate::transaction::{self, BlockWrites, Deferred, TableChange};
 use crate::types::{arrow_schema, planning_schema};
 
 /// A relation of the offline store, readable and insertable.
@@ -117,22 +123,13 @@ impl RelationTable {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl TableProvider for RelationTable {
-    fn schema(&self) -> SchemaRef {
-        self.planning_schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
+    /// The committed rows of the columns `wanted` (indices into the relation's columns, one past
+    /// them for the commit sequence), typed as planned.
+    async fn scan_offline(
         &self,
         state: &dyn Session,
-        projection: Option<&Vec<usize>>,
+        wanted: &[usize],
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -147,10 +144,6 @@ impl TableProvider for RelationTable {
         // column, and a column the catalog does not know yet (an ADD COLUMN interrupted between
         // storage and catalog); neither is ever read here.
         let stored = offline_scan.schema();
-        let wanted: Vec<usize> = match projection {
-            Some(indices) => indices.clone(),
-            None => (0..self.relation.columns.len()).collect(),
-        };
         let stored_projection = wanted
             .iter()
             .map(|&i| {
@@ -177,7 +170,103 @@ impl TableProvider for RelationTable {
         let scan = offline_scan
             .scan(state, Some(&stored_projection), &filters, limit)
             .await?;
-        conform_scan(scan, &self.planning_schema.project(&wanted)?)
+        conform_scan(scan, &self.planning_schema.project(wanted)?)
+    }
+
+    /// The rows a transaction block's statement sees: the committed rows its DELETEs left, and
+    /// the rows it inserted (whose commit sequence is later than any committed row's).
+    async fn scan_with_block(
+        &self,
+        state: &dyn Session,
+        wanted: &[usize],
+        filters: &[Expr],
+        change: TableChange,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let planned = Arc::new(self.planning_schema.project(wanted)?);
+        let committed = match &change.deleted {
+            None => self.scan_offline(state, wanted, filters, None).await?,
+            Some(deleted) => {
+                // The predicate's columns are read too, filtered on, then projected away.
+                let mut needed = wanted.to_vec();
+                for column in deleted.column_refs() {
+                    if let Some(index) = self
+                        .relation
+                        .columns
+                        .iter()
+                        .position(|c| c.name == column.name)
+                        && !needed.contains(&index)
+                    {
+                        needed.push(index);
+                    }
+                }
+                let scan = self.scan_offline(state, &needed, filters, None).await?;
+                let keep = transaction::kept_by(deleted, &scan.schema())
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(keep, scan)?);
+                let exprs: Vec<ProjectionExpr> = planned
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, field)| ProjectionExpr {
+                        expr: Arc::new(PhysicalColumn::new(field.name(), index)),
+                        alias: field.name().clone(),
+                    })
+                    .collect();
+                Arc::new(ProjectionExec::try_new(exprs, filtered)?)
+            }
+        };
+        let mut own = Vec::with_capacity(change.rows.len());
+        for batch in &change.rows {
+            let columns: Vec<ArrayRef> = wanted
+                .iter()
+                .map(|&index| match batch.columns().get(index) {
+                    Some(column) => column.clone(),
+                    None => Arc::new(Int64Array::from_value(i64::MAX, batch.num_rows())),
+                })
+                .collect();
+            own.push(RecordBatch::try_new_with_options(
+                planned.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )?);
+        }
+        let own = MemorySourceConfig::try_new_exec(&[own], planned, None)?;
+        UnionExec::try_new(vec![committed, own])
+    }
+}
+
+#[async_trait]
+impl TableProvider for RelationTable {
+    fn schema(&self) -> SchemaRef {
+        self.planning_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = match projection {
+            Some(indices) => indices.clone(),
+            None => (0..self.relation.columns.len()).collect(),
+        };
+        // Inside a transaction block, its statements see its own writes.
+        let change = match BlockWrites::open_in(state.config()) {
+            Some(block) if self.pinned_version.is_none() => block
+                .change_of(self.relation.oid)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            _ => None,
+        };
+        match change {
+            None => self.scan_offline(state, &wanted, filters, limit).await,
+            Some(change) => self.scan_with_block(state, &wanted, filters, change).await,
+        }
     }
 
     /// Filters reach the offline scan, which skips files and row groups by their statistics; the
@@ -224,10 +313,7 @@ impl TableProvider for RelationTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         self.check_writable()?;
         let name = self.relation.qualified_name();
-        let key_columns = match self.relation.feature_group() {
-            Some(_) => self.relation.primary_key.clone(),
-            None => Vec::new(),
-        };
+        let key_columns = delete_keys(&self.relation);
         let mut predicate: Option<Expr> = None;
         for filter in filters {
             let filter = unqualified(filter)?;
@@ -253,7 +339,6 @@ impl TableProvider for RelationTable {
             self.relation.clone(),
             self.engine.clone(),
             predicate.unwrap_or_else(|| datafusion::prelude::lit(true)),
-            key_columns,
         )))
     }
 }
@@ -315,7 +400,6 @@ struct DeleteExec {
     relation: Relation,
     engine: Arc<Engine>,
     predicate: Expr,
-    key_columns: Vec<String>,
     properties: Arc<PlanProperties>,
 }
 
@@ -324,7 +408,6 @@ impl DeleteExec {
         relation: Relation,
         engine: Arc<Engine>,
         predicate: Expr,
-        key_columns: Vec<String>,
     ) -> Self {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "count",
@@ -336,7 +419,6 @@ impl DeleteExec {
             relation,
             engine,
             predicate,
-            key_columns,
             properties,
         }
     }
@@ -383,18 +465,20 @@ impl ExecutionPlan for DeleteExec {
     fn execute(
         &self,
         _partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let relation = self.relation.clone();
         let engine = self.engine.clone();
         let predicate = self.predicate.clone();
-        let key_columns = self.key_columns.clone();
+        let block = BlockWrites::open_in(context.session_config());
         let schema = self.properties.eq_properties.schema().clone();
         let output_schema = schema.clone();
         let deleted = async move {
-            let rows = delete_rows(&relation, &engine, predicate, &key_columns)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let rows = match block {
+                Some(block) => defer_delete(&relation, &engine, &block, predicate).await,
+                None => delete_rows(&relation, &engine, predicate, None).await,
+            }
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
             Ok(RecordBatch::try_new(output_schema, vec![count])?)
         };
@@ -405,15 +489,18 @@ impl ExecutionPlan for DeleteExec {
     }
 }
 
-async fn delete_rows(
+/// Deletes the rows matching `predicate` (over bare column names) from both stores now; a
+/// feature group's by key. A `tag` is recorded in the offline commit (see `transaction`).
+pub(crate) async fn delete_rows(
     relation: &Relation,
     engine: &Engine,
     predicate: Expr,
-    key_columns: &[String],
+    tag: Option<&str>,
 ) -> Result<u64, SqlError> {
+    let key_columns = delete_keys(relation);
     let commit = engine
         .offline
-        .delete_then(relation.oid, predicate, key_columns, |commit, keys| {
+        .delete_then(relation.oid, predicate, &key_columns, tag, |commit, keys| {
             crate::online::after_commit(
                 engine,
                 relation,
@@ -423,6 +510,49 @@ async fn delete_rows(
         })
         .await?;
     Ok(commit.rows)
+}
+
+/// The columns a DELETE removes whole histories by: a feature group's primary key.
+fn delete_keys(relation: &Relation) -> Vec<String> {
+    match relation.feature_group() {
+        Some(_) => relation.primary_key.clone(),
+        None => Vec::new(),
+    }
+}
+
+/// DELETE inside a transaction block: counts the rows the block's view of the relation has that
+/// match (committed rows not deleted by the block yet, and the block's own rows), and defers the
+/// delete to COMMIT.
+async fn defer_delete(
+    relation: &Relation,
+    engine: &Engine,
+    block: &BlockWrites,
+    predicate: Expr,
+) -> Result<u64, SqlError> {
+    let change = block.change_of(relation.oid)?;
+    let mut matching = predicate.clone();
+    let mut own = 0;
+    if let Some(change) = &change {
+        own = transaction::matching_rows(relation, &change.rows, &predicate)?;
+        if let Some(deleted) = &change.deleted {
+            matching = matching.and(deleted.clone().is_not_true());
+        }
+    }
+    let context = datafusion::prelude::SessionContext::new();
+    let table = engine
+        .offline
+        .table_provider(relation.oid, None, &context.state())
+        .await?;
+    let committed = context
+        .read_table(table)?
+        .filter(matching)?
+        .count()
+        .await?;
+    block.defer(Deferred::Delete {
+        relation: relation.clone(),
+        predicate,
+    })?;
+    Ok(committed as u64 + own)
 }
 
 /// Receives the rows of one INSERT, checks them all, and commits them as one offline write.
@@ -443,14 +573,22 @@ impl RelationSink {
         engine: &Engine,
         batches: Vec<RecordBatch>,
     ) -> Result<u64, SqlError> {
-        let schema = arrow_schema(&relation.columns);
+        Self::write_tagged(relation, engine, batches, None).await
+    }
+
+    /// [`RelationSink::write_batches`] with a tag recorded in the offline commit (a transaction
+    /// block's multi-table commit, see `transaction`).
+    pub(crate) async fn write_tagged(
+        relation: &Relation,
+        engine: &Engine,
+        batches: Vec<RecordBatch>,
+        tag: Option<&str>,
+    ) -> Result<u64, SqlError> {
         let partitioning = Partitioning::of(relation);
         let stored = written_schema(relation);
-        let mut checked = Vec::with_capacity(batches.len());
-        let mut first_row = 1;
-        for batch in batches {
-            let conformed = conform_batch(relation, &schema, &batch, first_row)?;
-            first_row += batch.num_rows();
+        let conformed = conform_rows(relation, batches)?;
+        let mut checked = Vec::with_capacity(conformed.len());
+        for conformed in conformed {
             checked.push(match &partitioning {
                 None => conformed,
                 Some(partitioning) => {
@@ -480,7 +618,7 @@ impl RelationSink {
         };
         let commit = engine
             .offline
-            .append_then(relation.oid, checked, |commit| {
+            .append_then(relation.oid, checked, tag, |commit| {
                 crate::online::after_commit(
                     engine,
                     relation,
@@ -491,6 +629,39 @@ impl RelationSink {
             .await?;
         Ok(commit.rows)
     }
+
+    /// Writes the rows of one statement now, or, inside a transaction block, checks them now
+    /// and defers them to its COMMIT. Returns the number of rows.
+    pub(crate) async fn write_or_defer(
+        relation: &Relation,
+        engine: &Engine,
+        block: Option<&BlockWrites>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64, SqlError> {
+        let Some(block) = block else {
+            return Self::write_batches(relation, engine, batches).await;
+        };
+        let rows = conform_rows(relation, batches)?;
+        let count = rows.iter().map(|b| b.num_rows() as u64).sum();
+        block.defer(Deferred::Append {
+            relation: relation.clone(),
+            rows,
+        })?;
+        Ok(count)
+    }
+}
+
+/// Checks every row of one statement against the relation's constraints and casts the batches to
+/// its columns' types ([`crate::types::arrow_schema`]); an error names the row.
+fn conform_rows(relation: &Relation, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, SqlError> {
+    let schema = arrow_schema(&relation.columns);
+    let mut conformed = Vec::with_capacity(batches.len());
+    let mut first_row = 1;
+    for batch in batches {
+        conformed.push(conform_batch(relation, &schema, &batch, first_row)?);
+        first_row += batch.num_rows();
+    }
+    Ok(conformed)
 }
 
 impl DisplayAs for RelationSink {
@@ -512,14 +683,15 @@ impl DataSink for RelationSink {
     async fn write_all(
         &self,
         mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
+        context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         // The whole statement is collected first: nothing is written unless every row is valid.
         let mut batches = Vec::new();
         while let Some(batch) = data.next().await {
             batches.push(batch?);
         }
-        RelationSink::write_batches(&self.relation, &self.engine, batches)
+        let block = BlockWrites::open_in(context.session_config());
+        RelationSink::write_or_defer(&self.relation, &self.engine, block.as_deref(), batches)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }

@@ -38,6 +38,7 @@ use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
 use crate::serving;
 use crate::settings::{Settings, SettingsView};
 use crate::training_dataset;
+use crate::transaction::{self, BlockWrites};
 
 /// What executing a statement produced.
 pub enum Output {
@@ -155,6 +156,8 @@ pub struct Session {
     notices: Notices,
     /// The open transaction block, between BEGIN and COMMIT or ROLLBACK.
     block: Option<cursor::Block>,
+    /// The writes of the open block, deferred to its COMMIT; installed in `context`.
+    block_writes: Arc<BlockWrites>,
     /// Open cursors by name.
     cursors: HashMap<String, cursor::Cursor>,
 }
@@ -199,6 +202,12 @@ impl Session {
         settings.set_superuser(catalog.user(user).is_some_and(|u| u.superuser));
         let context = build_context(&engine, project, user, Default::default())?;
         crate::system_catalog::SystemCatalog::install_user(&context, user);
+        let block_writes = Arc::new(BlockWrites::default());
+        context
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(block_writes.clone());
         let notices = Notices::default();
         for (name, tune) in [("train_model", false), ("tune_model", true)] {
             context.register_udtf(
@@ -221,6 +230,7 @@ impl Session {
             settings,
             notices,
             block: None,
+            block_writes,
             cursors: HashMap::new(),
         })
     }
@@ -380,7 +390,9 @@ impl Session {
         if let Some(block) = &mut self.block {
             match &result {
                 Err(_) => block.failed = true,
-                Ok(_) if changes_state(&prepared.statement) => block.writes += 1,
+                Ok(_) if changes_state(&prepared.statement) && !is_deferred(&prepared.statement) => {
+                    block.writes += 1
+                }
                 Ok(_) => {}
             }
         }
@@ -491,8 +503,8 @@ impl Session {
         self.execute(&prepared, None).await
     }
 
-    /// Records that a statement failed before it could execute (the extended protocol's Parse):
-    /// inside a transaction block that aborts the block, as any failure does.
+    /// Records that a statement failed outside `execute` (the extended protocol's Parse, a client's
+    /// CopyFail): inside a transaction block that aborts the block, as any failure does.
     pub fn note_failure(&mut self) {
         if let Some(block) = &mut self.block {
             block.failed = true;
@@ -520,10 +532,12 @@ impl Session {
         })
     }
 
-    /// Ends the transaction block: its cursors close, except those declared WITH HOLD.
-    fn end_block(&mut self) -> Option<cursor::Block> {
+    /// Ends the transaction block: its cursors close, except those declared WITH HOLD. Returns
+    /// the block and its deferred writes, for COMMIT to apply.
+    fn end_block(&mut self) -> Option<(cursor::Block, Vec<transaction::Deferred>)> {
         self.cursors.retain(|_, cursor| cursor.hold);
-        self.block.take()
+        let writes = self.block_writes.end();
+        self.block.take().map(|block| (block, writes))
     }
 
     /// Plans one statement: feature views are expanded, ASOF joins nested, then DataFusion plans.
@@ -771,13 +785,19 @@ impl Session {
                         .send("WARNING: there is already a transaction in progress".into());
                 } else {
                     self.block = Some(cursor::Block::default());
+                    self.block_writes.begin();
                 }
                 Ok(Output::Command(CommandTag::new("BEGIN")))
             }
             S::Commit { .. } => match self.end_block() {
                 // COMMIT of an aborted block rolls it back, as in PostgreSQL.
-                Some(block) if block.failed => Ok(Output::Command(CommandTag::new("ROLLBACK"))),
-                Some(_) => Ok(Output::Command(CommandTag::new("COMMIT"))),
+                Some((block, _)) if block.failed => {
+                    Ok(Output::Command(CommandTag::new("ROLLBACK")))
+                }
+                Some((_, writes)) => {
+                    transaction::commit(&self.engine, writes).await?;
+                    Ok(Output::Command(CommandTag::new("COMMIT")))
+                }
                 None => {
                     self.notices
                         .send("WARNING: there is no transaction in progress".into());
@@ -788,20 +808,22 @@ impl Session {
                 savepoint: Some(savepoint),
                 ..
             } => {
-                let committed = self
+                let (committed, mark) = self
                     .open_block("ROLLBACK TO SAVEPOINT")?
                     .roll_back_to(&savepoint.value)?;
+                self.block_writes.roll_back_to(mark);
                 if committed > 0 {
                     self.notices.send(format!(
-                        "WARNING: {committed} statement(s) since savepoint \"{}\" already \
-                         committed; ROLLBACK TO SAVEPOINT does not undo them",
+                        "WARNING: {committed} statement(s) since savepoint \"{}\" changed the \
+                         catalog, which commits at once; ROLLBACK TO SAVEPOINT does not undo them",
                         savepoint.value
                     ));
                 }
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
             S::Savepoint { name } => {
-                self.open_block("SAVEPOINT")?.savepoint(&name.value);
+                let mark = self.block_writes.mark();
+                self.open_block("SAVEPOINT")?.savepoint(&name.value, mark);
                 Ok(Output::Command(CommandTag::new("SAVEPOINT")))
             }
             S::ReleaseSavepoint { name } => {
@@ -810,9 +832,9 @@ impl Session {
             }
             S::Rollback { .. } => {
                 match self.end_block() {
-                    Some(block) if block.writes > 0 => self.notices.send(format!(
-                        "WARNING: {} statement(s) of this transaction block already committed; \
-                         ROLLBACK does not undo them (each statement commits when it succeeds)",
+                    Some((block, _)) if block.writes > 0 => self.notices.send(format!(
+                        "WARNING: {} statement(s) of this transaction block changed the catalog, \
+                         which commits at once; ROLLBACK does not undo them",
                         block.writes
                     )),
                     Some(_) => {}
@@ -922,6 +944,21 @@ impl Session {
         let plan = self.plan_sql_statement(query).await?;
         let frame = self.context.execute_logical_plan(plan).await?;
         Ok(frame.execute_stream().await?)
+    }
+
+    /// The open transaction block's deferred writes, if a block is open.
+    pub(crate) fn open_block_writes(&self) -> Option<Arc<BlockWrites>> {
+        self.block_writes.is_open().then(|| self.block_writes.clone())
+    }
+
+    /// Ends a COPY FROM STDIN this session started: inside a transaction block a failure aborts
+    /// the block, as a failed statement does.
+    pub async fn finish_copy(&mut self, copy: CopyIn) -> SqlResult<CommandTag> {
+        let finished = copy.finish().await;
+        if finished.is_err() {
+            self.note_failure();
+        }
+        finished
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
@@ -1072,7 +1109,16 @@ pub fn is_read_only(statement: &Statement) -> bool {
     !changes_state(statement)
 }
 
-/// Whether a statement changes data or the catalog (what a ROLLBACK would have to undo).
+/// Whether a statement's writes wait for the transaction block's COMMIT (INSERT, DELETE, COPY
+/// FROM); other changes (DDL, grants) commit at once even inside a block.
+fn is_deferred(statement: &Statement) -> bool {
+    matches!(statement, Statement::Sql(sql) if matches!(
+        sql.as_ref(),
+        ast::Statement::Insert(_) | ast::Statement::Delete(_) | ast::Statement::Copy { to: false, .. }
+    ))
+}
+
+/// Whether a statement changes data or the catalog (COMMIT applies a block's writes).
 fn changes_state(statement: &Statement) -> bool {
     use ast::Statement as S;
     match statement {
@@ -1084,7 +1130,6 @@ fn changes_state(statement: &Statement) -> bool {
                 | S::Set(_)
                 | S::Reset(_)
                 | S::StartTransaction { .. }
-                | S::Commit { .. }
                 | S::Rollback { .. }
                 | S::Declare { .. }
                 | S::Fetch { .. }

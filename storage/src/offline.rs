@@ -46,6 +46,9 @@ pub const SEQUENCE_COLUMN: &str = "__quiver_seq";
 /// a stream of single-row INSERTs does not leave thousands of tiny files behind.
 const COMPACTION_FILE_THRESHOLD: usize = 32;
 
+/// The key, in a commit's `commitInfo`, of the tag a writer gave the commit.
+const TRANSACTION_TAG: &str = "quiver.transaction";
+
 /// The target size of a compacted file.
 const COMPACTION_TARGET_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -190,8 +193,14 @@ impl OfflineStore {
     /// Commit properties for a write at the table's next version: on a shared store, no
     /// retries inside delta-rs (its retry would keep sequences numbered for the lost version);
     /// the caller writes again.
-    fn commit_properties(&self) -> CommitProperties {
-        let properties = CommitProperties::default();
+    fn commit_properties(&self, tag: Option<&str>) -> CommitProperties {
+        let mut properties = CommitProperties::default();
+        if let Some(tag) = tag {
+            properties = properties.with_metadata([(
+                TRANSACTION_TAG.to_string(),
+                serde_json::Value::String(tag.to_string()),
+            )]);
+        }
         if self.shared {
             properties.with_max_retries(0)
         } else {
@@ -296,16 +305,19 @@ impl OfflineStore {
     /// Appends the batches as one atomic, durable commit. The batches must have the table's schema
     /// without [`SEQUENCE_COLUMN`], which this fills in when the table has it.
     pub async fn append(&self, id: TableId, batches: Vec<RecordBatch>) -> StorageResult<Commit> {
-        self.append_then(id, batches, |_| async { Ok(()) }).await
+        self.append_then(id, batches, None, |_| async { Ok(()) })
+            .await
     }
 
     /// [`OfflineStore::append`], then `then` with the durable commit while the table's writer lock
     /// is still held, so whatever `then` does (applying the rows to the online store) happens in
-    /// commit order. An error from `then` is returned, but the commit stands.
+    /// commit order. An error from `then` is returned, but the commit stands. A `tag` is
+    /// recorded in the commit (see [`OfflineStore::has_tagged_commit`]).
     pub async fn append_then<F, Fut, E>(
         &self,
         id: TableId,
         batches: Vec<RecordBatch>,
+        tag: Option<&str>,
         then: F,
     ) -> Result<Commit, E>
     where
@@ -315,7 +327,7 @@ impl OfflineStore {
     {
         let handle = self.table(id).await?;
         let mut table = handle.writer.lock().await;
-        let (commit, files) = self.commit_append(&mut table, id, batches).await?;
+        let (commit, files) = self.commit_append(&mut table, id, batches, tag).await?;
         handle.publish(&table);
         if commit.rows == 0 {
             return Ok(commit);
@@ -335,6 +347,7 @@ impl OfflineStore {
         table: &mut DeltaTable,
         id: TableId,
         batches: Vec<RecordBatch>,
+        tag: Option<&str>,
     ) -> StorageResult<(Commit, usize)> {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         self.catch_up(table).await?;
@@ -358,7 +371,7 @@ impl OfflineStore {
                 .write(sequenced)
                 .with_save_mode(SaveMode::Append)
                 .with_writer_properties(properties)
-                .with_commit_properties(self.commit_properties())
+                .with_commit_properties(self.commit_properties(tag))
                 .await
             {
                 Ok(written) => break written,
@@ -384,11 +397,13 @@ impl OfflineStore {
     /// as one durable commit that rewrites the files holding them. Before deleting, the distinct
     /// values of `key_columns` (if any) among those rows are read; `then` gets them with the
     /// commit, under the table's writer lock. Returns the commit (its `rows` are the rows deleted).
+    /// A `tag` is recorded in the commit (see [`OfflineStore::has_tagged_commit`]).
     pub async fn delete_then<F, Fut, E>(
         &self,
         id: TableId,
         predicate: datafusion::prelude::Expr,
         key_columns: &[String],
+        tag: Option<&str>,
         then: F,
     ) -> Result<Commit, E>
     where
@@ -399,7 +414,7 @@ impl OfflineStore {
         let handle = self.table(id).await?;
         let mut table = handle.writer.lock().await;
         let deleted = self
-            .commit_delete(&mut table, id, predicate, key_columns)
+            .commit_delete(&mut table, id, predicate, key_columns, tag)
             .await?;
         handle.publish(&table);
         match deleted {
@@ -422,12 +437,16 @@ impl OfflineStore {
         id: TableId,
         predicate: datafusion::prelude::Expr,
         key_columns: &[String],
+        tag: Option<&str>,
     ) -> StorageResult<Option<(Commit, Vec<RecordBatch>)>> {
         self.catch_up(table).await?;
         let mut attempt = 0;
         loop {
             let version = table.version().unwrap_or(0) + 1;
-            match self.delete_once(table, predicate.clone(), key_columns).await {
+            match self
+                .delete_once(table, predicate.clone(), key_columns, tag)
+                .await
+            {
                 Ok(None) => return Ok(None),
                 Ok(Some((deleted, rows, keys))) => {
                     let version = deleted.version().unwrap_or(0);
@@ -452,6 +471,7 @@ impl OfflineStore {
         table: &DeltaTable,
         predicate: datafusion::prelude::Expr,
         key_columns: &[String],
+        tag: Option<&str>,
     ) -> StorageResult<Option<(DeltaTable, u64, Vec<RecordBatch>)>> {
         let mut keys = Vec::new();
         if !key_columns.is_empty() {
@@ -473,7 +493,7 @@ impl OfflineStore {
             .clone()
             .delete()
             .with_predicate(predicate)
-            .with_commit_properties(self.commit_properties())
+            .with_commit_properties(self.commit_properties(tag))
             .await?;
         let rows = metrics.num_deleted_rows.unwrap_or(0) as u64;
         Ok(Some((deleted, rows, keys)))
@@ -498,29 +518,58 @@ impl OfflineStore {
         after: u64,
         through: Option<u64>,
     ) -> StorageResult<Vec<String>> {
+        let infos = self.commit_infos(id, after, through).await?;
+        Ok(infos
+            .iter()
+            .map(|info| {
+                info.get("operation")
+                    .and_then(|o| o.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect())
+    }
+
+    /// Whether a commit of table `id` after version `after` carries `tag` (given to
+    /// [`OfflineStore::append_then`] or [`OfflineStore::delete_then`]): how the recovery of a
+    /// transaction block tells the tables it already wrote from those it did not.
+    pub async fn has_tagged_commit(
+        &self,
+        id: TableId,
+        after: u64,
+        tag: &str,
+    ) -> StorageResult<bool> {
+        let infos = self.commit_infos(id, after, None).await?;
+        Ok(infos
+            .iter()
+            .any(|info| info.get(TRANSACTION_TAG).and_then(|t| t.as_str()) == Some(tag)))
+    }
+
+    /// The `commitInfo` of each commit of table `id` after version `after` up to `through` (the
+    /// newest when `None`), oldest first; an empty object for a commit without one.
+    async fn commit_infos(
+        &self,
+        id: TableId,
+        after: u64,
+        through: Option<u64>,
+    ) -> StorageResult<Vec<serde_json::Value>> {
         let table = self.latest(id).await?;
         let latest = table.version().unwrap_or(0);
         let last = through.map_or(latest, |through| through.min(latest));
         let log = table.log_store();
-        let mut operations = Vec::new();
+        let mut infos = Vec::new();
         for version in after + 1..=last {
             let Some(entry) = log.read_commit_entry(version).await? else {
                 continue;
             };
-            let text = String::from_utf8_lossy(&entry);
-            let operation = text
+            let info = String::from_utf8_lossy(&entry)
                 .lines()
                 .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .find_map(|action| {
-                    action
-                        .pointer("/commitInfo/operation")
-                        .and_then(|o| o.as_str())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_default();
-            operations.push(operation);
+                .find_map(|mut action| action.get_mut("commitInfo").map(serde_json::Value::take))
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+            infos.push(info);
         }
-        Ok(operations)
+        Ok(infos)
     }
 
     /// Adds a nullable column at the end of table `id`'s schema; rows written before read it as

@@ -19,6 +19,11 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts the server with these extra environment variables.
+    fn start_with(data_dir: &Path, environment: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,6 +41,7 @@ impl Server {
                 "QUIVER_LOG",
                 "warn,buoyant_kernel=error,deltalake_core=error",
             )
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -353,6 +359,143 @@ async fn online_store_is_latest_per_key_of_offline_after_kill_9() {
             "acknowledged row {value} is not in the offline store exactly once"
         );
     }
+}
+
+/// The ids of a table of the block tests, each with how often it is there.
+async fn id_counts(client: &Client, table: &str) -> HashMap<i64, i64> {
+    client
+        .query(&format!("SELECT id, count(*) FROM {table} GROUP BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::async_yields_async)] // as above
+async fn transaction_blocks_are_all_or_nothing_across_tables_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    // Per block: the id it inserted into both tables, the id it deleted from both (if any), and
+    // whether its COMMIT was acknowledged (the last one of a round may have been cut off).
+    type Block = (i64, Option<i64>, bool);
+    let blocks: Arc<Mutex<Vec<Block>>> = Arc::default();
+    kill_9_rounds(dir.path(), |round, client, _| {
+        let blocks = blocks.clone();
+        async move {
+            if round == 0 {
+                client
+                    .batch_execute(
+                        "CREATE FEATURE GROUP left_side (id BIGINT, ts TIMESTAMP, PRIMARY KEY (id), \
+                         EVENT TIME ts) WITH (online = true); \
+                         CREATE TABLE right_side (id BIGINT)",
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::spawn(async move {
+                for i in 0i64.. {
+                    let id = round * 1_000_000 + i;
+                    // Every third block also deletes the id of the block two before it.
+                    let deleted = (i % 3 == 2).then_some(id - 2);
+                    let mut sql = format!(
+                        "BEGIN; INSERT INTO left_side VALUES ({id}, '2026-01-01'); \
+                         INSERT INTO right_side VALUES ({id}); "
+                    );
+                    if let Some(gone) = deleted {
+                        sql.push_str(&format!(
+                            "DELETE FROM left_side WHERE id = {gone}; \
+                             DELETE FROM right_side WHERE id = {gone}; "
+                        ));
+                    }
+                    sql.push_str("COMMIT");
+                    blocks.lock().unwrap().push((id, deleted, false));
+                    if client.batch_execute(&sql).await.is_err() {
+                        return;
+                    }
+                    if let Some(block) = blocks.lock().unwrap().last_mut() {
+                        block.2 = true;
+                    }
+                }
+            })
+        }
+    })
+    .await;
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    let left = id_counts(&client, "left_side").await;
+    let right = id_counts(&client, "right_side").await;
+    let online = id_counts(&client, "online.left_side").await;
+    assert_eq!(left, right, "a block's writes landed in one table only");
+    assert_eq!(online, left, "the online store differs from the offline store");
+    assert!(left.values().all(|&n| n == 1), "a row was written twice");
+    let blocks = blocks.lock().unwrap().clone();
+    assert!(
+        blocks.iter().any(|b| b.2),
+        "the writer never got an acknowledgement"
+    );
+    for &(id, deleted, acknowledged) in &blocks {
+        let deleted_later = blocks.iter().any(|b| b.1 == Some(id));
+        if acknowledged && !deleted_later {
+            assert!(left.contains_key(&id), "acknowledged block {id} is missing");
+        }
+        if let (true, Some(gone)) = (acknowledged, deleted) {
+            assert!(!left.contains_key(&gone), "block {id}'s delete of {gone} is missing");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_commit_cut_off_after_its_first_table_is_finished_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let server = Server::start_with(
+            dir.path(),
+            &[("QUIVER_TEST_CRASH_AFTER_FIRST_TABLE", "1")],
+        );
+        let client = server.connect().await;
+        client
+            .batch_execute(
+                "CREATE FEATURE GROUP left_side (id BIGINT, ts TIMESTAMP, PRIMARY KEY (id), \
+                 EVENT TIME ts) WITH (online = true); \
+                 CREATE TABLE right_side (id BIGINT); \
+                 INSERT INTO left_side VALUES (1, '2026-01-01'), (2, '2026-01-01'); \
+                 INSERT INTO right_side VALUES (1), (2)",
+            )
+            .await
+            .unwrap();
+        let cut_off = client
+            .batch_execute(
+                "BEGIN; INSERT INTO left_side VALUES (3, '2026-01-01'); \
+                 DELETE FROM left_side WHERE id = 1; \
+                 DELETE FROM right_side WHERE id = 2; INSERT INTO right_side VALUES (3); COMMIT",
+            )
+            .await;
+        assert!(cut_off.is_err(), "the server was to abort inside COMMIT");
+    }
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    let ids = |counts: HashMap<i64, i64>| {
+        let mut ids: Vec<i64> = counts.into_keys().collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(id_counts(&client, "left_side").await), vec![2, 3]);
+    assert_eq!(ids(id_counts(&client, "online.left_side").await), vec![2, 3]);
+    assert_eq!(ids(id_counts(&client, "right_side").await), vec![1, 3]);
+    // Recovered once: a restart does not apply it again.
+    drop(client);
+    drop(server);
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    assert_eq!(ids(id_counts(&client, "right_side").await), vec![1, 3]);
+    assert!(
+        std::fs::read_dir(dir.path().join("transactions"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the commit record was not removed"
+    );
 }
 
 #[tokio::test]

@@ -140,7 +140,7 @@ async fn write(offline: &OfflineStore, batch: RecordBatch, with_rows: bool) -> O
 /// Deletes keys offline; the entry its writer would propose.
 async fn delete(offline: &OfflineStore, id: i64) -> OnlineCommand {
     let commit = offline
-        .delete_then(TABLE, col("id").eq(lit(id)), &["id".to_string()], |_, _| async {
+        .delete_then(TABLE, col("id").eq(lit(id)), &["id".to_string()], None, |_, _| async {
             Ok::<(), StoreError>(())
         })
         .await

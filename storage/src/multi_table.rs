@@ -1,0 +1,231 @@
+//! A commit that spans several offline tables (a transaction block's writes), written down in the
+//! data directory before any of the tables is touched.
+//!
+//! Delta commits one table at a time. To make several tables' writes all-or-nothing across a
+//! crash, the writer first records every table's rows and delete predicate here (fsynced, then
+//! published by renaming its directory), then commits table by table, tagging each table's last
+//! commit with the record's tag, and forgets the record when all are done. At start, a record
+//! still present is finished: a table whose log holds a commit with the tag after the version
+//! recorded is done, any other is written again. A record whose directory was never renamed into
+//! place was never acted on and is deleted.
+//!
+//! Blocking file IO: call these off the async runtime.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{StorageError, StorageResult};
+use crate::offline::TableId;
+
+/// The name of a record being written, before it is renamed to its tag.
+const PARTIAL_SUFFIX: &str = ".partial";
+const MANIFEST: &str = "manifest.json";
+
+/// The writes of one table within a [`MultiTableCommit`].
+#[derive(Debug, Clone)]
+pub struct TableWrite {
+    pub table: TableId,
+    /// The table's version before the commit: a commit carrying the tag after it means done.
+    pub after: u64,
+    /// Rows matching this predicate (SQL text over the table's columns) are deleted first.
+    pub delete: Option<String>,
+    /// Then these rows are appended.
+    pub rows: Vec<RecordBatch>,
+}
+
+/// Writes to several tables that must all happen.
+#[derive(Debug, Clone)]
+pub struct MultiTableCommit {
+    /// Unique among records; each table's last commit carries it.
+    pub tag: String,
+    pub tables: Vec<TableWrite>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    tables: Vec<ManifestTable>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestTable {
+    table: TableId,
+    after: u64,
+    delete: Option<String>,
+    /// The Arrow IPC file holding the rows, if there are any.
+    rows: Option<String>,
+}
+
+impl MultiTableCommit {
+    /// Writes the record durably under `dir` (created if missing): once this returns, a crash
+    /// leaves the commit to be finished at the next start.
+    pub fn record(&self, dir: &Path) -> StorageResult<()> {
+        let target = dir.join(&self.tag);
+        let partial = dir.join(format!("{}{PARTIAL_SUFFIX}", self.tag));
+        std::fs::create_dir_all(&partial).map_err(|e| StorageError::io(&partial, e))?;
+        let mut manifest = Manifest { tables: Vec::new() };
+        for write in &self.tables {
+            let rows = match write.rows.first() {
+                None => None,
+                Some(first) => {
+                    let name = format!("{}.arrow", write.table);
+                    let path = partial.join(&name);
+                    let file = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+                    let mut writer = FileWriter::try_new(file, first.schema_ref())?;
+                    for batch in &write.rows {
+                        writer.write(batch)?;
+                    }
+                    writer.finish()?;
+                    writer
+                        .into_inner()?
+                        .sync_all()
+                        .map_err(|e| StorageError::io(&path, e))?;
+                    Some(name)
+                }
+            };
+            manifest.tables.push(ManifestTable {
+                table: write.table,
+                after: write.after,
+                delete: write.delete.clone(),
+                rows,
+            });
+        }
+        let path = partial.join(MANIFEST);
+        let text = serde_json::to_vec(&manifest)
+            .map_err(|e| StorageError::Internal(format!("cannot encode a commit record: {e}")))?;
+        let mut file = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StorageError::io(&path, e))?;
+        sync(&partial)?;
+        std::fs::rename(&partial, &target).map_err(|e| StorageError::io(&target, e))?;
+        sync(dir)
+    }
+
+    /// The records under `dir` not forgotten yet, oldest first; records never published (a crash
+    /// while writing one) are deleted.
+    pub fn recorded(dir: &Path) -> StorageResult<Vec<MultiTableCommit>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| StorageError::io(dir, e))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if name.ends_with(PARTIAL_SUFFIX) {
+                std::fs::remove_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
+                continue;
+            }
+            records.push(read_record(&path, name)?);
+        }
+        records.sort_by(|a, b| a.tag.cmp(&b.tag));
+        Ok(records)
+    }
+
+    /// Deletes the record once every table has its writes.
+    pub fn forget(&self, dir: &Path) -> StorageResult<()> {
+        let path = dir.join(&self.tag);
+        std::fs::remove_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
+        sync(dir)
+    }
+}
+
+fn read_record(path: &Path, tag: String) -> StorageResult<MultiTableCommit> {
+    let manifest_path = path.join(MANIFEST);
+    let text = std::fs::read(&manifest_path).map_err(|e| StorageError::io(&manifest_path, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        StorageError::Internal(format!(
+            "the commit record {} is unreadable: {e}",
+            manifest_path.display()
+        ))
+    })?;
+    let mut tables = Vec::with_capacity(manifest.tables.len());
+    for table in manifest.tables {
+        let rows = match &table.rows {
+            None => Vec::new(),
+            Some(name) => {
+                let rows_path: PathBuf = path.join(name);
+                let file = File::open(&rows_path).map_err(|e| StorageError::io(&rows_path, e))?;
+                FileReader::try_new(file, None)?.collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        tables.push(TableWrite {
+            table: table.table,
+            after: table.after,
+            delete: table.delete,
+            rows,
+        });
+    }
+    Ok(MultiTableCommit { tag, tables })
+}
+
+fn sync(dir: &Path) -> StorageResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn rows(values: Vec<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn a_record_reads_back_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = MultiTableCommit {
+            tag: "t1".into(),
+            tables: vec![
+                TableWrite {
+                    table: 7,
+                    after: 3,
+                    delete: Some("id = 1".into()),
+                    rows: vec![rows(vec![1, 2]), rows(vec![3])],
+                },
+                TableWrite {
+                    table: 9,
+                    after: 0,
+                    delete: Some("id IN (4, 5)".into()),
+                    rows: Vec::new(),
+                },
+            ],
+        };
+        commit.record(dir.path()).unwrap();
+        let read = MultiTableCommit::recorded(dir.path()).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].tag, "t1");
+        assert_eq!(read[0].tables.len(), 2);
+        assert_eq!(read[0].tables[0].after, 3);
+        assert_eq!(read[0].tables[0].delete.as_deref(), Some("id = 1"));
+        assert_eq!(read[0].tables[0].rows, vec![rows(vec![1, 2]), rows(vec![3])]);
+        assert!(read[0].tables[1].rows.is_empty());
+        read[0].forget(dir.path()).unwrap();
+        assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_record_never_published_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(format!("t2{PARTIAL_SUFFIX}"))).unwrap();
+        assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());
+        assert!(!dir.path().join(format!("t2{PARTIAL_SUFFIX}")).exists());
+    }
+}
