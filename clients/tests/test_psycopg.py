@@ -233,15 +233,60 @@ def test_an_error_aborts_the_block_until_rollback(quiver):
         conn.commit()
 
 
-def test_rollback_after_a_write_warns_that_it_committed(quiver):
+def test_rollback_discards_writes_and_warns_only_about_ddl(quiver):
     notices = []
     with connect(quiver) as conn:
         conn.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary))
         conn.execute("CREATE TABLE spine (id BIGINT)")
         conn.execute("INSERT INTO spine VALUES (1)")
+        with conn.cursor() as cur:
+            with cur.copy("COPY spine FROM STDIN") as copy:
+                copy.write_row((2,))
+        assert conn.execute("SELECT count(*) FROM spine").fetchone() == (2,)
         conn.rollback()
-        assert any("already committed" in notice for notice in notices), notices
-        assert conn.execute("SELECT count(*) FROM spine").fetchone() == (1,)
+        # The CREATE TABLE committed at once; the writes are gone.
+        assert any("changed the catalog" in notice for notice in notices), notices
+        assert conn.execute("SELECT count(*) FROM spine").fetchone() == (0,)
+        conn.rollback()
+
+
+def test_other_sessions_see_a_block_only_after_commit(quiver):
+    with connect(quiver, autocommit=True) as other, connect(quiver) as conn:
+        other.execute(
+            "CREATE FEATURE GROUP balances (id BIGINT, amount DOUBLE PRECISION, ts TIMESTAMP, "
+            "PRIMARY KEY (id), EVENT TIME ts) WITH (online = true)"
+        )
+        other.execute("CREATE TABLE ledger (id BIGINT, delta DOUBLE PRECISION)")
+        other.execute("INSERT INTO balances VALUES (1, 100, '2026-01-01'), (2, 50, '2026-01-01')")
+        # A transfer: both tables or neither.
+        conn.execute("INSERT INTO balances VALUES (1, 70, '2026-01-02'), (2, 80, '2026-01-02')")
+        with conn.cursor() as cur:
+            with cur.copy("COPY ledger FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(b"1,-30\n2,30\n")
+            assert cur.rowcount == 2
+        conn.execute("DELETE FROM ledger WHERE delta > 100")
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (2,)
+        assert other.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
+        assert other.execute("SELECT amount FROM online.balances WHERE id = 1").fetchone() == (100.0,)
+        conn.commit()
+        assert other.execute("SELECT sum(delta) FROM ledger").fetchone() == (0.0,)
+        assert other.execute("SELECT amount FROM online.balances WHERE id = 1").fetchone() == (70.0,)
+        assert other.execute("SELECT amount FROM balances WHERE id = 2 ORDER BY ts DESC LIMIT 1").fetchone() == (80.0,)
+
+
+def test_a_failed_copy_aborts_the_block(quiver):
+    with connect(quiver, autocommit=True) as setup:
+        setup.execute("CREATE TABLE counts (n INTEGER NOT NULL)")
+    with connect(quiver) as conn:
+        conn.execute("INSERT INTO counts VALUES (1)")
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            with conn.cursor() as cur:
+                with cur.copy("COPY counts FROM STDIN") as copy:
+                    copy.write_row((None,))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM counts").fetchone() == (0,)
+        conn.rollback()
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])

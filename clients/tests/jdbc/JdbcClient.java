@@ -103,6 +103,31 @@ public class JdbcClient {
                 }
             }
             conn.commit();
+            // Writes inside a transaction wait for commit: rollback discards them.
+            try (Statement st = conn.createStatement()) {
+                st.execute("CREATE TABLE jdbc_tx (id BIGINT)");
+            }
+            conn.commit();
+            for (boolean commit : new boolean[] {false, true}) {
+                try (PreparedStatement insert = conn.prepareStatement("INSERT INTO jdbc_tx VALUES (?)")) {
+                    for (long id = 1; id <= 3; id++) {
+                        insert.setLong(1, id);
+                        insert.addBatch();
+                    }
+                    insert.executeBatch();
+                }
+                if (commit) {
+                    conn.commit();
+                } else {
+                    conn.rollback();
+                }
+                try (Statement st = conn.createStatement();
+                     ResultSet count = st.executeQuery("SELECT count(*) FROM jdbc_tx")) {
+                    check(count.next(), "count row");
+                    check(count.getLong(1) == (commit ? 3 : 0), "rows after " + (commit ? "commit" : "rollback"));
+                }
+                conn.commit();
+            }
             conn.setAutoCommit(true);
         }
         System.out.println("ok");
