@@ -149,6 +149,14 @@ CREATE PROJECT fraud;
 \d transactions_pkey
 \echo == du
 \du
+\echo == df
+\df
+\echo == df pg_catalog.string_to_table
+\df pg_catalog.string_to_table
+\echo == dfS aclexplode
+\dfS aclexplode
+\echo == df+ pg_catalog.abs
+\df+ pg_catalog.abs
 """
 
 

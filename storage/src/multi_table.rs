@@ -25,6 +25,8 @@ use crate::offline::TableId;
 
 /// The name of a record being written, before it is renamed to its tag.
 const PARTIAL_SUFFIX: &str = ".partial";
+/// The name of a record done with, while it is being deleted.
+const FORGOTTEN_SUFFIX: &str = ".forgotten";
 const MANIFEST: &str = "manifest.json";
 
 /// The writes of one table within a [`MultiTableCommit`].
@@ -108,7 +110,7 @@ impl MultiTableCommit {
     }
 
     /// The records under `dir` not forgotten yet, oldest first; records never published (a crash
-    /// while writing one) are deleted.
+    /// while writing one) and records forgotten part-way are deleted.
     pub fn recorded(dir: &Path) -> StorageResult<Vec<MultiTableCommit>> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -121,7 +123,7 @@ impl MultiTableCommit {
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
-            if name.ends_with(PARTIAL_SUFFIX) {
+            if name.ends_with(PARTIAL_SUFFIX) || name.ends_with(FORGOTTEN_SUFFIX) {
                 std::fs::remove_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
                 continue;
             }
@@ -131,11 +133,14 @@ impl MultiTableCommit {
         Ok(records)
     }
 
-    /// Deletes the record once every table has its writes.
+    /// Deletes the record once every table has its writes. It is renamed first: a crash while
+    /// its files are deleted must not leave a record with half its files.
     pub fn forget(&self, dir: &Path) -> StorageResult<()> {
         let path = dir.join(&self.tag);
-        std::fs::remove_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
-        sync(dir)
+        let forgotten = dir.join(format!("{}{FORGOTTEN_SUFFIX}", self.tag));
+        std::fs::rename(&path, &forgotten).map_err(|e| StorageError::io(&path, e))?;
+        sync(dir)?;
+        std::fs::remove_dir_all(&forgotten).map_err(|e| StorageError::io(&forgotten, e))
     }
 }
 
@@ -222,10 +227,12 @@ mod tests {
     }
 
     #[test]
-    fn a_record_never_published_is_dropped() {
+    fn records_never_published_or_forgotten_part_way_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(format!("t2{PARTIAL_SUFFIX}"))).unwrap();
+        for suffix in [PARTIAL_SUFFIX, FORGOTTEN_SUFFIX] {
+            std::fs::create_dir_all(dir.path().join(format!("t2{suffix}"))).unwrap();
+        }
         assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());
-        assert!(!dir.path().join(format!("t2{PARTIAL_SUFFIX}")).exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

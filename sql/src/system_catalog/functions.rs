@@ -382,8 +382,14 @@ fn description(snapshot: &CatalogState, oid: i32, column: i32) -> Option<String>
     (column == 0).then(|| view.description.clone()).flatten()
 }
 
-/// PostgreSQL prints an unknown role OID this way.
+/// The user's name; PostgreSQL's bootstrap superuser (OID 10, the owner of the shipped system
+/// objects) is the system owner; PostgreSQL prints an unknown role OID as `unknown (OID=n)`.
 fn user_name(snapshot: &CatalogState, oid: i32) -> String {
+    let oid = if oid == objects::BOOTSTRAP_SUPERUSER {
+        objects::system_owner(snapshot)
+    } else {
+        oid
+    };
     snapshot
         .users()
         .find(|user| user.oid as i32 == oid)

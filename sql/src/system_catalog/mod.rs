@@ -15,6 +15,7 @@
 mod functions;
 mod objects;
 mod rewrites;
+mod signatures;
 mod tables;
 
 use std::sync::{Arc, Weak};
@@ -68,6 +69,9 @@ impl SystemCatalog {
             .clone();
         setup_pg_catalog(&template, &catalog, EmptyContextProvider).map_err(|e| *e)?;
         let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        for function in signatures::functions(&static_tables)? {
+            template.register_udf(function);
+        }
         let no_catalogs: Arc<dyn CatalogProviderList> = Arc::new(MemoryCatalogProviderList::new());
         let generic = PgCatalogSchemaProvider::try_new(
             no_catalogs,

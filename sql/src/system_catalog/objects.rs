@@ -68,7 +68,7 @@ const PG_CATALOG_OIDS: &[(&str, i32)] = &[
 ];
 /// PostgreSQL's bootstrap superuser OID: the owner of what no user created when the catalog
 /// has no superuser to name.
-const BOOTSTRAP_SUPERUSER: i32 = 10;
+pub(crate) const BOOTSTRAP_SUPERUSER: i32 = 10;
 /// `pg_class`'s own OID, the `classoid` of relation comments in `pg_description`.
 pub(crate) const PG_CLASS_OID: i32 = 1259;
 /// The btree access method, `pg_am.oid`, that primary-key indexes report.

@@ -102,6 +102,36 @@ pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     search_path_lookups(statement);
     relation_sizes_from_pages(statement);
     aggregate_scalar_lookups(statement);
+    acl_lists_from_text(statement);
+}
+
+/// `array_to_string(proacl, E'\n')` (psql's `\df+`, `\l`'s access privileges) over the ACL
+/// columns, which the system tables hold as text (`{a=X/b,c=X/b}`, or NULL), as the same
+/// entries joined by the separator.
+fn acl_lists_from_text(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(call) = expr
+            && named(&call.name, &["array_to_string"])
+            && let ast::FunctionArguments::List(list) = &call.args
+            && let [
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(acl)),
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(separator)),
+            ] = list.args.as_slice()
+            && match acl {
+                ast::Expr::Identifier(column) => column.value.ends_with("acl"),
+                ast::Expr::CompoundIdentifier(parts) => {
+                    parts.last().is_some_and(|column| column.value.ends_with("acl"))
+                }
+                _ => false,
+            }
+            && let Some(rewritten) = parse_expr(&format!(
+                "replace(btrim(CAST({acl} AS TEXT), '{{}}'), ',', {separator})"
+            ))
+        {
+            *expr = rewritten;
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// `'pg_catalog.array_in'::regproc` as `'array_in'`. datafusion-pg-catalog resolves a regproc
