@@ -139,6 +139,18 @@ pub struct Column {
     pub description: Option<String>,
 }
 
+impl Column {
+    /// A column without a description.
+    pub fn new(name: &str, data_type: ColumnType, nullable: bool) -> Column {
+        Column {
+            name: name.to_string(),
+            data_type,
+            nullable,
+            description: None,
+        }
+    }
+}
+
 /// What a relation is: the catalog keeps feature groups and plain tables side by side because they
 /// share one namespace inside a project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

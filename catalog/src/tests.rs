@@ -1,14 +1,5 @@
 use super::*;
 
-fn column(name: &str, data_type: ColumnType, nullable: bool) -> Column {
-    Column {
-        name: name.into(),
-        data_type,
-        nullable,
-        description: None,
-    }
-}
-
 fn create_group(name: &str, version: u32) -> CatalogCommand {
     CatalogCommand::CreateRelation {
         project: BOOTSTRAP_NAME.into(),
@@ -19,8 +10,8 @@ fn create_group(name: &str, version: u32) -> CatalogCommand {
             options: FeatureGroupOptions::default(),
         }),
         columns: vec![
-            column("id", ColumnType::BigInt, false),
-            column("ts", ColumnType::Timestamp, false),
+            Column::new("id", ColumnType::BigInt, false),
+            Column::new("ts", ColumnType::Timestamp, false),
         ],
         primary_key: vec!["id".into()],
         owner: BOOTSTRAP_NAME.into(),
@@ -68,7 +59,7 @@ fn a_table_and_a_feature_group_cannot_share_a_name() {
         project: BOOTSTRAP_NAME.into(),
         name: "tx_1".into(),
         kind: RelationKind::Table,
-        columns: vec![column("a", ColumnType::Integer, true)],
+        columns: vec![Column::new("a", ColumnType::Integer, true)],
         primary_key: vec![],
         owner: BOOTSTRAP_NAME.into(),
         created_at: Utc::now(),
@@ -136,7 +127,7 @@ fn failed_commands_leave_no_trace() {
         project: BOOTSTRAP_NAME.into(),
         name: "t".into(),
         kind: RelationKind::Table,
-        columns: vec![column("a", ColumnType::Integer, true)],
+        columns: vec![Column::new("a", ColumnType::Integer, true)],
         primary_key: vec!["missing".into()],
         owner: BOOTSTRAP_NAME.into(),
         created_at: Utc::now(),

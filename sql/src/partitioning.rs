@@ -188,12 +188,7 @@ mod tests {
     use quiver_catalog::Column;
 
     fn columns() -> Vec<Column> {
-        vec![Column {
-            name: "ts".into(),
-            data_type: ColumnType::Timestamp,
-            nullable: false,
-            description: None,
-        }]
+        vec![Column::new("ts", ColumnType::Timestamp, false)]
     }
 
     #[test]

@@ -405,19 +405,13 @@ mod tests {
             project: "p".into(),
             name: format!("t{oid}"),
             kind: RelationKind::Table,
-            columns: vec![column("id", ColumnType::BigInt, false), column("name", ColumnType::Text, true)],
+            columns: vec![
+                Column::new("id", ColumnType::BigInt, false),
+                Column::new("name", ColumnType::Text, true),
+            ],
             primary_key: Vec::new(),
             owner: "quiver".into(),
             created_at: chrono::Utc::now(),
-        }
-    }
-
-    fn column(name: &str, data_type: ColumnType, nullable: bool) -> Column {
-        Column {
-            name: name.into(),
-            data_type,
-            nullable,
-            description: None,
         }
     }
 
