@@ -118,7 +118,10 @@ impl ClusterTlsOptions {
         let mut roots = rustls::RootCertStore::empty();
         for certificate in load_certificates(ca, "--raft-tls-ca")? {
             roots.add(certificate).map_err(|e| {
-                format!("--raft-tls-ca {}: not a usable CA certificate: {e}", ca.display())
+                format!(
+                    "--raft-tls-ca {}: not a usable CA certificate: {e}",
+                    ca.display()
+                )
             })?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());

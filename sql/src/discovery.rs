@@ -407,7 +407,8 @@ fn cluster_nodes(
     for member in members {
         let in_online = online.iter().find(|m| m.node_id == member.node_id);
         online_role.append_option(in_online.map(|m| m.role));
-        online_last_applied_index.append_option(in_online.and_then(|m| m.last_applied_index.map(|i| i as i64)));
+        online_last_applied_index
+            .append_option(in_online.and_then(|m| m.last_applied_index.map(|i| i as i64)));
         node_id.append_value(member.node_id as i64);
         raft_addr.append_value(&member.raft_addr);
         sql_addr.append_option(catalog.sql_addr(member.node_id));

@@ -176,7 +176,16 @@ async fn backfill(engine: &Engine, relation: &Relation) -> SqlResult<()> {
     let layout = layout(relation)?.ok_or_else(|| not_a_feature_group(relation))?;
     engine.online.create_table(relation.oid).await?;
     let columns = column_names(&relation.columns);
-    replay(&engine.offline, &engine.online, relation.oid, &columns, &layout, None, None).await
+    replay(
+        &engine.offline,
+        &engine.online,
+        relation.oid,
+        &columns,
+        &layout,
+        None,
+        None,
+    )
+    .await
 }
 
 /// The names of `columns`, in order.

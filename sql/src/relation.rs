@@ -14,10 +14,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::union::UnionExec;
 use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
@@ -26,8 +24,10 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::PlanProperties;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use quiver_catalog::{ColumnType, Relation};
@@ -404,11 +404,7 @@ struct DeleteExec {
 }
 
 impl DeleteExec {
-    fn new(
-        relation: Relation,
-        engine: Arc<Engine>,
-        predicate: Expr,
-    ) -> Self {
+    fn new(relation: Relation, engine: Arc<Engine>, predicate: Expr) -> Self {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "count",
             DataType::UInt64,
@@ -500,14 +496,20 @@ pub(crate) async fn delete_rows(
     let key_columns = delete_keys(relation);
     let commit = engine
         .offline
-        .delete_then(relation.oid, predicate, &key_columns, tag, |commit, keys| {
-            crate::online::after_commit(
-                engine,
-                relation,
-                commit.version,
-                CommitChange::Deleted(keys),
-            )
-        })
+        .delete_then(
+            relation.oid,
+            predicate,
+            &key_columns,
+            tag,
+            |commit, keys| {
+                crate::online::after_commit(
+                    engine,
+                    relation,
+                    commit.version,
+                    CommitChange::Deleted(keys),
+                )
+            },
+        )
         .await?;
     Ok(commit.rows)
 }
@@ -543,11 +545,7 @@ async fn defer_delete(
         .offline
         .table_provider(relation.oid, None, &context.state())
         .await?;
-    let committed = context
-        .read_table(table)?
-        .filter(matching)?
-        .count()
-        .await?;
+    let committed = context.read_table(table)?.filter(matching)?.count().await?;
     block.defer(Deferred::Delete {
         relation: relation.clone(),
         predicate,
@@ -653,7 +651,10 @@ impl RelationSink {
 
 /// Checks every row of one statement against the relation's constraints and casts the batches to
 /// its columns' types ([`crate::types::arrow_schema`]); an error names the row.
-fn conform_rows(relation: &Relation, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, SqlError> {
+fn conform_rows(
+    relation: &Relation,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let schema = arrow_schema(&relation.columns);
     let mut conformed = Vec::with_capacity(batches.len());
     let mut first_row = 1;

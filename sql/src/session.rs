@@ -390,7 +390,9 @@ impl Session {
         if let Some(block) = &mut self.block {
             match &result {
                 Err(_) => block.failed = true,
-                Ok(_) if changes_state(&prepared.statement) && !is_deferred(&prepared.statement) => {
+                Ok(_)
+                    if changes_state(&prepared.statement) && !is_deferred(&prepared.statement) =>
+                {
                     block.writes += 1
                 }
                 Ok(_) => {}
@@ -948,7 +950,9 @@ impl Session {
 
     /// The open transaction block's deferred writes, if a block is open.
     pub(crate) fn open_block_writes(&self) -> Option<Arc<BlockWrites>> {
-        self.block_writes.is_open().then(|| self.block_writes.clone())
+        self.block_writes
+            .is_open()
+            .then(|| self.block_writes.clone())
     }
 
     /// Ends a COPY FROM STDIN this session started: inside a transaction block a failure aborts

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::Expr;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::prelude::SessionConfig;
@@ -50,10 +50,7 @@ pub(crate) enum Deferred {
         rows: Vec<RecordBatch>,
     },
     /// `DELETE FROM relation WHERE predicate`, the predicate over the relation's bare column names.
-    Delete {
-        relation: Relation,
-        predicate: Expr,
-    },
+    Delete { relation: Relation, predicate: Expr },
 }
 
 impl Deferred {
@@ -88,7 +85,9 @@ impl BlockWrites {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Vec<Deferred>>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// BEGIN: writes from now on are deferred.
@@ -513,7 +512,10 @@ mod tests {
         );
         assert_eq!(
             all[0].deleted.as_ref().unwrap().to_string(),
-            col("id").eq(lit(7i64)).or(col("name").is_null()).to_string()
+            col("id")
+                .eq(lit(7i64))
+                .or(col("name").is_null())
+                .to_string()
         );
         writes.roll_back_to(mark);
         assert!(writes.change_of(2).unwrap().is_none());

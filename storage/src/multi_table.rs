@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(read[0].tables.len(), 2);
         assert_eq!(read[0].tables[0].after, 3);
         assert_eq!(read[0].tables[0].delete.as_deref(), Some("id = 1"));
-        assert_eq!(read[0].tables[0].rows, vec![rows(vec![1, 2]), rows(vec![3])]);
+        assert_eq!(
+            read[0].tables[0].rows,
+            vec![rows(vec![1, 2]), rows(vec![3])]
+        );
         assert!(read[0].tables[1].rows.is_empty());
         read[0].forget(dir.path()).unwrap();
         assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());

@@ -273,13 +273,12 @@ impl OfflineStore {
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
         sync_commit(self.local_dir(id), table.version().unwrap_or(0)).await?;
-        self.lock_table_map().insert(id, Arc::new(OpenTable::new(table)));
+        self.lock_table_map()
+            .insert(id, Arc::new(OpenTable::new(table)));
         Ok(())
     }
 
-    fn lock_table_map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<OpenTable>>> {
+    fn lock_table_map(&self) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<OpenTable>>> {
         match self.tables.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

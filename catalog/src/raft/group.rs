@@ -220,8 +220,7 @@ impl<C: GroupTypes> RaftGroup<C> {
                 Err(e) => return Err(unavailable::<C>(e)),
             };
             if let Some(leader) = leader {
-                let reply: Result<Result<(C::R, u64), String>, _> =
-                    network::ask(
+                let reply: Result<Result<(C::R, u64), String>, _> = network::ask(
                     &self.transport,
                     &leader.raft_addr,
                     self.group,
@@ -310,7 +309,9 @@ impl<C: GroupTypes> RaftGroup<C> {
             let result = tokio::time::timeout(STATEMENT_WAIT, self.read_index_round())
                 .await
                 .unwrap_or_else(|_| {
-                    Err(unavailable::<C>("no leader confirmed a linearizable read (no quorum?)"))
+                    Err(unavailable::<C>(
+                        "no leader confirmed a linearizable read (no quorum?)",
+                    ))
                 })
                 .map_err(|e| e.to_string());
             for caller in callers {
@@ -495,18 +496,20 @@ impl<C: GroupTypes> RaftGroup<C> {
                 };
                 // Waits until the learner has caught up; a node that never answers (down, or
                 // refusing this cluster's TLS certificates) would make it wait forever.
-                let added =
-                    tokio::time::timeout(LEARNER_CATCH_UP, self.raft.add_learner(*node_id, node, true))
-                        .await
-                        .map_err(|_| {
-                            Redirect::Refused(format!(
-                                "node {node_id} at {raft_addr} did not catch up within {} s: is it \
+                let added = tokio::time::timeout(
+                    LEARNER_CATCH_UP,
+                    self.raft.add_learner(*node_id, node, true),
+                )
+                .await
+                .map_err(|_| {
+                    Redirect::Refused(format!(
+                        "node {node_id} at {raft_addr} did not catch up within {} s: is it \
                                  running and reachable (with the cluster's TLS certificates)? It \
                                  was added as a learner; ALTER CLUSTER REMOVE NODE {node_id} \
                                  takes it out",
-                                LEARNER_CATCH_UP.as_secs()
-                            ))
-                        })?;
+                        LEARNER_CATCH_UP.as_secs()
+                    ))
+                })?;
                 match added {
                     Ok(_) => {
                         self.raft
@@ -593,9 +596,7 @@ impl<C: GroupTypes> GroupService for RaftGroup<C> {
     fn handle<'a>(&'a self, method: Method, json: &'a [u8]) -> Reply<'a> {
         Box::pin(async move {
             match method {
-                Method::AppendEntries => {
-                    to_json(&self.raft.append_entries(from_json(json)?).await)
-                }
+                Method::AppendEntries => to_json(&self.raft.append_entries(from_json(json)?).await),
                 Method::Vote => to_json(&self.raft.vote(from_json(json)?).await),
                 Method::InstallSnapshot => {
                     to_json(&self.raft.install_snapshot(from_json(json)?).await)

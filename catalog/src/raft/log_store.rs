@@ -116,7 +116,8 @@ impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<C>> {
         let last_purged: Option<LogId<u64>> = self
-            .db.meta(LAST_PURGED)
+            .db
+            .meta(LAST_PURGED)
             .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = self
             .last_entry_id()
@@ -132,22 +133,26 @@ impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StoreResult<()> {
-        self.db.put_meta(VOTE, vote, true)
+        self.db
+            .put_meta(VOTE, vote, true)
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<u64>>> {
-        self.db.meta(VOTE)
+        self.db
+            .meta(VOTE)
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StoreResult<()> {
-        self.db.put_meta(COMMITTED, &committed, true)
+        self.db
+            .put_meta(COMMITTED, &committed, true)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<u64>>> {
-        self.db.meta::<Option<LogId<u64>>>(COMMITTED)
+        self.db
+            .meta::<Option<LogId<u64>>>(COMMITTED)
             .map(Option::flatten)
             .map_err(|e| StorageIOError::read(&e).into())
     }
@@ -187,7 +192,8 @@ impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
     async fn purge(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
         // The purge mark goes first: a crash in between leaves entries below it, which are
         // never read, rather than a gap that claims entries exist.
-        self.db.put_meta(LAST_PURGED, &log_id, true)
+        self.db
+            .put_meta(LAST_PURGED, &log_id, true)
             .and_then(|()| self.delete_range(0, log_id.index.saturating_add(1)))
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }

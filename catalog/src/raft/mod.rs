@@ -110,10 +110,11 @@ impl RaftDb {
         options.create_missing_column_families(true);
         let families =
             [LOGS, META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, dir, families).map_err(|e| CatalogError::Io {
-            path: dir.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        let db =
+            DB::open_cf_descriptors(&options, dir, families).map_err(|e| CatalogError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
         Ok(RaftDb { db: Arc::new(db) })
     }
 

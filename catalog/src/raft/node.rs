@@ -100,13 +100,14 @@ impl CatalogNode {
             // Replies are small and awaited (heartbeats of read-index rounds): Nagle's algorithm
             // would hold them back until the peer's delayed ACK. tonic sets TCP_NODELAY only on
             // listeners it binds itself.
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-                accepted.inspect(|stream| {
+            let incoming =
+                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                    accepted.inspect(|stream| {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::warn!(error = %e, "cannot set TCP_NODELAY on a Raft connection");
                     }
                 })
-            });
+                });
             if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!(error = %e, "the Raft service stopped");
             }

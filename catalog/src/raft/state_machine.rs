@@ -17,7 +17,6 @@ use crate::state::{Applied, CatalogState};
 
 type StoreResult<T> = Result<T, StorageError<u64>>;
 
-
 /// The replicated state: the catalog and the last entry applied to it.
 #[derive(Debug, Clone)]
 struct AppliedState {
@@ -105,7 +104,6 @@ impl StateMachineStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
-
 }
 
 impl RaftSnapshotBuilder<CatalogRaft> for StateMachineStore {

@@ -7,10 +7,13 @@ use std::collections::BTreeSet;
 
 struct RocksDbBuilder;
 
-impl StoreBuilder<CatalogRaft, LogStore<CatalogRaft>, StateMachineStore, tempfile::TempDir> for RocksDbBuilder {
+impl StoreBuilder<CatalogRaft, LogStore<CatalogRaft>, StateMachineStore, tempfile::TempDir>
+    for RocksDbBuilder
+{
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore<CatalogRaft>, StateMachineStore), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore<CatalogRaft>, StateMachineStore), StorageError<u64>>
+    {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let (log, state_machine) =
             open(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
@@ -237,7 +240,7 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
         )]
         .into(),
         settings: GroupSettings::default(),
-            tls: None,
+        tls: None,
     };
     {
         let catalog = crate::Catalog::open_replicated(dir.path(), config())

@@ -364,7 +364,10 @@ async fn online_store_is_latest_per_key_of_offline_after_kill_9() {
 /// The ids of a table of the block tests, each with how often it is there.
 async fn id_counts(client: &Client, table: &str) -> HashMap<i64, i64> {
     client
-        .query(&format!("SELECT id, count(*) FROM {table} GROUP BY id"), &[])
+        .query(
+            &format!("SELECT id, count(*) FROM {table} GROUP BY id"),
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -427,7 +430,10 @@ async fn transaction_blocks_are_all_or_nothing_across_tables_after_kill_9() {
     let right = id_counts(&client, "right_side").await;
     let online = id_counts(&client, "online.left_side").await;
     assert_eq!(left, right, "a block's writes landed in one table only");
-    assert_eq!(online, left, "the online store differs from the offline store");
+    assert_eq!(
+        online, left,
+        "the online store differs from the offline store"
+    );
     assert!(left.values().all(|&n| n == 1), "a row was written twice");
     let blocks = blocks.lock().unwrap().clone();
     assert!(
@@ -440,7 +446,10 @@ async fn transaction_blocks_are_all_or_nothing_across_tables_after_kill_9() {
             assert!(left.contains_key(&id), "acknowledged block {id} is missing");
         }
         if let (true, Some(gone)) = (acknowledged, deleted) {
-            assert!(!left.contains_key(&gone), "block {id}'s delete of {gone} is missing");
+            assert!(
+                !left.contains_key(&gone),
+                "block {id}'s delete of {gone} is missing"
+            );
         }
     }
 }
@@ -449,10 +458,8 @@ async fn transaction_blocks_are_all_or_nothing_across_tables_after_kill_9() {
 async fn a_commit_cut_off_after_its_first_table_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let server = Server::start_with(
-            dir.path(),
-            &[("QUIVER_TEST_CRASH_AFTER_FIRST_TABLE", "1")],
-        );
+        let server =
+            Server::start_with(dir.path(), &[("QUIVER_TEST_CRASH_AFTER_FIRST_TABLE", "1")]);
         let client = server.connect().await;
         client
             .batch_execute(
@@ -481,7 +488,10 @@ async fn a_commit_cut_off_after_its_first_table_is_finished_at_start() {
         ids
     };
     assert_eq!(ids(id_counts(&client, "left_side").await), vec![2, 3]);
-    assert_eq!(ids(id_counts(&client, "online.left_side").await), vec![2, 3]);
+    assert_eq!(
+        ids(id_counts(&client, "online.left_side").await),
+        vec![2, 3]
+    );
     assert_eq!(ids(id_counts(&client, "right_side").await), vec![1, 3]);
     // Recovered once: a restart does not apply it again.
     drop(client);

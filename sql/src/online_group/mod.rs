@@ -92,11 +92,7 @@ impl OnlineTableSpec {
     }
 
     fn layout(&self) -> SqlResult<OnlineLayout> {
-        layout_of(
-            &self.columns,
-            &self.primary_key,
-            self.event_time.as_deref(),
-        )
+        layout_of(&self.columns, &self.primary_key, self.event_time.as_deref())
     }
 }
 
@@ -267,9 +263,11 @@ impl OnlineGroup {
     fn serving(&self, catalog: &CatalogState) -> SqlResult<&RaftGroup<OnlineRaft>> {
         match catalog.shards() {
             [shard] if shard.raft_group == FIRST_DATA_GROUP => Ok(&self.group),
-            [] => Err(SqlError::Catalog(quiver_catalog::CatalogError::Unavailable(
-                "the cluster has not defined its shards yet (is it still forming?)".into(),
-            ))),
+            [] => Err(SqlError::Catalog(
+                quiver_catalog::CatalogError::Unavailable(
+                    "the cluster has not defined its shards yet (is it still forming?)".into(),
+                ),
+            )),
             _ => Err(SqlError::NotSupported(
                 "the shard map has several shards; this release serves one".into(),
             )),
@@ -278,16 +276,13 @@ impl OnlineGroup {
 
     /// Proposes a command to the group of `table` and waits until this node has applied it.
     pub async fn propose(&self, catalog: &CatalogState, command: OnlineCommand) -> SqlResult<()> {
-        self.serving(catalog)?
-            .propose(command)
-            .await?
-            .map_err(|e| {
-                SqlError::Internal(format!(
-                    "the write is committed offline, but the online store did not apply it: \
+        self.serving(catalog)?.propose(command).await?.map_err(|e| {
+            SqlError::Internal(format!(
+                "the write is committed offline, but the online store did not apply it: \
                      {e}; a later write of the group, or the data group's reconciliation within \
                      seconds, applies it"
-                ))
-            })
+            ))
+        })
     }
 
     /// Proposes offline commit `version` of `relation`: `change` travels in the entry when the

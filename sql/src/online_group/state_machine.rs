@@ -128,8 +128,9 @@ impl OnlineStateMachine {
                         let Some(first) = keys.first() else {
                             return Ok(self.online.set_applied_version(table, version).await?);
                         };
-                        let keys = datafusion::arrow::compute::concat_batches(first.schema_ref(), &keys)
-                            .map_err(|e| SqlError::Internal(e.to_string()))?;
+                        let keys =
+                            datafusion::arrow::compute::concat_batches(first.schema_ref(), &keys)
+                                .map_err(|e| SqlError::Internal(e.to_string()))?;
                         self.online
                             .delete(table, &layout, keys.columns().to_vec(), version)
                             .await?;
@@ -177,7 +178,16 @@ impl OnlineStateMachine {
     ) -> SqlResult<()> {
         let columns = column_names(&spec.columns);
         let layout = spec.layout()?;
-        replay(&self.offline, &self.online, table, &columns, &layout, after, Some(at)).await
+        replay(
+            &self.offline,
+            &self.online,
+            table,
+            &columns,
+            &layout,
+            after,
+            Some(at),
+        )
+        .await
     }
 
     /// Makes the rows applied so far durable, then records how far the machine got (a crash
@@ -222,10 +232,7 @@ impl RaftStateMachine<OnlineRaft> for OnlineStateMachine {
     async fn applied_state(
         &mut self,
     ) -> StoreResult<(Option<LogId<u64>>, StoredMembership<u64, ClusterNode>)> {
-        Ok((
-            self.state.last_applied,
-            self.state.last_membership.clone(),
-        ))
+        Ok((self.state.last_applied, self.state.last_membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<OnlineOutcome>>
@@ -325,4 +332,3 @@ impl RaftStateMachine<OnlineRaft> for OnlineStateMachine {
         self.snapshots.current()
     }
 }
-

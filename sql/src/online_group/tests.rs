@@ -8,7 +8,9 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError};
 use quiver_catalog::raft::{LogStore, RaftDb};
 use quiver_catalog::{Column, ColumnType};
-use quiver_storage::{OfflineStore, OnlineStore, SEQUENCE_COLUMN, StorageError as StoreError, StoreLocation};
+use quiver_storage::{
+    OfflineStore, OnlineStore, SEQUENCE_COLUMN, StorageError as StoreError, StoreLocation,
+};
 
 use super::*;
 use crate::types::arrow_schema;
@@ -140,9 +142,13 @@ async fn write(offline: &OfflineStore, batch: RecordBatch, with_rows: bool) -> O
 /// Deletes keys offline; the entry its writer would propose.
 async fn delete(offline: &OfflineStore, id: i64) -> OnlineCommand {
     let commit = offline
-        .delete_then(TABLE, col("id").eq(lit(id)), &["id".to_string()], None, |_, _| async {
-            Ok::<(), StoreError>(())
-        })
+        .delete_then(
+            TABLE,
+            col("id").eq(lit(id)),
+            &["id".to_string()],
+            None,
+            |_, _| async { Ok::<(), StoreError>(()) },
+        )
         .await
         .unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
@@ -225,7 +231,12 @@ async fn commits_apply_in_version_order_and_gaps_fill_from_the_offline_table() {
 
     // A node that was away installs the snapshot: its table is built from the offline store at
     // the version the snapshot names.
-    let snapshot = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let other = stores(Some(offline.clone())).await;
     let mut other_machine = other.machine();
     other_machine

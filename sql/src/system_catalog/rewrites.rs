@@ -119,9 +119,9 @@ fn acl_lists_from_text(statement: &mut ast::Statement) {
             ] = list.args.as_slice()
             && match acl {
                 ast::Expr::Identifier(column) => column.value.ends_with("acl"),
-                ast::Expr::CompoundIdentifier(parts) => {
-                    parts.last().is_some_and(|column| column.value.ends_with("acl"))
-                }
+                ast::Expr::CompoundIdentifier(parts) => parts
+                    .last()
+                    .is_some_and(|column| column.value.ends_with("acl")),
                 _ => false,
             }
             && let Some(rewritten) = parse_expr(&format!(

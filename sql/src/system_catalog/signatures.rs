@@ -15,8 +15,8 @@ use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, Volatility, create_udf,
 };
-use datafusion_pg_catalog::pg_catalog::{ArrowTable, PgCatalogStaticTables};
 use datafusion_pg_catalog::pg_catalog::format_type::create_format_type_udf;
+use datafusion_pg_catalog::pg_catalog::{ArrowTable, PgCatalogStaticTables};
 
 use crate::error::{SqlError, SqlResult};
 
@@ -32,7 +32,10 @@ struct Signature {
 /// The two functions, answering from pg_proc as it is shipped.
 pub(crate) fn functions(static_tables: &PgCatalogStaticTables) -> SqlResult<Vec<ScalarUDF>> {
     let type_names = TypeNames::new(&table_rows(&static_tables.pg_type)?)?;
-    let signatures = Arc::new(signatures(&table_rows(&static_tables.pg_proc)?, type_names)?);
+    let signatures = Arc::new(signatures(
+        &table_rows(&static_tables.pg_proc)?,
+        type_names,
+    )?);
     let udf = |name: &str, text: fn(&Signature) -> Option<&str>| {
         let signatures = signatures.clone();
         create_udf(
@@ -87,7 +90,9 @@ fn signatures(
         let returns = cast(column("prorettype")?, &DataType::Int32)?;
         let sets = cast(column("proretset")?, &DataType::Boolean)?;
         let text = |name: &str| -> DfResult<StringArray> {
-            Ok(cast(column(name)?, &DataType::Utf8)?.as_string::<i32>().clone())
+            Ok(cast(column(name)?, &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
         };
         let (argument_types, all_types, modes, names, bodies) = (
             text("proargtypes")?,
@@ -157,13 +162,19 @@ fn signatures(
 /// The items of a list as pg_proc's text shows them: `[1034, 26]`, `['acl', 'grantor']`,
 /// `{i,o}`.
 fn list(text: &str) -> Vec<String> {
-    let inner = text.trim().trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'));
+    let inner = text
+        .trim()
+        .trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'));
     if inner.trim().is_empty() {
         return Vec::new();
     }
     inner
         .split(',')
-        .map(|item| item.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+        .map(|item| {
+            item.trim()
+                .trim_matches(|c| c == '\'' || c == '"')
+                .to_string()
+        })
         .collect()
 }
 
@@ -273,9 +284,18 @@ mod tests {
 
     #[test]
     fn signatures_read_as_postgresql_shows_them() {
-        assert_eq!(signature_of("abs", "double precision").result, "double precision");
-        assert_eq!(signature_of("random", "min integer, max integer").result, "integer");
-        assert_eq!(signature_of("string_to_table", "text, text").result, "SETOF text");
+        assert_eq!(
+            signature_of("abs", "double precision").result,
+            "double precision"
+        );
+        assert_eq!(
+            signature_of("random", "min integer, max integer").result,
+            "integer"
+        );
+        assert_eq!(
+            signature_of("string_to_table", "text, text").result,
+            "SETOF text"
+        );
         let aclexplode = signature_of(
             "aclexplode",
             "acl aclitem[], OUT grantor oid, OUT grantee oid, OUT privilege_type text, \
