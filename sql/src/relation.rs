@@ -24,7 +24,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::PlanProperties;
-use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
@@ -202,17 +202,12 @@ impl RelationTable {
                 let scan = self.scan_offline(state, &needed, filters, None).await?;
                 let keep = transaction::kept_by(deleted, &scan.schema())
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(keep, scan)?);
-                let exprs: Vec<ProjectionExpr> = planned
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .map(|(index, field)| ProjectionExpr {
-                        expr: Arc::new(PhysicalColumn::new(field.name(), index)),
-                        alias: field.name().clone(),
-                    })
-                    .collect();
-                Arc::new(ProjectionExec::try_new(exprs, filtered)?)
+                // `needed` starts with `wanted`: the filter keeps those columns.
+                Arc::new(
+                    FilterExecBuilder::new(keep, scan)
+                        .apply_projection(Some((0..wanted.len()).collect()))?
+                        .build()?,
+                )
             }
         };
         let mut own = Vec::with_capacity(change.rows.len());
@@ -571,20 +566,20 @@ impl RelationSink {
         engine: &Engine,
         batches: Vec<RecordBatch>,
     ) -> Result<u64, SqlError> {
-        Self::write_tagged(relation, engine, batches, None).await
+        let conformed = conform_rows(relation, batches)?;
+        Self::commit_conformed(relation, engine, conformed, None).await
     }
 
-    /// [`RelationSink::write_batches`] with a tag recorded in the offline commit (a transaction
-    /// block's multi-table commit, see `transaction`).
-    pub(crate) async fn write_tagged(
+    /// Commits rows [`conform_rows`] already checked, with a tag recorded in the offline commit
+    /// when given (a transaction block's multi-table commit, see `transaction`).
+    pub(crate) async fn commit_conformed(
         relation: &Relation,
         engine: &Engine,
-        batches: Vec<RecordBatch>,
+        conformed: Vec<RecordBatch>,
         tag: Option<&str>,
     ) -> Result<u64, SqlError> {
         let partitioning = Partitioning::of(relation);
         let stored = written_schema(relation);
-        let conformed = conform_rows(relation, batches)?;
         let mut checked = Vec::with_capacity(conformed.len());
         for conformed in conformed {
             checked.push(match &partitioning {
@@ -651,7 +646,7 @@ impl RelationSink {
 
 /// Checks every row of one statement against the relation's constraints and casts the batches to
 /// its columns' types ([`crate::types::arrow_schema`]); an error names the row.
-fn conform_rows(
+pub(crate) fn conform_rows(
     relation: &Relation,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>, SqlError> {

@@ -31,7 +31,7 @@ use quiver_storage::{MultiTableCommit, TableWrite};
 
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
-use crate::relation::{RelationSink, delete_rows};
+use crate::relation::{RelationSink, conform_rows, delete_rows};
 use crate::types::arrow_schema;
 
 /// The directory of the data dir holding multi-table commits being applied.
@@ -225,16 +225,18 @@ pub(crate) fn matching_rows(
 
 /// COMMIT: applies the block's writes to every table, all or nothing.
 pub(crate) async fn commit(engine: &Engine, writes: Vec<Deferred>) -> SqlResult<()> {
-    let changes = changes(writes)?;
+    let mut changes = changes(writes)?;
     check_relations_unchanged(engine, &changes)?;
-    match changes.as_slice() {
-        [] => return Ok(()),
-        // One table's appends are one Delta commit: atomic without a record.
-        [only] if only.deleted.is_none() => {
-            RelationSink::write_batches(&only.relation, engine, only.rows.clone()).await?;
-            return Ok(());
-        }
-        _ => {}
+    // One table's appends are one Delta commit: atomic without a record.
+    if let [only] = changes.as_slice()
+        && only.deleted.is_none()
+        && let Some(only) = changes.pop()
+    {
+        RelationSink::commit_conformed(&only.relation, engine, only.rows, None).await?;
+        return Ok(());
+    }
+    if changes.is_empty() {
+        return Ok(());
     }
     let mut tables = Vec::with_capacity(changes.len());
     for change in &changes {
@@ -250,37 +252,32 @@ pub(crate) async fn commit(engine: &Engine, writes: Vec<Deferred>) -> SqlResult<
         tables,
     };
     let dir = engine.data_dir().join(COMMITS_DIR);
-    let record = blocking({
-        let dir = dir.clone();
-        move || record.record(&dir).map(|()| record).map_err(SqlError::from)
-    })
-    .await?;
-    for (index, change) in changes.iter().enumerate() {
+    record.record(&dir).await?;
+    for (index, change) in changes.into_iter().enumerate() {
         if index == 1 && std::env::var_os(CRASH_AFTER_FIRST_TABLE).is_some() {
             tracing::error!("{CRASH_AFTER_FIRST_TABLE} is set: aborting part-way through a COMMIT");
             std::process::abort();
         }
+        let name = change.relation.qualified_name();
         apply(engine, change, &record.tag).await.map_err(|e| {
             SqlError::Internal(format!(
-                "COMMIT stopped part-way at \"{}\": {e}; the rest of the block's writes are \
-                 applied when the server next starts",
-                change.relation.qualified_name()
+                "COMMIT stopped part-way at \"{name}\": {e}; the rest of the block's writes are \
+                 applied when the server next starts"
             ))
         })?;
     }
-    blocking(move || record.forget(&dir).map_err(SqlError::from)).await
+    Ok(record.forget(&dir).await?)
 }
 
-/// Writes one table's change, its last commit tagged with the record's tag.
-async fn apply(engine: &Engine, change: &TableChange, tag: &str) -> SqlResult<()> {
+/// Writes one table's change (rows already conformed), its last commit tagged with `tag`.
+async fn apply(engine: &Engine, change: TableChange, tag: &str) -> SqlResult<()> {
     let has_rows = change.rows.iter().any(|b| b.num_rows() > 0);
-    if let Some(deleted) = &change.deleted {
+    if let Some(deleted) = change.deleted {
         let delete_tag = (!has_rows).then_some(tag);
-        delete_rows(&change.relation, engine, deleted.clone(), delete_tag).await?;
+        delete_rows(&change.relation, engine, deleted, delete_tag).await?;
     }
     if has_rows {
-        RelationSink::write_tagged(&change.relation, engine, change.rows.clone(), Some(tag))
-            .await?;
+        RelationSink::commit_conformed(&change.relation, engine, change.rows, Some(tag)).await?;
     }
     Ok(())
 }
@@ -290,12 +287,7 @@ async fn apply(engine: &Engine, change: &TableChange, tag: &str) -> SqlResult<()
 /// skipped. Runs at start, after the online store caught up with the offline one.
 pub(crate) async fn recover(engine: &Engine) -> SqlResult<()> {
     let dir = engine.data_dir().join(COMMITS_DIR);
-    let records = blocking({
-        let dir = dir.clone();
-        move || MultiTableCommit::recorded(&dir).map_err(SqlError::from)
-    })
-    .await?;
-    for record in records {
+    for record in MultiTableCommit::recorded(&dir).await? {
         let catalog = engine.catalog.snapshot();
         for write in &record.tables {
             let Some(relation) = catalog.relation(write.table) else {
@@ -312,23 +304,20 @@ pub(crate) async fn recover(engine: &Engine) -> SqlResult<()> {
                 Some(sql) => Some(parse_predicate(relation, sql)?),
                 None => None,
             };
+            // Checked again: the relation is as the catalog has it now.
             let change = TableChange {
                 relation: relation.clone(),
                 deleted,
-                rows: write.rows.clone(),
+                rows: conform_rows(relation, write.rows.clone())?,
             };
-            apply(engine, &change, &record.tag).await?;
+            apply(engine, change, &record.tag).await?;
             tracing::info!(
                 relation = %relation.qualified_name(),
                 tag = %record.tag,
                 "finished the transaction block commit a crash interrupted"
             );
         }
-        blocking({
-            let dir = dir.clone();
-            move || record.forget(&dir).map_err(SqlError::from)
-        })
-        .await?;
+        record.forget(&dir).await?;
     }
     Ok(())
 }
@@ -380,14 +369,6 @@ fn new_tag() -> String {
     let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
     format!("{nanos:020}-{}-{count}", std::process::id())
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> SqlResult<T> + Send + 'static,
-) -> SqlResult<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| SqlError::Internal(format!("a commit record task failed: {e}")))?
 }
 
 #[cfg(test)]

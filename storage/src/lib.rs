@@ -22,3 +22,20 @@ pub use location::StoreLocation;
 pub use multi_table::{MultiTableCommit, TableWrite};
 pub use offline::{Commit, OfflineStore, SEQUENCE_COLUMN, TableId};
 pub use online::{OnlineLayout, OnlineStore};
+
+/// Runs `work` on the blocking pool: file IO, fsyncs and RocksDB calls that may touch the disk
+/// never run on the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Internal(format!("a storage task failed: {e}")))?
+}
+
+/// Fsyncs a file or a directory (a directory's entries: files created or renamed in it).
+pub(crate) fn sync_path(path: &std::path::Path) -> StorageResult<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io(path, e))
+}

@@ -9,7 +9,7 @@
 //! recorded is done, any other is written again. A record whose directory was never renamed into
 //! place was never acted on and is deleted.
 //!
-//! Blocking file IO: call these off the async runtime.
+//! The file IO runs on the blocking pool.
 
 use std::fs::File;
 use std::io::Write;
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{StorageError, StorageResult};
 use crate::offline::TableId;
+use crate::{blocking, sync_path};
 
 /// The name of a record being written, before it is renamed to its tag.
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -66,7 +67,12 @@ struct ManifestTable {
 impl MultiTableCommit {
     /// Writes the record durably under `dir` (created if missing): once this returns, a crash
     /// leaves the commit to be finished at the next start.
-    pub fn record(&self, dir: &Path) -> StorageResult<()> {
+    pub async fn record(&self, dir: &Path) -> StorageResult<()> {
+        let (record, dir) = (self.clone(), dir.to_path_buf());
+        blocking(move || record.record_blocking(&dir)).await
+    }
+
+    fn record_blocking(&self, dir: &Path) -> StorageResult<()> {
         let target = dir.join(&self.tag);
         let partial = dir.join(format!("{}{PARTIAL_SUFFIX}", self.tag));
         std::fs::create_dir_all(&partial).map_err(|e| StorageError::io(&partial, e))?;
@@ -104,14 +110,19 @@ impl MultiTableCommit {
         file.write_all(&text)
             .and_then(|()| file.sync_all())
             .map_err(|e| StorageError::io(&path, e))?;
-        sync(&partial)?;
+        sync_path(&partial)?;
         std::fs::rename(&partial, &target).map_err(|e| StorageError::io(&target, e))?;
-        sync(dir)
+        sync_path(dir)
     }
 
     /// The records under `dir` not forgotten yet, oldest first; records never published (a crash
     /// while writing one) and records forgotten part-way are deleted.
-    pub fn recorded(dir: &Path) -> StorageResult<Vec<MultiTableCommit>> {
+    pub async fn recorded(dir: &Path) -> StorageResult<Vec<MultiTableCommit>> {
+        let dir = dir.to_path_buf();
+        blocking(move || Self::recorded_blocking(&dir)).await
+    }
+
+    fn recorded_blocking(dir: &Path) -> StorageResult<Vec<MultiTableCommit>> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -135,12 +146,16 @@ impl MultiTableCommit {
 
     /// Deletes the record once every table has its writes. It is renamed first: a crash while
     /// its files are deleted must not leave a record with half its files.
-    pub fn forget(&self, dir: &Path) -> StorageResult<()> {
+    pub async fn forget(&self, dir: &Path) -> StorageResult<()> {
         let path = dir.join(&self.tag);
         let forgotten = dir.join(format!("{}{FORGOTTEN_SUFFIX}", self.tag));
-        std::fs::rename(&path, &forgotten).map_err(|e| StorageError::io(&path, e))?;
-        sync(dir)?;
-        std::fs::remove_dir_all(&forgotten).map_err(|e| StorageError::io(&forgotten, e))
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            std::fs::rename(&path, &forgotten).map_err(|e| StorageError::io(&path, e))?;
+            sync_path(&dir)?;
+            std::fs::remove_dir_all(&forgotten).map_err(|e| StorageError::io(&forgotten, e))
+        })
+        .await
     }
 }
 
@@ -173,12 +188,6 @@ fn read_record(path: &Path, tag: String) -> StorageResult<MultiTableCommit> {
     Ok(MultiTableCommit { tag, tables })
 }
 
-fn sync(dir: &Path) -> StorageResult<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -193,8 +202,8 @@ mod tests {
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
     }
 
-    #[test]
-    fn a_record_reads_back_until_forgotten() {
+    #[tokio::test]
+    async fn a_record_reads_back_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let commit = MultiTableCommit {
             tag: "t1".into(),
@@ -213,8 +222,8 @@ mod tests {
                 },
             ],
         };
-        commit.record(dir.path()).unwrap();
-        let read = MultiTableCommit::recorded(dir.path()).unwrap();
+        commit.record(dir.path()).await.unwrap();
+        let read = MultiTableCommit::recorded(dir.path()).await.unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].tag, "t1");
         assert_eq!(read[0].tables.len(), 2);
@@ -225,17 +234,27 @@ mod tests {
             vec![rows(vec![1, 2]), rows(vec![3])]
         );
         assert!(read[0].tables[1].rows.is_empty());
-        read[0].forget(dir.path()).unwrap();
-        assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());
+        read[0].forget(dir.path()).await.unwrap();
+        assert!(
+            MultiTableCommit::recorded(dir.path())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
-    #[test]
-    fn records_never_published_or_forgotten_part_way_are_dropped() {
+    #[tokio::test]
+    async fn records_never_published_or_forgotten_part_way_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         for suffix in [PARTIAL_SUFFIX, FORGOTTEN_SUFFIX] {
             std::fs::create_dir_all(dir.path().join(format!("t2{suffix}"))).unwrap();
         }
-        assert!(MultiTableCommit::recorded(dir.path()).unwrap().is_empty());
+        assert!(
+            MultiTableCommit::recorded(dir.path())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

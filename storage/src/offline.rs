@@ -809,9 +809,7 @@ async fn sync_commit(dir: Option<PathBuf>, version: u64) -> StorageResult<()> {
     let Some(dir) = dir else {
         return Ok(());
     };
-    tokio::task::spawn_blocking(move || sync_commit_blocking(&dir, version))
-        .await
-        .map_err(|e| StorageError::Internal(format!("fsync task failed: {e}")))?
+    crate::blocking(move || sync_commit_blocking(&dir, version)).await
 }
 
 fn sync_commit_blocking(dir: &Path, version: u64) -> StorageResult<()> {
@@ -825,25 +823,19 @@ fn sync_commit_blocking(dir: &Path, version: u64) -> StorageResult<()> {
         if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
             let decoded = percent_decode(path);
             let file = dir.join(&decoded);
-            sync_file(&file)?;
+            crate::sync_path(&file)?;
             if let Some(parent) = file.parent() {
                 dirs.insert(parent.to_path_buf());
             }
         }
     }
-    sync_file(&entry)?;
+    crate::sync_path(&entry)?;
     dirs.insert(log_dir);
     dirs.insert(dir.to_path_buf());
     for d in dirs {
-        sync_file(&d)?;
+        crate::sync_path(&d)?;
     }
     Ok(())
-}
-
-fn sync_file(path: &Path) -> StorageResult<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| StorageError::io(path, e))
 }
 
 /// Delta log paths are percent-encoded URIs relative to the table root.

@@ -33,6 +33,7 @@ use rocksdb::{
 };
 
 use crate::error::{StorageError, StorageResult};
+use crate::blocking;
 use crate::offline::TableId;
 
 const META_FAMILY: &str = "meta";
@@ -214,15 +215,6 @@ fn read_i64(value: Option<&[u8]>) -> i64 {
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map(i64::from_be_bytes)
         .unwrap_or(0)
-}
-
-/// Runs `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> StorageResult<T> + Send + 'static,
-) -> StorageResult<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StorageError::Internal(format!("online store task failed: {e}")))?
 }
 
 impl OnlineStore {

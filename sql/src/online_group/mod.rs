@@ -346,8 +346,13 @@ async fn reconcile_forever(
                 SqlResult::Ok((applied.is_none_or(|applied| applied < latest)).then_some(latest))
             }
             .await;
-            let Ok(Some(latest)) = behind else {
-                continue;
+            let latest = match behind {
+                Ok(Some(latest)) => latest,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::info!(error = %e, relation = %relation.qualified_name(), "the data group's reconciliation could not compare the stores");
+                    continue;
+                }
             };
             let Some(spec) = OnlineTableSpec::of(relation) else {
                 continue;
