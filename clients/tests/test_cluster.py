@@ -139,6 +139,8 @@ def test_cluster_nodes_shows_every_member_and_the_leader(cluster):
             conn.execute("ALTER CLUSTER ADD NODE 2 '127.0.0.1:1'")
         with pytest.raises(psycopg.errors.UndefinedObject, match="cluster node"):
             conn.execute("ALTER CLUSTER REMOVE NODE 9")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a Raft address"):
+            conn.execute("ALTER CLUSTER ADD NODE 7 'nowhere'")
         conn.execute("CREATE USER bob")
         conn.execute("GRANT DATA OWNER ON PROJECT quiver TO bob")
     with psycopg.connect(host="127.0.0.1", port=cluster[3].port, user="bob", dbname="quiver",

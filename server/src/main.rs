@@ -285,9 +285,8 @@ impl ClusterOptions {
                 .parse()
                 .map_err(|_| format!("--peers: \"{id}\" is not a node id"))?;
             let addr = addr.trim().to_string();
-            if addr.is_empty() {
-                return Err(format!("--peers: node {id} has no address"));
-            }
+            quiver_catalog::raft::check_raft_addr(&addr)
+                .map_err(|e| format!("--peers: node {id}: {e}"))?;
             let sql_addr = if id == node_id {
                 sql_listen.to_string()
             } else {

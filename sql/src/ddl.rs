@@ -136,14 +136,7 @@ pub async fn alter_cluster(engine: &Engine, change: &ClusterChange) -> SqlResult
                     "node {node_id} is already a member of the cluster"
                 )));
             }
-            let valid_port = raft_addr
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid_port {
-                return Err(SqlError::InvalidParameter(format!(
-                    "\"{raft_addr}\" is not a Raft address (host:port)"
-                )));
-            }
+            quiver_catalog::raft::check_raft_addr(raft_addr).map_err(SqlError::InvalidParameter)?;
             let add = MembershipChange::AddNode {
                 node_id: *node_id,
                 raft_addr: raft_addr.clone(),

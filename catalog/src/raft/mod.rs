@@ -43,6 +43,18 @@ pub struct ClusterNode {
     pub sql_addr: String,
 }
 
+/// Checks that `addr` is a Raft address peers can dial: `host:port`.
+pub fn check_raft_addr(addr: &str) -> Result<(), String> {
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("\"{addr}\" is not a Raft address (host:port)"))
+    }
+}
+
 /// Which Raft group a message is for. Every node runs every group, over one gRPC service.
 pub type GroupId = u32;
 

@@ -285,3 +285,14 @@ async fn a_replicated_catalog_bootstraps_once_and_keeps_its_commands() {
     assert!(state.user("alice").is_some());
     assert_eq!(state.users().count(), 2);
 }
+
+#[test]
+fn raft_addresses_are_host_and_port() {
+    assert!(check_raft_addr("127.0.0.1:7100").is_ok());
+    assert!(check_raft_addr("node-2.internal:7100").is_ok());
+    assert!(check_raft_addr("[::1]:7100").is_ok());
+    for bad in ["nowhere", ":7100", "host:", "host:99999", "host:port"] {
+        let error = check_raft_addr(bad).unwrap_err();
+        assert!(error.contains("not a Raft address"), "{bad}: {error}");
+    }
+}
