@@ -32,8 +32,8 @@ use rocksdb::{
     WriteOptions,
 };
 
-use crate::error::{StorageError, StorageResult};
 use crate::blocking;
+use crate::error::{StorageError, StorageResult};
 use crate::offline::TableId;
 
 const META_FAMILY: &str = "meta";
