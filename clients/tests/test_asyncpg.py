@@ -73,3 +73,43 @@ def test_errors_carry_sqlstate(quiver):
             await conn.close()
 
     run(scenario())
+
+
+def test_arrays(quiver):
+    """Array results and parameters: asyncpg learns their element types with its recursive type
+    introspection query, which the server answers from pg_type."""
+
+    async def scenario():
+        conn = await asyncpg.connect(f"postgresql://quiver@127.0.0.1:{quiver}/quiver")
+        try:
+            await conn.execute(
+                "CREATE FEATURE GROUP embeddings (id BIGINT NOT NULL, v DOUBLE PRECISION[], "
+                "bucket INTEGER[], ts TIMESTAMP NOT NULL, PRIMARY KEY (id), EVENT TIME ts) "
+                "WITH (online = true)"
+            )
+            await conn.executemany(
+                "INSERT INTO embeddings VALUES ($1, $2, $3, $4)",
+                [
+                    (1, [0.5, 1.5], [1, 2], datetime.datetime(2024, 1, 1)),
+                    (2, [2.5], None, datetime.datetime(2024, 1, 1)),
+                ],
+            )
+            rows = await conn.fetch("SELECT id, v, bucket FROM embeddings ORDER BY id")
+            assert [tuple(r) for r in rows] == [(1, [0.5, 1.5], [1, 2]), (2, [2.5], None)]
+            # A batch lookup by an array parameter, online and offline.
+            online = await conn.fetch(
+                "SELECT id, v FROM online.embeddings WHERE id = ANY($1) ORDER BY id", [1, 2, 3]
+            )
+            assert [tuple(r) for r in online] == [(1, [0.5, 1.5]), (2, [2.5])]
+            assert await conn.fetchval("SELECT $1::bigint[]", [7, 8]) == [7, 8]
+            assert await conn.fetchval("SELECT ARRAY['a', 'b']") == ["a", "b"]
+            # The introspection itself, as asyncpg's codecs see it.
+            types = await conn.fetch(
+                "SELECT t.oid, t.typname FROM pg_type t WHERE t.oid = ANY($1::oid[]) ORDER BY t.oid",
+                [701, 1022],
+            )
+            assert [tuple(r) for r in types] == [(701, "float8"), (1022, "_float8")]
+        finally:
+            await conn.close()
+
+    run(scenario())

@@ -197,7 +197,10 @@ def test_cursor_statements_and_their_errors(quiver):
             conn.execute("DECLARE c CURSOR FOR SELECT 1")
         assert outside.value.sqlstate == "25P01"
         conn.execute("DECLARE held CURSOR WITH HOLD FOR SELECT v FROM generate_series(1, 5) AS t(v) ORDER BY v")
-        assert conn.execute("FETCH 2 FROM held").fetchall() == [(1,), (2,)]
+        fetched = conn.execute("FETCH 2 FROM held")
+        assert fetched.fetchall() == [(1,), (2,)]
+        # The completion tag names the command, as PostgreSQL's does.
+        assert fetched.statusmessage == "FETCH 2"
         assert conn.execute("FETCH NEXT FROM held").fetchall() == [(3,)]
         assert conn.execute("FETCH ALL FROM held").fetchall() == [(4,), (5,)]
         assert conn.execute("FETCH ALL FROM held").fetchall() == []

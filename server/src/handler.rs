@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::sql::sqlparser::ast::{self, Ident};
 use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::StartupHandler;
@@ -426,9 +427,15 @@ impl QueryParser for QuiverQueryParser {
         statement
             .parameter_types
             .iter()
-            .map(|t| match t {
-                Some(data_type) => arrow_pg::datatypes::into_pg_type(data_type),
-                None => Ok(Type::UNKNOWN),
+            .enumerate()
+            .map(|(i, t)| {
+                if let Some(declared) = statement.prepared.declared_parameter_type(i + 1) {
+                    return Ok(declared.clone());
+                }
+                match t {
+                    Some(data_type) => arrow_pg::datatypes::into_pg_type(data_type),
+                    None => Ok(Type::UNKNOWN),
+                }
             })
             .collect()
     }
@@ -468,45 +475,20 @@ impl QueryHandler {
         prepared_fields: Option<&ResultFields>,
         deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Response> {
-        Ok(match output {
-            Output::Rows { stream } => {
-                let schema = stream.schema();
-                let fields = match prepared_fields.and_then(|f| f.get(&schema, format)) {
-                    Some(fields) => fields,
-                    None => Arc::new(pg_fields(&schema, format)?),
-                };
-                let row_fields = fields.clone();
-                let batches = cancellable(
-                    stream.map(|batch| batch.map_err(SqlError::from)),
-                    cancel_receiver(client)?,
-                    deadline,
-                );
-                let rows = batches
-                    .map(move |batch| {
-                        let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> =
-                            match batch {
-                                Ok(batch) => arrow_pg::datatypes::encode_recordbatch(
-                                    row_fields.clone(),
-                                    batch,
-                                ),
-                                Err(e) => Box::new(std::iter::once(Err(to_pgwire(e)))),
-                            };
-                        futures::stream::iter(rows)
-                    })
-                    .flatten();
-                Response::Query(QueryResponse::new(fields, rows))
-            }
+        let (stream, command) = match output {
+            Output::Rows { stream } => (stream, "SELECT"),
+            Output::Fetched { stream } => (stream, "FETCH"),
             // Transaction blocks: the protocol reports the status after each statement.
             Output::Command(tag) if tag.command == "BEGIN" => {
-                Response::TransactionStart(command_tag(&tag))
+                return Ok(Response::TransactionStart(command_tag(&tag)));
             }
             Output::Command(tag)
                 if (tag.command == "COMMIT" || tag.command == "ROLLBACK")
                     && session_block_ended(client) =>
             {
-                Response::TransactionEnd(command_tag(&tag))
+                return Ok(Response::TransactionEnd(command_tag(&tag)));
             }
-            Output::Command(tag) => Response::Execution(command_tag(&tag)),
+            Output::Command(tag) => return Ok(Response::Execution(command_tag(&tag))),
             Output::CopyIn(copy) => {
                 let columns = copy.columns();
                 let copy_format = wire_format(copy.format());
@@ -514,11 +496,11 @@ impl QueryHandler {
                     .session_extensions()
                     .get_or_insert_with(PendingCopy::default);
                 *pending.lock() = Some(copy);
-                Response::CopyIn(CopyResponse::new(
+                return Ok(Response::CopyIn(CopyResponse::new(
                     copy_format,
                     columns,
                     futures::stream::empty(),
-                ))
+                )));
             }
             Output::CopyOut {
                 columns,
@@ -530,9 +512,49 @@ impl QueryHandler {
                         Ok(bytes) => Ok(CopyData::new(Bytes::from(bytes))),
                         Err(e) => Err(to_pgwire(e)),
                     });
-                Response::CopyOut(CopyResponse::new(wire_format(copy_format), columns, data))
+                return Ok(Response::CopyOut(CopyResponse::new(
+                    wire_format(copy_format),
+                    columns,
+                    data,
+                )));
             }
-        })
+        };
+        self.respond_rows(client, stream, command, format, prepared_fields, deadline)
+    }
+
+    /// Rows streamed to the client, ended with `<command> n`.
+    fn respond_rows<C: ClientInfo>(
+        &self,
+        client: &C,
+        stream: SendableRecordBatchStream,
+        command: &str,
+        format: &Format,
+        prepared_fields: Option<&ResultFields>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> PgWireResult<Response> {
+        let schema = stream.schema();
+        let fields = match prepared_fields.and_then(|f| f.get(&schema, format)) {
+            Some(fields) => fields,
+            None => Arc::new(pg_fields(&schema, format)?),
+        };
+        let row_fields = fields.clone();
+        let batches = cancellable(
+            stream.map(|batch| batch.map_err(SqlError::from)),
+            cancel_receiver(client)?,
+            deadline,
+        );
+        let rows = batches
+            .map(move |batch| {
+                let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
+                    Ok(batch) => arrow_pg::datatypes::encode_recordbatch(row_fields.clone(), batch),
+                    Err(e) => Box::new(std::iter::once(Err(to_pgwire(e)))),
+                };
+                futures::stream::iter(rows)
+            })
+            .flatten();
+        let mut response = QueryResponse::new(fields, rows);
+        response.set_command_tag(command);
+        Ok(Response::Query(response))
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use datafusion::catalog::information_schema::INFORMATION_SCHEMA;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult};
 
@@ -38,6 +39,8 @@ pub struct ProjectCatalog {
     /// `pg_catalog`, registered by datafusion-pg-catalog once the session's context exists (its
     /// tables read the context's catalogs, so it cannot be built before them).
     system: OnceLock<Arc<dyn SchemaProvider>>,
+    /// `information_schema`, registered with `pg_catalog` for the same reason.
+    information: OnceLock<Arc<dyn SchemaProvider>>,
 }
 
 impl ProjectCatalog {
@@ -54,6 +57,7 @@ impl ProjectCatalog {
             viewer,
             pins,
             system: OnceLock::new(),
+            information: OnceLock::new(),
         }
     }
 }
@@ -68,6 +72,9 @@ impl CatalogProvider for ProjectCatalog {
         if self.system.get().is_some() {
             names.push(SYSTEM_SCHEMA.to_string());
         }
+        if self.information.get().is_some() {
+            names.push(INFORMATION_SCHEMA.to_string());
+        }
         let snapshot = self.engine.catalog.snapshot();
         for (owner, _) in snapshot.shared_with(&self.project) {
             if !names.iter().any(|name| name == owner) {
@@ -77,19 +84,24 @@ impl CatalogProvider for ProjectCatalog {
         names
     }
 
-    /// Only `pg_catalog` can be registered: every other schema is Quiver's own.
+    /// Only `pg_catalog` and `information_schema` can be registered: every other schema is
+    /// Quiver's own.
     fn register_schema(
         &self,
         name: &str,
         schema: Arc<dyn SchemaProvider>,
     ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
-        if name != SYSTEM_SCHEMA {
-            return Err(DataFusionError::NotImplemented(format!(
-                "schema \"{name}\" cannot be created: a project's schemas are public, online, quiver and pg_catalog"
-            )));
-        }
-        self.system.set(schema).map_err(|_| {
-            DataFusionError::Internal("pg_catalog is registered once per session".into())
+        let slot = match name {
+            SYSTEM_SCHEMA => &self.system,
+            INFORMATION_SCHEMA => &self.information,
+            _ => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "schema \"{name}\" cannot be created: a project's schemas are public, online, quiver and pg_catalog"
+                )));
+            }
+        };
+        slot.set(schema).map_err(|_| {
+            DataFusionError::Internal(format!("{name} is registered once per session"))
         })?;
         Ok(None)
     }
@@ -97,6 +109,7 @@ impl CatalogProvider for ProjectCatalog {
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         match name {
             SYSTEM_SCHEMA => self.system.get().cloned(),
+            INFORMATION_SCHEMA => self.information.get().cloned(),
             PUBLIC_SCHEMA => Some(Arc::new(PublicSchema {
                 engine: self.engine.clone(),
                 project: self.project.clone(),

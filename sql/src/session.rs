@@ -44,6 +44,8 @@ use crate::transaction::{self, BlockWrites};
 pub enum Output {
     /// Rows to stream to the client; the protocol layer ends them with `SELECT n`.
     Rows { stream: SendableRecordBatchStream },
+    /// Rows a FETCH takes from a cursor, ended with `FETCH n`.
+    Fetched { stream: SendableRecordBatchStream },
     /// A command's completion tag, e.g. `CREATE FEATURE GROUP` or `INSERT 0 3`.
     Command(CommandTag),
     /// The server must now receive COPY data and hand it to [`CopyIn`].
@@ -95,6 +97,8 @@ pub struct Prepared {
     single_partition: bool,
     /// The settings the statement's `set_config` calls change when it executes.
     setting_changes: Vec<(String, String)>,
+    /// Parameters whose PostgreSQL type the statement names and Arrow cannot (`$1::oid[]`).
+    declared_parameter_types: Vec<(usize, postgres_types::Type)>,
 }
 
 impl Prepared {
@@ -131,6 +135,15 @@ impl Prepared {
             ordered[index - 1] = data_type;
         }
         Ok(ordered)
+    }
+
+    /// The PostgreSQL type to describe parameter `$index` (1-based) as, where the statement
+    /// names one its Arrow type does not say (`$1::oid[]` is an `int4` list to the planner).
+    pub fn declared_parameter_type(&self, index: usize) -> Option<&postgres_types::Type> {
+        self.declared_parameter_types
+            .iter()
+            .find(|(declared, _)| *declared == index)
+            .map(|(_, pg_type)| pg_type)
     }
 
     /// The result columns, or `None` for a statement that returns no rows.
@@ -343,6 +356,12 @@ impl Session {
         let calls = |functions: &[&str]| matches!(&statement, Statement::Sql(sql) if serving::calls_table_function(sql, functions));
         let eager = calls(&["train_model", "tune_model"]);
         let single_partition = calls(&["feature_vector", "feature_vectors", "serve"]);
+        let declared_parameter_types = match &statement {
+            Statement::Sql(sql) if plan.is_some() => {
+                crate::system_catalog::declared_parameter_types(sql)
+            }
+            _ => Vec::new(),
+        };
         Ok(Prepared {
             statement,
             plan,
@@ -351,6 +370,7 @@ impl Session {
             eager,
             single_partition,
             setting_changes,
+            declared_parameter_types,
         })
     }
 
@@ -870,7 +890,7 @@ impl Session {
                 let schema = cursor.schema();
                 let batches = cursor.fetch(count).await?;
                 let stream = futures::stream::iter(batches.into_iter().map(Ok));
-                Ok(Output::Rows {
+                Ok(Output::Fetched {
                     stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
                 })
             }
@@ -993,7 +1013,8 @@ pub(crate) fn build_context(
         .with_extension(Arc::new(settings_view.clone()))
         .with_default_catalog_and_schema(project, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
-        .with_information_schema(true)
+        // Served by the project's catalog instead (see system_catalog::information_schema).
+        .with_information_schema(false)
         .with_target_partitions(engine.target_partitions());
     // Sorts (those under ASOF JOIN above all) concatenate up to this much of their input and sort
     // it at once rather than sorting each batch and merging many small runs: measured on

@@ -13,6 +13,7 @@
 //! `pg_catalog` schema over its own project.
 
 mod functions;
+mod information_schema;
 mod objects;
 mod rewrites;
 mod signatures;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::information_schema::INFORMATION_SCHEMA;
 use datafusion::catalog::{
     CatalogProviderList, MemoryCatalogProviderList, SchemaProvider, TableProvider,
 };
@@ -42,6 +44,7 @@ use crate::error::{SqlError, SqlResult};
 use crate::project_catalog::SYSTEM_SCHEMA;
 use crate::settings::SettingsView;
 
+pub(crate) use objects::declared_parameter_types;
 pub(crate) use rewrites::{rewrite_catalog_query, user_keywords_to_calls};
 
 /// The function behind `information_schema._pg_expandarray` (see `rewrites`).
@@ -113,8 +116,9 @@ impl SystemCatalog {
         ));
     }
 
-    /// Registers `pg_catalog` in the session's catalog for `project`, over that catalog, and the
-    /// functions that answer from the Quiver catalog, `current_database()` naming the project.
+    /// Registers `pg_catalog` and `information_schema` in the session's catalog for `project`,
+    /// over that catalog, and the functions that answer from the Quiver catalog,
+    /// `current_database()` naming the project.
     pub(crate) fn install(
         &self,
         engine: &Arc<Engine>,
@@ -136,13 +140,17 @@ impl SystemCatalog {
             engine: engine.clone(),
             project: project.to_string(),
             viewer: viewer.to_string(),
-            catalogs,
+            catalogs: catalogs.clone(),
             settings,
         };
-        context
+        let catalog = context
             .catalog(project)
-            .ok_or_else(|| SqlError::Internal(format!("no catalog for project {project}")))?
-            .register_schema(SYSTEM_SCHEMA, Arc::new(schema))?;
+            .ok_or_else(|| SqlError::Internal(format!("no catalog for project {project}")))?;
+        catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schema))?;
+        catalog.register_schema(
+            INFORMATION_SCHEMA,
+            Arc::new(information_schema::InformationSchema { catalogs }),
+        )?;
         context.register_udf(create_current_database_udf(project));
         for function in functions::all(engine) {
             context.register_udf(function);

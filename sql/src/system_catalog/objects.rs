@@ -9,6 +9,7 @@
 //! 2^28 (268 million objects), which keeps every OID a positive `int4` as pg_catalog's columns are.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -534,6 +535,32 @@ fn type_oid_by_name(name: &str) -> i32 {
     builtin_type_oid(name).unwrap_or(postgres_types::Type::TEXT.oid() as i32)
 }
 
+/// The SQL standard's names of the built-in types whose internal names differ, as
+/// `format_type` and `information_schema` spell them.
+const SQL_SPELLINGS: &[(&str, &str)] = &[
+    ("smallint", "int2"),
+    ("integer", "int4"),
+    ("bigint", "int8"),
+    ("real", "float4"),
+    ("double precision", "float8"),
+    ("boolean", "bool"),
+    ("character varying", "varchar"),
+    ("character", "bpchar"),
+    ("timestamp without time zone", "timestamp"),
+    ("timestamp with time zone", "timestamptz"),
+    ("time without time zone", "time"),
+    ("time with time zone", "timetz"),
+];
+
+/// A built-in type's SQL name from its internal one (`int8` is `bigint`); other names as they
+/// are.
+pub(crate) fn sql_type_name(internal: &str) -> &str {
+    SQL_SPELLINGS
+        .iter()
+        .find(|(_, name)| *name == internal)
+        .map_or(internal, |(spelled, _)| spelled)
+}
+
 /// The OID of a built-in type named as `to_regtype` accepts it: its internal name (`int4`,
 /// `_float8`), its SQL spelling (`integer`, `double precision`, `text[]`), optionally qualified
 /// with `pg_catalog.`.
@@ -553,19 +580,13 @@ pub(crate) fn builtin_type_oid(name: &str) -> Option<i32> {
         None => (name, false),
     };
     let element = match element {
-        "integer" | "int" => "int4",
-        "smallint" => "int2",
-        "bigint" => "int8",
-        "real" => "float4",
-        "double precision" => "float8",
-        "boolean" => "bool",
-        "character varying" => "varchar",
-        "character" | "char" => "bpchar",
-        "timestamp without time zone" => "timestamp",
-        "timestamp with time zone" => "timestamptz",
-        "time without time zone" => "time",
+        "int" => "int4",
+        "char" => "bpchar",
         "decimal" => "numeric",
-        other => other,
+        other => SQL_SPELLINGS
+            .iter()
+            .find(|(spelled, _)| *spelled == other)
+            .map_or(other, |(_, internal)| internal),
     };
     let internal = if array {
         format!("_{element}")
@@ -573,6 +594,50 @@ pub(crate) fn builtin_type_oid(name: &str) -> Option<i32> {
         element.to_string()
     };
     by_name.get(&internal).map(|oid| *oid as i32)
+}
+
+/// The PostgreSQL types of the parameters a statement casts to an OID alias type (`$1::oid`,
+/// `$1::oid[]`; the compatibility parser has made `$2::regclass` a lookup by name). Their values are plain integers to the planner, so the Arrow
+/// mapping would describe them as `int4`; PostgreSQL describes the cast's type, and drivers
+/// encode by it (asyncpg can send a list of integers as `oid[]`, not as `int4[]`).
+pub(crate) fn declared_parameter_types(
+    statement: &datafusion::sql::sqlparser::ast::Statement,
+) -> Vec<(usize, postgres_types::Type)> {
+    use datafusion::sql::sqlparser::ast::{self, ArrayElemTypeDef};
+    let alias_name = |data_type: &ast::DataType| match data_type {
+        ast::DataType::Custom(name, modifiers) if modifiers.is_empty() => name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(|ident| ident.value.to_ascii_lowercase())
+            .filter(|name| arrow_pg::datatypes::pg_type_for_alias_kind(name).is_some()),
+        _ => None,
+    };
+    let mut declared = Vec::new();
+    let _ = ast::visit_expressions(statement, |expr| {
+        if let ast::Expr::Cast {
+            expr, data_type, ..
+        } = expr
+            && let ast::Expr::Value(value) = expr.as_ref()
+            && let ast::Value::Placeholder(placeholder) = &value.value
+            && let Some(index) = placeholder
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+            && let Some(spelled) = match data_type {
+                ast::DataType::Array(
+                    ArrayElemTypeDef::SquareBracket(element, _)
+                    | ArrayElemTypeDef::AngleBracket(element),
+                ) => alias_name(element).map(|name| format!("{name}[]")),
+                other => alias_name(other),
+            }
+            && let Some(pg_type) = builtin_type_oid(&spelled)
+                .and_then(|oid| postgres_types::Type::from_oid(oid as u32))
+        {
+            declared.push((index, pg_type));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    declared
 }
 
 #[cfg(test)]
@@ -602,5 +667,21 @@ mod tests {
         assert_eq!(builtin_type_oid("pg_catalog.int4"), Some(23));
         assert_eq!(builtin_type_oid("text[]"), Some(1009));
         assert_eq!(builtin_type_oid("hstore"), None);
+    }
+
+    #[test]
+    fn parameters_cast_to_oid_types_are_described_as_those() {
+        let statement = crate::parser::parse(
+            "SELECT $1::oid[], $2::oid, $3::bigint FROM pg_type WHERE oid = any($1::oid[])",
+        )
+        .unwrap()
+        .remove(0);
+        let crate::parser::Statement::Sql(statement) = statement else {
+            panic!("not SQL");
+        };
+        let declared = declared_parameter_types(&statement);
+        assert!(declared.contains(&(1, postgres_types::Type::OID_ARRAY)));
+        assert!(declared.contains(&(2, postgres_types::Type::OID)));
+        assert!(!declared.iter().any(|(index, _)| *index == 3));
     }
 }

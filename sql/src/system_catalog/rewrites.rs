@@ -94,6 +94,9 @@ pub(crate) fn user_keywords_to_calls(statement: &mut ast::Statement) {
 
 /// Rewrites a catalog query in place.
 pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
+    if asyncpg_type_lookup(statement) {
+        return;
+    }
     array_subqueries_to_aggregates(statement);
     generate_subscripts_to_unnest(statement);
     expand_arrays_and_access_fields(statement);
@@ -103,6 +106,120 @@ pub(crate) fn rewrite_catalog_query(statement: &mut ast::Statement) {
     relation_sizes_from_pages(statement);
     aggregate_scalar_lookups(statement);
     acl_lists_from_text(statement);
+}
+
+/// The name of the recursive CTE of asyncpg's type introspection query.
+const ASYNCPG_TYPE_TREE: &str = "typeinfo_tree";
+
+/// asyncpg's type introspection, as DataFusion can plan and asyncpg can read it. asyncpg sends it
+/// for every type it has no codec for (arrays above all), with the types as `$1::oid[]`, and
+/// decodes its answer only with the codecs it has built in, so:
+/// - a domain's base type is `typbasetype`, one step: asyncpg walks the chain with a correlated
+///   recursive subquery DataFusion cannot plan, and Quiver has no CREATE DOMAIN, so its domains
+///   (information_schema's) are over base types;
+/// - a composite type's attribute types are text (`{23,25}`): asyncpg decodes `oid[]` and
+///   `text[]` only, and an oid array is described as `int4[]`;
+/// - `x::regtype::text` is `format_type(x, NULL)`, `-` for 0 as regtype gives it.
+///
+/// Returns whether the statement was that query (and is now the rewritten one).
+fn asyncpg_type_lookup(statement: &mut ast::Statement) -> bool {
+    let is_type_lookup = matches!(statement, ast::Statement::Query(query)
+        if query.with.as_ref().is_some_and(|with| with.recursive
+            && with.cte_tables.iter().any(|cte| cte.alias.name.value == ASYNCPG_TYPE_TREE)));
+    if !is_type_lookup {
+        return false;
+    }
+    // The types asked for: the array in the first `ti.oid = any(...)` (the recursion's start;
+    // `$1::oid[]` as asyncpg sends it), which the compatibility parser has made
+    // `array_contains(array, ti.oid)`.
+    let is_type_oid = |expr: &ast::Expr| {
+        matches!(expr, ast::Expr::CompoundIdentifier(parts)
+            if parts.iter().map(|p| p.value.as_str()).eq(["ti", "oid"]))
+    };
+    let mut asked = None;
+    let _ = ast::visit_expressions(statement, |expr| {
+        let array = match expr {
+            ast::Expr::AnyOp { left, right, .. } if is_type_oid(left) => Some(right.as_ref()),
+            ast::Expr::Function(call) if named(&call.name, &["array_contains"]) => {
+                match &call.args {
+                    ast::FunctionArguments::List(list) => match list.args.as_slice() {
+                        [
+                            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array)),
+                            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(element)),
+                        ] if is_type_oid(element) => Some(array),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match array {
+            Some(array) => {
+                asked = Some(array.to_string());
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    });
+    let Some(asked) = asked else {
+        return false;
+    };
+    let attributes = |column: &str| {
+        format!(
+            "CASE WHEN t.typtype = 'c' THEN (SELECT array_agg(CAST(ia.{column} AS TEXT) ORDER BY ia.attnum) \
+             FROM pg_catalog.pg_attribute ia JOIN pg_catalog.pg_class c ON ia.attrelid = c.oid \
+             WHERE ia.attnum > 0 AND NOT ia.attisdropped AND c.reltype = t.oid) END"
+        )
+    };
+    // regtype's text: the type's name, `-` for no type.
+    let type_name = |column: &str| {
+        format!("CASE WHEN {column} = 0 THEN '-' ELSE format_type({column}, NULL) END")
+    };
+    let columns = "ti.oid, ti.ns, ti.name, ti.kind, ti.basetype, ti.elemtype, ti.elemdelim, \
+                   ti.range_subtype, ti.attrtypoids, ti.attrnames";
+    let sql = format!(
+        "WITH RECURSIVE typeinfo AS (\
+            SELECT t.oid AS oid, ns.nspname AS ns, t.typname AS name, t.typtype AS kind, \
+                CASE WHEN t.typtype = 'd' THEN t.typbasetype END AS basetype, \
+                t.typelem AS elemtype, elem_t.typdelim AS elemdelim, \
+                COALESCE(range_t.rngsubtype, multirange_t.rngsubtype) AS range_subtype, \
+                {attrtypoids} AS attrtypoids, {attrnames} AS attrnames \
+            FROM pg_catalog.pg_type t \
+            JOIN pg_catalog.pg_namespace ns ON ns.oid = t.typnamespace \
+            LEFT JOIN pg_catalog.pg_type elem_t \
+                ON t.typlen = -1 AND t.typelem != 0 AND t.typelem = elem_t.oid \
+            LEFT JOIN pg_catalog.pg_range range_t ON t.oid = range_t.rngtypid \
+            LEFT JOIN pg_catalog.pg_range multirange_t ON t.oid = multirange_t.rngmultitypid), \
+         {ASYNCPG_TYPE_TREE}(oid, ns, name, kind, basetype, elemtype, elemdelim, range_subtype, \
+            attrtypoids, attrnames, depth) AS (\
+            SELECT {columns}, 0 FROM typeinfo ti WHERE ti.oid = any({asked}) \
+            UNION ALL \
+            SELECT {columns}, tt.depth + 1 FROM typeinfo ti, {ASYNCPG_TYPE_TREE} tt \
+            WHERE (tt.elemtype IS NOT NULL AND ti.oid = tt.elemtype) \
+               OR (tt.attrtypoids IS NOT NULL AND array_has(tt.attrtypoids, CAST(ti.oid AS TEXT))) \
+               OR (tt.range_subtype IS NOT NULL AND ti.oid = tt.range_subtype) \
+               OR (tt.basetype IS NOT NULL AND ti.oid = tt.basetype)) \
+         SELECT DISTINCT *, {basetype_name} AS basetype_name, \
+            {elemtype_name} AS elemtype_name, {range_subtype_name} AS range_subtype_name \
+         FROM {ASYNCPG_TYPE_TREE} ORDER BY depth DESC",
+        basetype_name = type_name("basetype"),
+        elemtype_name = type_name("elemtype"),
+        range_subtype_name = type_name("range_subtype"),
+        attrtypoids = attributes("atttypid"),
+        attrnames = attributes("attname"),
+    );
+    match Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut parser| parser.parse_statement())
+    {
+        Ok(rewritten) => {
+            *statement = rewritten;
+            true
+        }
+        // Left as sent: the planner reports on the original.
+        Err(_) => false,
+    }
 }
 
 /// `array_to_string(proacl, E'\n')` (psql's `\df+`, `\l`'s access privileges) over the ACL
