@@ -2,6 +2,7 @@
 
 import datetime
 import decimal
+import threading
 
 import psycopg
 import pytest
@@ -275,6 +276,46 @@ def test_other_sessions_see_a_block_only_after_commit(quiver):
         assert other.execute("SELECT sum(delta) FROM ledger").fetchone() == (0.0,)
         assert other.execute("SELECT amount FROM online.balances WHERE id = 1").fetchone() == (70.0,)
         assert other.execute("SELECT amount FROM balances WHERE id = 2 ORDER BY ts DESC LIMIT 1").fetchone() == (80.0,)
+
+
+def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
+    """Each block adds one row to each of two tables; a reader comparing their counts in one
+    statement never finds them apart, however its planning falls against the COMMITs."""
+    with connect(quiver, autocommit=True) as setup:
+        setup.execute("CREATE TABLE debits (n INTEGER)")
+        setup.execute("CREATE TABLE credits (n INTEGER)")
+    done = threading.Event()
+    apart = []
+    reads = []
+    failures = []
+
+    def read():
+        try:
+            with connect(quiver, autocommit=True) as reader:
+                while not done.is_set():
+                    debits, credits = reader.execute(
+                        "SELECT (SELECT count(*) FROM debits) AS d, (SELECT count(*) FROM credits) AS c"
+                    ).fetchone()
+                    reads.append(debits)
+                    if debits != credits:
+                        apart.append((debits, credits))
+        except Exception as error:  # the assertion below reports it
+            failures.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with connect(quiver) as writer:
+            for n in range(40):
+                writer.execute("INSERT INTO debits VALUES (%s)", (n,))
+                writer.execute("INSERT INTO credits VALUES (%s)", (n,))
+                writer.commit()
+    finally:
+        done.set()
+        reader.join()
+    assert failures == []
+    assert len(reads) > 40
+    assert apart == []
 
 
 def test_a_failed_copy_aborts_the_block(quiver):

@@ -39,6 +39,7 @@ pub fn sqlstate(error: &SqlError) -> &'static str {
         SqlError::OutOfMemory(_) => "53200",
         SqlError::Data(_) => "22000",
         SqlError::Internal(_) => "XX000",
+        SqlError::Context { cause, .. } => sqlstate(cause),
         SqlError::Storage(storage) => match storage {
             // The data of a relation the catalog still names is gone (a concurrent DROP or
             // online = false, or a store emptied behind Quiver's back).
@@ -94,4 +95,20 @@ pub fn error_response(severity: &str, code: &str, message: String) -> PgWireErro
         code.to_string(),
         message,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_with_context_keeps_its_causes_sqlstate() {
+        let unavailable = SqlError::Catalog(CatalogError::Unavailable("no leader".into()))
+            .context("COMMIT stopped part-way at \"public.a\"");
+        assert_eq!(sqlstate(&unavailable), "57P03");
+        assert_eq!(
+            unavailable.to_string(),
+            "COMMIT stopped part-way at \"public.a\": no leader"
+        );
+    }
 }

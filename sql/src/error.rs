@@ -107,6 +107,12 @@ pub enum SqlError {
     /// XX000: a bug or an environment failure, not the user's doing.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error with what was being done when it happened; its SQLSTATE is the cause's.
+    #[error("{context}: {cause}")]
+    Context {
+        context: String,
+        cause: Box<SqlError>,
+    },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -115,6 +121,16 @@ pub enum SqlError {
 
 /// A SQL result.
 pub type SqlResult<T> = Result<T, SqlError>;
+
+impl SqlError {
+    /// This error, saying what was being done; the SQLSTATE stays the cause's.
+    pub fn context(self, context: impl Into<String>) -> SqlError {
+        SqlError::Context {
+            context: context.into(),
+            cause: Box::new(self),
+        }
+    }
+}
 
 impl From<DataFusionError> for SqlError {
     fn from(error: DataFusionError) -> Self {

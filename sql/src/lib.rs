@@ -117,6 +117,10 @@ pub struct Engine {
     models: models::ModelCache,
     /// Rows served by models, waiting to be written to their prediction logs.
     prediction_log: Arc<models::PredictionLog>,
+    /// A multi-table COMMIT writes its tables under the write side; a query resolves the
+    /// versions of the tables it reads (physical planning) under the read side, so it sees all
+    /// of the COMMIT's tables or none.
+    commit_gate: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -220,6 +224,7 @@ impl Engine {
             data_dir: data_dir.to_path_buf(),
             models: Default::default(),
             prediction_log: Arc::new(models::PredictionLog::new(engine.clone())),
+            commit_gate: tokio::sync::RwLock::new(()),
         });
         // A cluster member's online store follows the data group, which reconciles it.
         if engine.online_group.is_none() {

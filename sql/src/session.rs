@@ -709,8 +709,18 @@ impl Session {
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         let panic_sender = sender.clone();
+        let engine = self.engine.clone();
         let query = async move {
-            let mut stream = match frame.execute_stream().await {
+            let task = Arc::new(frame.task_ctx());
+            // The tables' versions are fixed when the plan is made: not in the middle of a
+            // multi-table COMMIT.
+            let plan = {
+                let _commits_wait = engine.commit_gate.read().await;
+                frame.create_physical_plan().await
+            };
+            let started =
+                plan.and_then(|plan| datafusion::physical_plan::execute_stream(plan, task));
+            let mut stream = match started {
                 Ok(stream) => stream,
                 Err(e) => {
                     let _ = sender.send(Err(e)).await;

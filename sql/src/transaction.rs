@@ -253,6 +253,8 @@ pub(crate) async fn commit(engine: &Engine, writes: Vec<Deferred>) -> SqlResult<
     };
     let dir = engine.data_dir().join(COMMITS_DIR);
     record.record(&dir).await?;
+    // Queries planned meanwhile wait, and then see every table's writes.
+    let _visible_together = engine.commit_gate.write().await;
     for (index, change) in changes.into_iter().enumerate() {
         if index == 1 && std::env::var_os(CRASH_AFTER_FIRST_TABLE).is_some() {
             tracing::error!("{CRASH_AFTER_FIRST_TABLE} is set: aborting part-way through a COMMIT");
@@ -260,9 +262,9 @@ pub(crate) async fn commit(engine: &Engine, writes: Vec<Deferred>) -> SqlResult<
         }
         let name = change.relation.qualified_name();
         apply(engine, change, &record.tag).await.map_err(|e| {
-            SqlError::Internal(format!(
-                "COMMIT stopped part-way at \"{name}\": {e}; the rest of the block's writes are \
-                 applied when the server next starts"
+            e.context(format!(
+                "COMMIT stopped part-way at \"{name}\" (the rest of the block's writes are \
+                 applied when the server next starts)"
             ))
         })?;
     }
