@@ -129,55 +129,45 @@ impl NpyWriter {
         })
     }
 
-    /// Appends the rows of `batch`.
+    /// Appends the rows of `batch`: each column's elements as little-endian bytes, then
+    /// interleaved row by row (reading every column in order and writing the rows in order, so
+    /// both sides stream through memory).
     pub fn write(&mut self, batch: &RecordBatch) -> StorageResult<()> {
         let rows = batch.num_rows();
-        let width = self.dtype.width();
-        let stride = width * self.columns.len();
-        self.buffer.clear();
-        self.buffer.resize(rows * stride, 0);
+        let mut columns = Vec::with_capacity(batch.num_columns());
         for (index, array) in batch.columns().iter().enumerate() {
-            let name = &self.columns[index];
-            let values = self.numbers(array, name)?;
-            let offset = index * width;
-            match self.dtype {
-                Dtype::Float32 => {
-                    let floats = values.as_primitive::<Float32Type>();
-                    for row in 0..rows {
-                        let value = if floats.is_null(row) {
-                            f32::NAN
-                        } else {
-                            floats.value(row)
-                        };
-                        let at = row * stride + offset;
-                        self.buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
-                    }
-                }
-                Dtype::Float64 => {
-                    let floats = values.as_primitive::<Float64Type>();
-                    for row in 0..rows {
-                        let value = if floats.is_null(row) {
-                            f64::NAN
-                        } else {
-                            floats.value(row)
-                        };
-                        let at = row * stride + offset;
-                        self.buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
-                    }
-                }
-                Dtype::Int64 => {
+            columns.push(self.numbers(array, &self.columns[index])?);
+        }
+        self.buffer.clear();
+        self.buffer.resize(rows * self.dtype.width() * columns.len(), 0);
+        match self.dtype {
+            Dtype::Float32 => interleave(
+                &mut self.buffer,
+                &columns
+                    .iter()
+                    .map(|c| float_bytes(c.as_primitive::<Float32Type>(), f32::NAN))
+                    .collect::<Vec<_>>(),
+            ),
+            Dtype::Float64 => interleave(
+                &mut self.buffer,
+                &columns
+                    .iter()
+                    .map(|c| float_bytes(c.as_primitive::<Float64Type>(), f64::NAN))
+                    .collect::<Vec<_>>(),
+            ),
+            Dtype::Int64 => {
+                let mut elements = Vec::with_capacity(columns.len());
+                for (values, name) in columns.iter().zip(&self.columns) {
                     if values.null_count() > 0 {
                         return Err(StorageError::NullNotAllowed(format!(
                             "column \"{name}\" has a NULL, which an npy array of int64 cannot hold; \
                              COALESCE it or cast a column to double precision"
                         )));
                     }
-                    let ints = values.as_primitive::<Int64Type>();
-                    for (row, value) in ints.values().iter().enumerate() {
-                        let at = row * stride + offset;
-                        self.buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
-                    }
+                    let ints = values.as_primitive::<Int64Type>().values();
+                    elements.push(ints.iter().map(|v| v.to_le_bytes()).collect());
                 }
+                interleave(&mut self.buffer, &elements)
             }
         }
         let buffer = std::mem::take(&mut self.buffer);
@@ -220,6 +210,57 @@ impl NpyWriter {
     }
 }
 
+/// A float column's elements as little-endian bytes, NULL as `null` (NaN).
+fn float_bytes<T, const WIDTH: usize>(
+    values: &datafusion::arrow::array::PrimitiveArray<T>,
+    null: T::Native,
+) -> Vec<[u8; WIDTH]>
+where
+    T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: LittleEndian<WIDTH>,
+{
+    match values.nulls() {
+        None => values.values().iter().map(|v| v.le_bytes()).collect(),
+        Some(nulls) => values
+            .values()
+            .iter()
+            .zip(nulls.iter())
+            .map(|(v, valid)| if valid { v.le_bytes() } else { null.le_bytes() })
+            .collect(),
+    }
+}
+
+/// The little-endian bytes of an element type.
+trait LittleEndian<const WIDTH: usize>: Copy {
+    fn le_bytes(self) -> [u8; WIDTH];
+}
+
+impl LittleEndian<4> for f32 {
+    fn le_bytes(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+}
+
+impl LittleEndian<8> for f64 {
+    fn le_bytes(self) -> [u8; 8] {
+        self.to_le_bytes()
+    }
+}
+
+/// Writes `columns` (each one element per row) into `rows` in C order: row after row, each row
+/// its columns' elements in column order. `rows` holds exactly that many bytes.
+fn interleave<const WIDTH: usize>(rows: &mut [u8], columns: &[Vec<[u8; WIDTH]>]) {
+    let stride = WIDTH * columns.len();
+    if stride == 0 {
+        return;
+    }
+    for (row, out) in rows.chunks_exact_mut(stride).enumerate() {
+        for (column, cell) in columns.iter().zip(out.chunks_exact_mut(WIDTH)) {
+            cell.copy_from_slice(&column[row]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +273,21 @@ mod tests {
             assert_eq!(bytes.len(), header(Dtype::Float64, 0, 50).len());
             assert_eq!(*bytes.last().unwrap(), b'\n');
         }
+    }
+
+    #[test]
+    fn columns_are_interleaved_in_c_order() {
+        let columns = vec![vec![[1u8, 1], [2, 2], [3, 3]], vec![[7u8, 7], [8, 8], [9, 9]]];
+        let mut rows = vec![0u8; 12];
+        interleave(&mut rows, &columns);
+        assert_eq!(rows, [1, 1, 7, 7, 2, 2, 8, 8, 3, 3, 9, 9]);
+    }
+
+    #[test]
+    fn null_floats_become_the_null_value() {
+        let values = datafusion::arrow::array::Float64Array::from(vec![Some(1.5), None]);
+        let bytes: Vec<[u8; 8]> = float_bytes(&values, f64::NAN);
+        assert_eq!(f64::from_le_bytes(bytes[0]), 1.5);
+        assert!(f64::from_le_bytes(bytes[1]).is_nan());
     }
 }
