@@ -363,9 +363,20 @@ def test_unnamed_columns_are_named_as_postgresql_names_them(quiver):
             "FROM spend GROUP BY amount, id"
         )
         assert [d.name for d in cur.description] == ["count", "max", "amount", "case", "now"]
-        # Two columns PostgreSQL would both call "count" keep the engine's distinct names.
-        cur = conn.execute("SELECT count(*), count(amount) FROM spend")
-        assert len({d.name for d in cur.description}) == 2
+        # Columns may share a name, as in PostgreSQL; anything else is ?column?.
+        for binary in (False, True):
+            cur = conn.cursor(binary=binary)
+            cur.execute(
+                "SELECT count(*), count(amount), id, id, (SELECT 1), (SELECT 2), id + 1 "
+                "FROM spend GROUP BY id"
+            )
+            assert [d.name for d in cur.description] == [
+                "count", "count", "id", "id", "?column?", "?column?", "?column?"
+            ]
+        conn.execute("INSERT INTO spend VALUES (7, 1.5)")
+        prepared = conn.execute("SELECT id, id, %s::bigint FROM spend", (3,), prepare=True)
+        assert [d.name for d in prepared.description] == ["id", "id", "int8"]
+        assert prepared.fetchall() == [(7, 7, 3)]
 
 
 def test_deallocate_drops_prepared_statements(quiver):

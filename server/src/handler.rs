@@ -456,8 +456,28 @@ impl QueryParser for QuiverQueryParser {
     }
 }
 
+/// The RowDescription of a result: its columns' wire types, under the names PostgreSQL gives
+/// them (two columns may share one; see `quiver_sql::display_name`).
 fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)
+    let fields = arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?;
+    Ok(fields
+        .into_iter()
+        .map(|field| {
+            let shown = quiver_sql::display_name(field.name());
+            if shown.len() == field.name().len() {
+                return field;
+            }
+            FieldInfo::new(
+                shown.to_string(),
+                field.table_id(),
+                field.column_id(),
+                field.datatype().clone(),
+                field.format(),
+            )
+            .with_format_options(field.format_options().clone())
+            .with_type_size(field.type_size())
+        })
+        .collect())
 }
 
 /// Runs statements for both protocols and receives COPY data.

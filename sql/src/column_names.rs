@@ -8,8 +8,21 @@ use std::collections::HashMap;
 
 use datafusion::sql::sqlparser::ast::{self, Expr, SelectItem, SetExpr};
 
-/// Names the unnamed items of a query's select list as PostgreSQL does, where that name is not
-/// taken by another result column (DataFusion requires distinct names; PostgreSQL does not).
+/// Marks a result column name made unique for the query engine: the name shown to clients is
+/// what comes before it (see [`display_name`]). A control character, so no name a user writes
+/// has it.
+const UNIQUE_SUFFIX: char = '\u{1f}';
+
+/// The name clients see for a result column: PostgreSQL's, which may be another column's too.
+pub fn display_name(name: &str) -> &str {
+    name.split(UNIQUE_SUFFIX).next().unwrap_or(name)
+}
+
+/// Names the items of a query's select list as PostgreSQL does: an unnamed item after its
+/// column, function or cast (`count(*)` is `count`), `?column?` otherwise. PostgreSQL allows
+/// two result columns of one name (`SELECT n, n`, `SELECT count(*), count(x)`); the query engine
+/// does not, so such columns are aliased with the name and a [`UNIQUE_SUFFIX`] that the protocol
+/// layer drops ([`display_name`]).
 pub(crate) fn name_like_postgres(query: &mut ast::Query) {
     let Some(select) = first_select(&mut query.body) else {
         return;
@@ -23,30 +36,33 @@ pub(crate) fn name_like_postgres(query: &mut ast::Query) {
         // The names the wildcard brings are not known here.
         return;
     }
-    let names: Vec<Option<String>> = select.projection.iter().map(output_name).collect();
+    let names: Vec<String> = select.projection.iter().map(postgres_name_of).collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
-    for name in names.iter().flatten() {
+    for name in &names {
         *counts.entry(name.as_str()).or_default() += 1;
     }
-    let proposals: Vec<Option<String>> = select
-        .projection
-        .iter()
-        .map(|item| match item {
-            SelectItem::UnnamedExpr(expr) if !is_column(expr) => postgres_name(expr),
+    let mut renamed = Vec::with_capacity(names.len());
+    for (position, (item, name)) in select.projection.iter().zip(&names).enumerate() {
+        let unique = counts.get(name.as_str()) == Some(&1);
+        renamed.push(match item {
+            SelectItem::ExprWithAlias { .. } if unique => None,
+            SelectItem::UnnamedExpr(expr) if unique && is_column(expr) => None,
+            SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                let alias = match unique {
+                    true => name.clone(),
+                    false => format!("{name}{UNIQUE_SUFFIX}{position}"),
+                };
+                Some(SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: ast::Ident::with_quote('"', alias),
+                })
+            }
             _ => None,
-        })
-        .collect();
-    for proposal in proposals.iter().flatten() {
-        *counts.entry(proposal.as_str()).or_default() += 1;
+        });
     }
-    for (item, proposal) in select.projection.iter_mut().zip(&proposals) {
-        if let (SelectItem::UnnamedExpr(expr), Some(name)) = (&*item, proposal)
-            && counts.get(name.as_str()) == Some(&1)
-        {
-            *item = SelectItem::ExprWithAlias {
-                expr: expr.clone(),
-                alias: ast::Ident::with_quote('"', name.clone()),
-            };
+    for (item, renamed) in select.projection.iter_mut().zip(renamed) {
+        if let Some(renamed) = renamed {
+            *item = renamed;
         }
     }
 }
@@ -65,15 +81,17 @@ fn is_column(expr: &Expr) -> bool {
     matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
 }
 
-/// The name an item already has: its alias or its column's name.
-fn output_name(item: &SelectItem) -> Option<String> {
+/// The name PostgreSQL gives an item: its alias, its column's name, the name of its function or
+/// cast, or `?column?`.
+fn postgres_name_of(item: &SelectItem) -> String {
     match item {
-        SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
-        SelectItem::UnnamedExpr(Expr::Identifier(ident)) => Some(ident.value.clone()),
-        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
-            parts.last().map(|p| p.value.clone())
-        }
-        _ => None,
+        SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+        SelectItem::UnnamedExpr(Expr::Identifier(ident)) => ident.value.clone(),
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
+            .last()
+            .map_or_else(|| "?column?".to_string(), |p| p.value.clone()),
+        SelectItem::UnnamedExpr(expr) => postgres_name(expr).unwrap_or_else(|| "?column?".into()),
+        _ => "?column?".into(),
     }
 }
 
@@ -88,7 +106,20 @@ fn postgres_name(expr: &Expr) -> Option<String> {
             .last()
             .and_then(|part| part.as_ident())
             .map(|ident| ident.value.to_lowercase()),
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => match expr.as_ref() {
+        Expr::Cast {
+            expr, data_type, ..
+        } => match expr.as_ref() {
+            Expr::Identifier(ident) => Some(ident.value.clone()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+            // A cast of something nameless is named by its type, internally spelled
+            // (`$1::bigint` is `int8`).
+            other => postgres_name(other).or_else(|| {
+                crate::system_catalog::builtin_type_oid(&data_type.to_string())
+                    .and_then(|oid| postgres_types::Type::from_oid(oid as u32))
+                    .map(|pg_type| pg_type.name().to_string())
+            }),
+        },
+        Expr::Nested(expr) => match expr.as_ref() {
             Expr::Identifier(ident) => Some(ident.value.clone()),
             Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
             other => postgres_name(other),
@@ -116,22 +147,35 @@ mod tests {
     #[test]
     fn functions_casts_and_case_are_named_as_postgresql_names_them() {
         assert_eq!(
-            named("SELECT count(*), now(), amount::text, CASE WHEN x THEN 1 END, x + 1 FROM t"),
+            named(
+                "SELECT count(*), now(), amount::text, CASE WHEN x THEN 1 END, x + 1, $1::bigint FROM t"
+            ),
             "SELECT count(*) AS \"count\", now() AS \"now\", amount::TEXT AS \"amount\", \
-             CASE WHEN x THEN 1 END AS \"case\", x + 1 FROM t"
+             CASE WHEN x THEN 1 END AS \"case\", x + 1 AS \"?column?\", $1::BIGINT AS \"int8\" FROM t"
         );
     }
 
     #[test]
-    fn a_name_another_column_has_is_left_to_the_engine() {
+    fn names_that_repeat_are_made_unique_and_shown_alike() {
+        let sql = named("SELECT count(*), count(x), sum(x), n, n, 1 AS a, 2 AS a FROM t");
+        let u = UNIQUE_SUFFIX;
         assert_eq!(
-            named("SELECT count(*), count(x), sum(x) FROM t"),
-            "SELECT count(*), count(x), sum(x) AS \"sum\" FROM t"
+            sql,
+            format!(
+                "SELECT count(*) AS \"count{u}0\", count(x) AS \"count{u}1\", sum(x) AS \"sum\", \
+                 n AS \"n{u}3\", n AS \"n{u}4\", 1 AS \"a{u}5\", 2 AS \"a{u}6\" FROM t"
+            )
         );
+        assert_eq!(display_name(&format!("count{u}1")), "count");
+        assert_eq!(display_name("count"), "count");
         assert_eq!(
             named("SELECT amount, max(amount)::text FROM t"),
             "SELECT amount, max(amount)::TEXT AS \"max\" FROM t"
         );
+    }
+
+    #[test]
+    fn wildcards_and_later_branches_keep_the_engines_names() {
         assert_eq!(
             named("SELECT count FROM t UNION SELECT count(*) FROM u"),
             "SELECT count FROM t UNION SELECT count(*) FROM u"

@@ -43,6 +43,7 @@ use quiver_catalog::{Applied, Catalog, CatalogCommand};
 pub use quiver_storage::StoreLocation;
 use quiver_storage::{OfflineStore, OnlineStore};
 
+pub use column_names::display_name;
 pub use copy::CopyFormat;
 pub use copy_in::CopyIn;
 pub use error::{SqlError, SqlResult};

@@ -139,7 +139,8 @@ impl NpyWriter {
             columns.push(self.numbers(array, &self.columns[index])?);
         }
         self.buffer.clear();
-        self.buffer.resize(rows * self.dtype.width() * columns.len(), 0);
+        self.buffer
+            .resize(rows * self.dtype.width() * columns.len(), 0);
         match self.dtype {
             Dtype::Float32 => interleave(
                 &mut self.buffer,
@@ -277,7 +278,10 @@ mod tests {
 
     #[test]
     fn columns_are_interleaved_in_c_order() {
-        let columns = vec![vec![[1u8, 1], [2, 2], [3, 3]], vec![[7u8, 7], [8, 8], [9, 9]]];
+        let columns = vec![
+            vec![[1u8, 1], [2, 2], [3, 3]],
+            vec![[7u8, 7], [8, 8], [9, 9]],
+        ];
         let mut rows = vec![0u8; 12];
         interleave(&mut rows, &columns);
         assert_eq!(rows, [1, 1, 7, 7, 2, 2, 8, 8, 3, 3, 9, 9]);

@@ -341,6 +341,30 @@ impl OnlineStore {
         .await
     }
 
+    /// The bytes table `id` takes: its SST files and its rows still in memory tables (not yet
+    /// flushed). 0 for a table the store does not have.
+    pub async fn byte_size(&self, id: TableId) -> StorageResult<u64> {
+        if !self.has_table(id) {
+            return Ok(0);
+        }
+        let db = self.db.clone();
+        blocking(move || {
+            let family = table_family(&db, id)?;
+            let mut bytes = 0;
+            for property in [
+                rocksdb::properties::TOTAL_SST_FILES_SIZE,
+                rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES,
+            ] {
+                bytes += db
+                    .property_int_value_cf(&family, property)
+                    .map_err(rocks)?
+                    .unwrap_or(0);
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+
     /// Applies rows to table `id`: each row replaces the stored row of its key if its (event
     /// time, sequence) is greater; `sequences[i]` is row `i`'s sequence. With `applied`, the batch
     /// also records that offline commit as applied and is synced, which makes every earlier

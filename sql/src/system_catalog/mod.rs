@@ -44,7 +44,7 @@ use crate::error::{SqlError, SqlResult};
 use crate::project_catalog::SYSTEM_SCHEMA;
 use crate::settings::SettingsView;
 
-pub(crate) use objects::declared_parameter_types;
+pub(crate) use objects::{builtin_type_oid, declared_parameter_types};
 pub(crate) use rewrites::{rewrite_catalog_query, user_keywords_to_calls};
 
 /// The function behind `information_schema._pg_expandarray` (see `rewrites`).

@@ -282,8 +282,11 @@ pub(crate) async fn relations(sources: &Sources<'_>, sizes: Sizes) -> SqlResult<
         // A size that cannot be read (the store unreachable) lists the relation with no pages
         // rather than failing every catalog query.
         let bytes = match sizes {
-            Sizes::Read => engine.offline.byte_size(relation.oid).await.unwrap_or(0),
-            Sizes::Skip => 0,
+            Sizes::Read => StoreBytes {
+                offline: engine.offline.byte_size(relation.oid).await.unwrap_or(0),
+                online: engine.online.byte_size(relation.oid).await.unwrap_or(0),
+            },
+            Sizes::Skip => StoreBytes::default(),
         };
         push_relation(&snapshot, relation, bytes, &mut relations);
     }
@@ -397,15 +400,26 @@ fn system_relation(
     }
 }
 
+/// What a relation's data takes in each store.
+#[derive(Debug, Default, Clone, Copy)]
+struct StoreBytes {
+    offline: u64,
+    online: u64,
+}
+
+/// Bytes in whole pages, as `relpages` counts them.
+fn pages(bytes: u64) -> i32 {
+    i32::try_from(bytes.div_ceil(PAGE_BYTES)).unwrap_or(i32::MAX)
+}
+
 /// The relations one feature group version or table is: its names in `public` and `online`,
 /// each with its primary-key index.
 fn push_relation(
     snapshot: &CatalogState,
     relation: &Relation,
-    offline_bytes: u64,
+    bytes: StoreBytes,
     out: &mut Vec<PgRelation>,
 ) {
-    let offline_pages = i32::try_from(offline_bytes.div_ceil(PAGE_BYTES)).unwrap_or(i32::MAX);
     let mut facets = vec![(Facet::Versioned, relation.qualified_name())];
     let mut description = None;
     if let Some(spec) = relation.feature_group() {
@@ -486,9 +500,9 @@ fn push_relation(
             index,
             tuples: -1.0,
             pages: if facet.namespace() == PUBLIC_NAMESPACE {
-                offline_pages
+                pages(bytes.offline)
             } else {
-                0
+                pages(bytes.online)
             },
         });
     }
