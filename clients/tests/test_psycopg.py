@@ -318,6 +318,29 @@ def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
     assert apart == []
 
 
+def test_statement_timeout_never_cuts_a_commit(quiver):
+    """A COMMIT writing two tables takes far longer than 1 ms (it fsyncs a record and each
+    table); it runs to its end anyway, and a read in the same session is still cut."""
+    with connect(quiver, autocommit=True) as setup:
+        setup.execute("CREATE TABLE left_side (n INTEGER)")
+        setup.execute("CREATE TABLE right_side (n INTEGER)")
+    rows = 20_000
+    with connect(quiver) as conn:
+        conn.execute("SET statement_timeout = '1ms'")
+        with conn.cursor() as cur:
+            for table in ("left_side", "right_side"):
+                with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                    copy.write("".join(f"{n}\n" for n in range(rows)))
+        conn.commit()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b")
+        conn.rollback()
+    with connect(quiver, autocommit=True) as check:
+        assert check.execute(
+            "SELECT (SELECT count(*) FROM left_side), (SELECT count(*) FROM right_side)"
+        ).fetchone() == (rows, rows)
+
+
 def test_a_failed_copy_aborts_the_block(quiver):
     with connect(quiver, autocommit=True) as setup:
         setup.execute("CREATE TABLE counts (n INTEGER NOT NULL)")
