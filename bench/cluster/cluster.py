@@ -20,8 +20,9 @@ import subprocess
 import threading
 import time
 
-import duckdb
 import psycopg
+
+from csv_load import copy_csv, make_csv
 
 DOUBLES = ", ".join(f"f{i} DOUBLE PRECISION" for i in range(10))
 GROUP = f"CREATE FEATURE GROUP g (key BIGINT, ts TIMESTAMP, {DOUBLES}, PRIMARY KEY (key), EVENT TIME ts) WITH (online = true)"
@@ -73,24 +74,10 @@ class Node:
         return psycopg.connect(host="127.0.0.1", port=self.port, user="quiver", dbname="quiver", autocommit=True)
 
 
-def make_csv(path: str, rows: int) -> None:
-    doubles = ", ".join(f"random() AS f{i}" for i in range(10))
-    duckdb.sql(
-        f"COPY (SELECT i AS key, TIMESTAMP '2026-01-01' + to_seconds(i) AS ts, {doubles} "
-        f"FROM range({rows}) t(i)) TO '{path}' (HEADER, DELIMITER ',')"
-    )
-
-
 def copy_rows_per_second(node: Node, csv_path: str, rows: int) -> float:
     with node.connect() as conn:
         conn.execute(GROUP)
-        started = time.perf_counter()
-        with conn.cursor() as cur:
-            with cur.copy("COPY g FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
-                with open(csv_path, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        copy.write(chunk)
-        elapsed = time.perf_counter() - started
+        elapsed = copy_csv(conn, "g", csv_path)
         count = conn.execute("SELECT count(*) FROM online.g").fetchone()[0]
         assert count == rows, f"node {node.port} serves {count} keys online, expected {rows}"
     return rows / elapsed

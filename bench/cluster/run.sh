@@ -16,5 +16,5 @@ bench_build
 bench_venv
 bench_workdir cluster
 # The nodes are started and killed by the driver, which stops them at its end.
-"$venv/bin/python" bench/cluster/cluster.py --quiver "$CARGO_TARGET_DIR/release/quiver" --work "$work" \
+PYTHONPATH=bench "$venv/bin/python" bench/cluster/cluster.py --quiver "$CARGO_TARGET_DIR/release/quiver" --work "$work" \
   --rows "$rows" --seconds "$seconds"

@@ -12,26 +12,10 @@ import time
 import duckdb
 import psycopg
 
+from csv_load import copy_csv, make_csv
+
 COLUMNS = ["key", "ts"] + [f"f{i}" for i in range(10)]
 QUERY = "SELECT key % 1000 AS bucket, count(*) AS n, avg(f0) AS a0, sum(f9) AS s9 FROM ingest GROUP BY key % 1000"
-
-
-def make_csv(path: str, rows: int) -> None:
-    doubles = ", ".join(f"random() AS f{i}" for i in range(10))
-    duckdb.sql(
-        f"COPY (SELECT i AS key, TIMESTAMP '2026-01-01' + to_seconds(i) AS ts, {doubles} "
-        f"FROM range({rows}) t(i)) TO '{path}' (HEADER, DELIMITER ',')"
-    )
-
-
-def copy_file(conn, path: str) -> float:
-    started = time.perf_counter()
-    with conn.cursor() as cur:
-        with cur.copy("COPY ingest FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    copy.write(chunk)
-    return time.perf_counter() - started
 
 
 def timed_query(run) -> float:
@@ -62,7 +46,7 @@ def main() -> None:
 
     with psycopg.connect(host="127.0.0.1", port=args.quiver_port, user="quiver", dbname="quiver", autocommit=True) as conn:
         conn.execute(f"CREATE FEATURE GROUP ingest (key BIGINT, ts TIMESTAMP, {doubles}, PRIMARY KEY (key), EVENT TIME ts)")
-        load = copy_file(conn, csv_path)
+        load = copy_csv(conn, "ingest", csv_path)
         count = conn.execute("SELECT count(*) FROM ingest").fetchone()[0]
         assert count == args.rows, f"quiver has {count} rows"
         query = timed_query(lambda: conn.execute(QUERY).fetchall())
@@ -70,7 +54,7 @@ def main() -> None:
 
     with psycopg.connect(host="127.0.0.1", port=args.postgres_port, user="postgres", dbname="postgres", autocommit=True) as conn:
         conn.execute(f"CREATE TABLE ingest (key BIGINT, ts TIMESTAMP, {doubles})")
-        load = copy_file(conn, csv_path)
+        load = copy_csv(conn, "ingest", csv_path)
         conn.execute("VACUUM ANALYZE ingest")
         query = timed_query(lambda: conn.execute(QUERY).fetchall())
         results["postgresql"] = (load, query)

@@ -27,4 +27,4 @@ runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -o "-p 54
 "$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:5498 --data-dir "$work/quiver" 2>"$work/quiver.log" &
 quiver_pid=$!
 
-"$venv/bin/python" bench/ingest/ingest.py --rows "$rows" --work "$work" --postgres-port 5497 --quiver-port 5498
+PYTHONPATH=bench "$venv/bin/python" bench/ingest/ingest.py --rows "$rows" --work "$work" --postgres-port 5497 --quiver-port 5498
