@@ -144,17 +144,11 @@ impl NpyWriter {
         match self.dtype {
             Dtype::Float32 => interleave(
                 &mut self.buffer,
-                &columns
-                    .iter()
-                    .map(|c| float_bytes(c.as_primitive::<Float32Type>(), f32::NAN))
-                    .collect::<Vec<_>>(),
+                &float_columns::<Float32Type, 4>(&columns, f32::NAN),
             ),
             Dtype::Float64 => interleave(
                 &mut self.buffer,
-                &columns
-                    .iter()
-                    .map(|c| float_bytes(c.as_primitive::<Float64Type>(), f64::NAN))
-                    .collect::<Vec<_>>(),
+                &float_columns::<Float64Type, 8>(&columns, f64::NAN),
             ),
             Dtype::Int64 => {
                 let mut elements = Vec::with_capacity(columns.len());
@@ -209,6 +203,21 @@ impl NpyWriter {
         file.sync_all().map_err(|e| io(&self.path, e))?;
         Ok((self.dtype, self.rows))
     }
+}
+
+/// Float columns (of type `T`) as little-endian elements, NULL as `null` (NaN).
+fn float_columns<T, const WIDTH: usize>(
+    columns: &[ArrayRef],
+    null: T::Native,
+) -> Vec<Vec<[u8; WIDTH]>>
+where
+    T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: LittleEndian<WIDTH>,
+{
+    columns
+        .iter()
+        .map(|column| float_bytes(column.as_primitive::<T>(), null))
+        .collect()
 }
 
 /// A float column's elements as little-endian bytes, NULL as `null` (NaN).
