@@ -103,6 +103,18 @@ def test_arrays(quiver):
             assert [tuple(r) for r in online] == [(1, [0.5, 1.5]), (2, [2.5])]
             assert await conn.fetchval("SELECT $1::bigint[]", [7, 8]) == [7, 8]
             assert await conn.fetchval("SELECT ARRAY['a', 'b']") == ["a", "b"]
+            # Binary COPY of records with arrays, and a cursor over them.
+            await conn.execute("CREATE TABLE vectors (id BIGINT, v REAL[], at TIMESTAMPTZ)")
+            at = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+            await conn.copy_records_to_table(
+                "vectors", records=[(1, [0.5, 1.5], at), (2, [], None), (3, None, at)]
+            )
+            async with conn.transaction():
+                cursor = await conn.cursor("SELECT id, v, at FROM vectors ORDER BY id")
+                first = await cursor.fetch(2)
+                rest = await cursor.fetch(5)
+            assert [tuple(r) for r in first] == [(1, [0.5, 1.5], at), (2, [], None)]
+            assert [tuple(r) for r in rest] == [(3, None, at)]
             # The introspection itself, as asyncpg's codecs see it.
             types = await conn.fetch(
                 "SELECT t.oid, t.typname FROM pg_type t WHERE t.oid = ANY($1::oid[]) ORDER BY t.oid",
