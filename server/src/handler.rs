@@ -464,7 +464,7 @@ fn pg_fields(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .into_iter()
         .map(|field| {
             let shown = quiver_sql::display_name(field.name());
-            if shown.len() == field.name().len() {
+            if shown == field.name() {
                 return field;
             }
             FieldInfo::new(

@@ -86,44 +86,33 @@ fn is_column(expr: &Expr) -> bool {
 fn postgres_name_of(item: &SelectItem) -> String {
     match item {
         SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
-        SelectItem::UnnamedExpr(Expr::Identifier(ident)) => ident.value.clone(),
-        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
-            .last()
-            .map_or_else(|| "?column?".to_string(), |p| p.value.clone()),
         SelectItem::UnnamedExpr(expr) => postgres_name(expr).unwrap_or_else(|| "?column?".into()),
         _ => "?column?".into(),
     }
 }
 
 /// PostgreSQL's name for an unnamed expression (its FigureColname), for the shapes whose name
-/// is not `?column?`: a function call is named by the function, a cast by what it casts, CASE
-/// `case`.
+/// is not `?column?`: a column by its name, a function call by the function, a cast by what it
+/// casts (or, casting something nameless, by its type), CASE `case`.
 fn postgres_name(expr: &Expr) -> Option<String> {
     match expr {
+        Expr::Identifier(ident) => Some(ident.value.clone()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
         Expr::Function(call) => call
             .name
             .0
             .last()
             .and_then(|part| part.as_ident())
             .map(|ident| ident.value.to_lowercase()),
+        // The type internally spelled: `$1::bigint` is `int8`.
         Expr::Cast {
             expr, data_type, ..
-        } => match expr.as_ref() {
-            Expr::Identifier(ident) => Some(ident.value.clone()),
-            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
-            // A cast of something nameless is named by its type, internally spelled
-            // (`$1::bigint` is `int8`).
-            other => postgres_name(other).or_else(|| {
-                crate::system_catalog::builtin_type_oid(&data_type.to_string())
-                    .and_then(|oid| postgres_types::Type::from_oid(oid as u32))
-                    .map(|pg_type| pg_type.name().to_string())
-            }),
-        },
-        Expr::Nested(expr) => match expr.as_ref() {
-            Expr::Identifier(ident) => Some(ident.value.clone()),
-            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
-            other => postgres_name(other),
-        },
+        } => postgres_name(expr).or_else(|| {
+            crate::system_catalog::builtin_type_oid(&data_type.to_string())
+                .and_then(|oid| postgres_types::Type::from_oid(oid as u32))
+                .map(|pg_type| pg_type.name().to_string())
+        }),
+        Expr::Nested(expr) => postgres_name(expr),
         Expr::Case { .. } => Some("case".into()),
         _ => None,
     }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{AsArray, Int32Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::numeric::add;
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
@@ -17,7 +17,7 @@ use datafusion::catalog::information_schema::{
     INFORMATION_SCHEMA_TABLES, InformationSchemaProvider,
 };
 use datafusion::catalog::{MemTable, SchemaProvider, Session, TableProvider};
-use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::common::Result as DfResult;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -97,27 +97,21 @@ impl PostgresColumns {
     /// DataFusion's rows with their types renamed and `udt_name` added.
     fn in_postgres_terms(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
         let position = batch.schema().index_of(DATA_TYPE)?;
-        let arrow_names = batch.column(position).as_string::<i32>();
-        let mut data_types = Vec::with_capacity(batch.num_rows());
-        let mut udt_names = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            let named = (!arrow_names.is_null(row))
-                .then(|| postgres_names(arrow_names.value(row)))
-                .flatten();
-            match named {
-                Some((data_type, udt_name)) => {
-                    data_types.push(Some(data_type));
-                    udt_names.push(Some(udt_name));
+        let (data_types, udt_names): (Vec<Option<String>>, Vec<Option<String>>) = batch
+            .column(position)
+            .as_string::<i32>()
+            .iter()
+            .map(|arrow_name| {
+                let Some(name) = arrow_name else {
+                    return (None, None);
+                };
+                match postgres_names(name) {
+                    Some((data_type, udt_name)) => (Some(data_type), Some(udt_name)),
+                    // A type with no PostgreSQL counterpart keeps DataFusion's name.
+                    None => (Some(name.to_string()), None),
                 }
-                // A type with no PostgreSQL counterpart keeps DataFusion's name.
-                None => {
-                    data_types.push(
-                        (!arrow_names.is_null(row)).then(|| arrow_names.value(row).to_string()),
-                    );
-                    udt_names.push(None);
-                }
-            }
-        }
+            })
+            .unzip();
         let mut columns = batch
             .columns()
             .iter()
@@ -171,8 +165,7 @@ impl TableProvider for PostgresColumns {
             .iter()
             .map(|batch| self.in_postgres_terms(batch))
             .collect::<DfResult<Vec<_>>>()?;
-        MemTable::try_new(self.schema.clone(), vec![batches])
-            .map_err(|error| DataFusionError::Internal(error.to_string()))?
+        MemTable::try_new(self.schema.clone(), vec![batches])?
             .scan(state, projection, filters, limit)
             .await
     }
