@@ -284,6 +284,7 @@ def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
     with connect(quiver, autocommit=True) as setup:
         setup.execute("CREATE TABLE debits (n INTEGER)")
         setup.execute("CREATE TABLE credits (n INTEGER)")
+        setup.execute("CREATE TABLE seen (debits BIGINT, credits BIGINT)")
     done = threading.Event()
     apart = []
     reads = []
@@ -299,6 +300,10 @@ def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
                     reads.append(debits)
                     if debits != credits:
                         apart.append((debits, credits))
+                    # The same reading planned by an INSERT ... SELECT.
+                    reader.execute(
+                        "INSERT INTO seen SELECT (SELECT count(*) FROM debits), (SELECT count(*) FROM credits)"
+                    )
         except Exception as error:  # the assertion below reports it
             failures.append(error)
 
@@ -306,7 +311,7 @@ def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
     reader.start()
     try:
         with connect(quiver) as writer:
-            for n in range(40):
+            for n in range(100):
                 writer.execute("INSERT INTO debits VALUES (%s)", (n,))
                 writer.execute("INSERT INTO credits VALUES (%s)", (n,))
                 writer.commit()
@@ -316,6 +321,8 @@ def test_a_multi_table_commit_is_seen_whole_by_other_sessions(quiver):
     assert failures == []
     assert len(reads) > 40
     assert apart == []
+    with connect(quiver, autocommit=True) as check:
+        assert check.execute("SELECT count(*) FROM seen WHERE debits <> credits").fetchone() == (0,)
 
 
 def test_statement_timeout_never_cuts_a_commit(quiver):

@@ -292,6 +292,21 @@ impl Engine {
         &self.data_dir
     }
 
+    /// A query's physical plan and the task context to run it in. Making the plan fixes the
+    /// versions of the tables the query reads, so it waits out a multi-table COMMIT that is
+    /// writing: the query sees all of that COMMIT or none of it.
+    pub(crate) async fn plan_physical(
+        &self,
+        frame: datafusion::dataframe::DataFrame,
+    ) -> datafusion::common::Result<(
+        Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        Arc<datafusion::execution::TaskContext>,
+    )> {
+        let task = Arc::new(frame.task_ctx());
+        let _commits_wait = self.commit_gate.read().await;
+        Ok((frame.create_physical_plan().await?, task))
+    }
+
     /// The runtime that executes queries.
     pub fn executor(&self) -> &tokio::runtime::Handle {
         &self.executor

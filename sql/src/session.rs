@@ -314,8 +314,16 @@ impl Session {
                 | ast::Statement::Explain { .. } => {
                     let mut sql = sql.as_ref().clone();
                     setting_changes = Settings::take_set_configs(&mut sql);
-                    if let ast::Statement::Query(query) = &mut sql {
-                        column_names::name_like_postgres(query);
+                    // INSERT ... SELECT takes its columns by position: the names only need to
+                    // be distinct for the engine.
+                    match &mut sql {
+                        ast::Statement::Query(query) => column_names::name_like_postgres(query),
+                        ast::Statement::Insert(insert) => {
+                            if let Some(source) = &mut insert.source {
+                                column_names::name_like_postgres(source);
+                            }
+                        }
+                        _ => {}
                     }
                     let plan = self.plan_sql_statement(sql).await?;
                     let schema = match &plan {
@@ -676,10 +684,15 @@ impl Session {
         };
         let frame = context.execute_logical_plan(plan).await?;
         if let Some(op) = write {
+            let engine = self.engine.clone();
+            let write = async move {
+                let (plan, task) = engine.plan_physical(frame).await?;
+                datafusion::physical_plan::collect(plan, task).await
+            };
             let batches = self
                 .engine
                 .executor()
-                .spawn(frame.collect())
+                .spawn(write)
                 .await
                 .map_err(|e| SqlError::Internal(format!("{op} task failed: {e}")))??;
             let rows = written_rows(&batches)?;
@@ -711,15 +724,10 @@ impl Session {
         let panic_sender = sender.clone();
         let engine = self.engine.clone();
         let query = async move {
-            let task = Arc::new(frame.task_ctx());
-            // The tables' versions are fixed when the plan is made: not in the middle of a
-            // multi-table COMMIT.
-            let plan = {
-                let _commits_wait = engine.commit_gate.read().await;
-                frame.create_physical_plan().await
-            };
-            let started =
-                plan.and_then(|plan| datafusion::physical_plan::execute_stream(plan, task));
+            let started = engine
+                .plan_physical(frame)
+                .await
+                .and_then(|(plan, task)| datafusion::physical_plan::execute_stream(plan, task));
             let mut stream = match started {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -975,7 +983,8 @@ impl Session {
     ) -> SqlResult<SendableRecordBatchStream> {
         let plan = self.plan_sql_statement(query).await?;
         let frame = self.context.execute_logical_plan(plan).await?;
-        Ok(frame.execute_stream().await?)
+        let (plan, task) = self.engine.plan_physical(frame).await?;
+        Ok(datafusion::physical_plan::execute_stream(plan, task)?)
     }
 
     /// The open transaction block's deferred writes, if a block is open.
