@@ -3,6 +3,7 @@
 import datetime
 import decimal
 import threading
+import time
 
 import psycopg
 import pytest
@@ -174,6 +175,34 @@ def test_online_lookups_with_parameters_and_copy(quiver):
         assert conn.execute("SELECT count(*) FROM online.profiles").fetchone() == (200,)
         assert conn.execute("DELETE FROM profiles WHERE user_id = ANY(%s)", ([1, 2],)).rowcount == 2
         assert conn.execute("SELECT online_rows FROM quiver.feature_groups WHERE name = 'profiles'").fetchone() == (198,)
+
+
+def test_prepared_queries_see_each_execution_s_parameters_and_time(quiver):
+    """A prepared query is optimised once, before its parameters are known: each execution's
+    values must still reach the online lookups, and now() must stay the time of each execution."""
+    with connect(quiver, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FEATURE GROUP visits (id BIGINT, n BIGINT, ts TIMESTAMP, PRIMARY KEY (id), EVENT TIME ts) "
+            "WITH (online = true)"
+        )
+        conn.execute("INSERT INTO visits SELECT v, v * 10, to_timestamp_seconds(v) FROM generate_series(1, 50) AS t(v)")
+        with conn.cursor() as cur:
+            for key in (3, 9, 77, 3):
+                cur.execute("SELECT count(*), sum(n) FROM online.visits WHERE id = %s", (key,), prepare=True)
+                assert cur.fetchall() == ([(1, key * 10)] if key <= 50 else [(0, None)])
+            for keys in ([1, 2], [50], []):
+                cur.execute("SELECT sum(n) FROM online.visits WHERE id = ANY(%s)", (keys,), prepare=True)
+                assert cur.fetchone() == (sum(k * 10 for k in keys) or None,)
+            seen = []
+            for _ in range(2):
+                cur.execute("SELECT now() FROM online.visits WHERE id = %s", (1,), prepare=True)
+                seen.append(cur.fetchone()[0])
+                time.sleep(0.01)
+            assert seen[0] < seen[1]
+            # More keys than one lookup gets: the filter still applies, to a scan.
+            many = list(range(-100_000, 3))
+            cur.execute("SELECT count(*), sum(n) FROM online.visits WHERE id = ANY(%s)", (many,))
+            assert cur.fetchone() == (2, 30)
 
 
 def test_server_side_cursor_fetches_in_batches(quiver):

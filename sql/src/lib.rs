@@ -297,14 +297,29 @@ impl Engine {
     /// writing: the query sees all of that COMMIT or none of it.
     pub(crate) async fn plan_physical(
         &self,
-        frame: datafusion::dataframe::DataFrame,
+        query: impl Into<PlannedQuery>,
     ) -> datafusion::common::Result<(
         Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         Arc<datafusion::execution::TaskContext>,
     )> {
-        let task = Arc::new(frame.task_ctx());
+        let (state, plan, optimized) = match query.into() {
+            PlannedQuery::Logical(frame) => {
+                let (state, plan) = frame.into_parts();
+                (state, plan, false)
+            }
+            PlannedQuery::Optimized { state, plan } => (state, plan, true),
+        };
+        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
         let _commits_wait = self.commit_gate.read().await;
-        Ok((frame.create_physical_plan().await?, task))
+        let physical = if optimized {
+            state
+                .query_planner()
+                .create_physical_plan(&plan, &state)
+                .await?
+        } else {
+            state.create_physical_plan(&plan).await?
+        };
+        Ok((physical, task))
     }
 
     /// The runtime that executes queries.
@@ -320,5 +335,33 @@ impl Engine {
     /// Opens a session for a user on a project.
     pub fn session(self: &Arc<Self>, project: &str, user: &str) -> SqlResult<Session> {
         Session::new(self.clone(), project, user)
+    }
+}
+
+/// A query ready for physical planning.
+pub(crate) enum PlannedQuery {
+    /// A logical plan, optimised when it is planned, as DataFusion plans every query.
+    Logical(datafusion::dataframe::DataFrame),
+    /// A plan optimised once, when its statement was prepared, with its parameters substituted
+    /// since; it goes to the physical planner as it is.
+    Optimized {
+        state: datafusion::execution::SessionState,
+        plan: datafusion::logical_expr::LogicalPlan,
+    },
+}
+
+impl PlannedQuery {
+    /// The columns the query returns.
+    pub(crate) fn schema(&self) -> &datafusion::common::DFSchema {
+        match self {
+            PlannedQuery::Logical(frame) => frame.schema(),
+            PlannedQuery::Optimized { plan, .. } => plan.schema(),
+        }
+    }
+}
+
+impl From<datafusion::dataframe::DataFrame> for PlannedQuery {
+    fn from(frame: datafusion::dataframe::DataFrame) -> Self {
+        PlannedQuery::Logical(frame)
     }
 }

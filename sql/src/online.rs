@@ -14,13 +14,16 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{
+    Column as ColumnRef, DFSchema, DataFusionError, Result as DfResult, ScalarValue,
+};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -41,7 +44,7 @@ use crate::types::arrow_schema;
 pub const ONLINE_SCHEMA: &str = "online";
 
 /// At most this many keys in one lookup (the product of the key columns' value lists); more is
-/// a scan.
+/// a scan with the key filters applied to its rows.
 const MAX_LOOKUP_KEYS: usize = 100_000;
 
 /// How the online store sees a feature group version; `None` for a plain table.
@@ -429,38 +432,86 @@ pub(crate) fn list_elements(value: &ScalarValue) -> Option<Vec<ScalarValue>> {
 }
 
 /// The values a filter restricts column `name` to: `name = v`, `name IN (v, ...)`, a disjunction
-/// of those, or `name = ANY(array)` (planned as `array_has(array, name)`).
-fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
+/// of those, or `name = ANY(array)` (planned as `array_has(array, name)`), where each value is a
+/// constant that `value` reads and each array one that `elements` reads.
+fn restricted_values<T>(
+    filter: &Expr,
+    name: &str,
+    value: &impl Fn(&Expr) -> Option<T>,
+    elements: &impl Fn(&Expr) -> Option<Vec<T>>,
+) -> Option<Vec<T>> {
     let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == name);
     match filter {
         // The optimizer turns short IN lists into `k = a OR k = b OR ...`.
         Expr::BinaryExpr(binary) if binary.op == Operator::Or => {
-            let mut values = key_values(&binary.left, name)?;
-            values.extend(key_values(&binary.right, name)?);
+            let mut values = restricted_values(&binary.left, name, value, elements)?;
+            values.extend(restricted_values(&binary.right, name, value, elements)?);
             Some(values)
         }
         Expr::BinaryExpr(binary) if binary.op == Operator::Eq => {
             match (binary.left.as_ref(), binary.right.as_ref()) {
-                (l, Expr::Literal(v, _)) if is_key(l) => Some(vec![v.clone()]),
-                (Expr::Literal(v, _), r) if is_key(r) => Some(vec![v.clone()]),
+                (l, other) | (other, l) if is_key(l) => value(other).map(|v| vec![v]),
                 _ => None,
             }
         }
-        Expr::InList(in_list) if !in_list.negated && is_key(&in_list.expr) => in_list
-            .list
-            .iter()
-            .map(|item| match item {
-                Expr::Literal(v, _) => Some(v.clone()),
-                _ => None,
-            })
-            .collect(),
+        Expr::InList(in_list) if !in_list.negated && is_key(&in_list.expr) => {
+            in_list.list.iter().map(value).collect()
+        }
         Expr::ScalarFunction(call) if call.name() == "array_has" && call.args.len() == 2 => {
             match (&call.args[0], &call.args[1]) {
-                (Expr::Literal(list, _), key) if is_key(key) => list_elements(list),
+                (array, key) if is_key(key) => elements(array),
                 _ => None,
             }
         }
         _ => None,
+    }
+}
+
+/// The values a filter restricts column `name` to, when they are known: literals, or casts of
+/// literals (a prepared statement's parameters, substituted after optimisation, stay under the
+/// casts the optimiser would have folded).
+fn key_values(filter: &Expr, name: &str) -> Option<Vec<ScalarValue>> {
+    restricted_values(filter, name, &constant_value, &|array| {
+        list_elements(&constant_value(array)?)
+    })
+}
+
+/// Whether a filter restricts column `name` to values known when the query runs: constants,
+/// or parameters of a prepared statement optimised before its values are given.
+fn pins_key(filter: &Expr, name: &str) -> bool {
+    let known = |e: &Expr| is_constant(e).then_some(());
+    restricted_values(filter, name, &known, &|array| {
+        known(array).map(|()| vec![()])
+    })
+    .is_some()
+}
+
+/// A literal, or a cast of one, evaluated.
+fn constant_value(expr: &Expr) -> Option<ScalarValue> {
+    match expr {
+        Expr::Literal(value, _) => Some(value.clone()),
+        Expr::Cast(cast) => constant_value(&cast.expr)?
+            .cast_to(cast.field.data_type())
+            .ok(),
+        Expr::TryCast(cast) => {
+            let target = cast.field.data_type();
+            Some(
+                constant_value(&cast.expr)?
+                    .cast_to(target)
+                    .unwrap_or(ScalarValue::try_from(target).ok()?),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// A literal or a parameter, possibly cast.
+fn is_constant(expr: &Expr) -> bool {
+    match expr {
+        Expr::Literal(..) | Expr::Placeholder(_) => true,
+        Expr::Cast(cast) => is_constant(&cast.expr),
+        Expr::TryCast(cast) => is_constant(&cast.expr),
+        _ => false,
     }
 }
 
@@ -485,11 +536,11 @@ impl TableProvider for OnlineTable {
             .collect();
         let covered = names
             .iter()
-            .all(|name| filters.iter().any(|f| key_values(f, name).is_some()));
+            .all(|name| filters.iter().any(|f| pins_key(f, name)));
         Ok(filters
             .iter()
             .map(|f| {
-                let pins_a_key = names.iter().any(|name| key_values(f, name).is_some());
+                let pins_a_key = names.iter().any(|name| pins_key(f, name));
                 if covered && pins_a_key {
                     TableProviderFilterPushDown::Exact
                 } else {
@@ -501,24 +552,46 @@ impl TableProvider for OnlineTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let access = match self.lookup_keys(filters)? {
-            Some(keys) => Access::Lookup(keys),
-            None => Access::Scan,
+        let exec = |access, projection| {
+            Arc::new(OnlineExec::new(
+                self.relation.qualified_name(),
+                self.relation.oid,
+                self.layout.clone(),
+                self.online.clone(),
+                access,
+                projection,
+                self.min_age(),
+            ))
         };
-        Ok(Arc::new(OnlineExec::new(
-            self.relation.qualified_name(),
-            self.relation.oid,
-            self.layout.clone(),
-            self.online.clone(),
-            access,
-            projection.cloned(),
-            self.min_age(),
-        )))
+        if let Some(keys) = self.lookup_keys(filters)? {
+            return Ok(exec(Access::Lookup(keys), projection.cloned()));
+        }
+        let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) else {
+            return Ok(exec(Access::Scan, projection.cloned()));
+        };
+        // The filters were taken as exact, but they pin more keys than one lookup gets: they
+        // are applied to a scan instead.
+        let predicate = predicate
+            .transform(|e| {
+                Ok(match e {
+                    Expr::Column(c) => {
+                        Transformed::yes(Expr::Column(ColumnRef::new_unqualified(c.name)))
+                    }
+                    other => Transformed::no(other),
+                })
+            })?
+            .data;
+        let schema = DFSchema::try_from(self.layout.schema().as_ref().clone())?;
+        let predicate = state.create_physical_expr(predicate, &schema)?;
+        let filter = FilterExecBuilder::new(predicate, exec(Access::Scan, None))
+            .apply_projection(projection.cloned())?
+            .build()?;
+        Ok(Arc::new(filter))
     }
 }
 

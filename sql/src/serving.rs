@@ -3,7 +3,7 @@
 //!
 //! The view's own query is evaluated with two substitutions, so serving computes exactly what
 //! training computed: its left relation (the spine) becomes one row per requested key, with the
-//! key given, the spine's time `now()` and its other columns NULL (or, when the spine is a feature
+//! key given, the spine's time the current time ([`CLOCK`]) and its other columns NULL (or, when the spine is a feature
 //! group, that group's online rows for the keys); every feature group joined to it becomes its
 //! online projection restricted to the keys, which the online table answers with point lookups.
 //! The label is left out, and the transformations fitted on the view's latest training dataset are
@@ -22,6 +22,31 @@ use crate::feature_view::view_query;
 use crate::online::ONLINE_SCHEMA;
 use crate::parser::{normalize_ident, quote_ident};
 use crate::training_dataset::transformed_columns;
+
+/// The function serving queries read the time with: the current time as a timestamp without
+/// time zone (UTC), as `now()` gives it by default, but read as each request runs. `now()` is the
+/// time of the statement, fixed when the statement is optimised, and a prepared serving
+/// statement is optimised once, when it is prepared, for all its executions.
+pub(crate) const CLOCK: &str = "quiver_now";
+
+/// [`CLOCK`], for a session's context.
+pub(crate) fn clock() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        CLOCK,
+        vec![],
+        DataType::Timestamp(TimeUnit::Nanosecond, None),
+        Volatility::Volatile,
+        std::sync::Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+                chrono::Utc::now().timestamp_nanos_opt(),
+                None,
+            )))
+        }),
+    )
+}
 
 /// Rewrites every `feature_vector(...)` / `feature_vectors(...)` in a statement into a derived
 /// table computing it.
@@ -303,7 +328,7 @@ pub(crate) fn serving_query(
                     let value = match spine_keys.iter().position(|k| k == &c.name) {
                         Some(i) => key_exprs[i].clone(),
                         None if spine_time.as_deref() == Some(c.name.as_str()) => {
-                            "now()".to_string()
+                            format!("{CLOCK}()")
                         }
                         None => "NULL".to_string(),
                     };

@@ -20,7 +20,6 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use crate::Engine;
 use crate::access;
 use crate::asof;
 use crate::audit;
@@ -39,6 +38,7 @@ use crate::serving;
 use crate::settings::{Settings, SettingsView};
 use crate::training_dataset;
 use crate::transaction::{self, BlockWrites};
+use crate::{Engine, PlannedQuery};
 
 /// What executing a statement produced.
 pub enum Output {
@@ -88,6 +88,10 @@ pub struct Prepared {
     result_schema: Option<SchemaRef>,
     /// Set when the statement is a key lookup on the online store, which then skips DataFusion.
     lookup: Option<Arc<KeyLookup>>,
+    /// `plan` optimised, when optimising it before its parameters are known gives the plan every
+    /// execution would make (it calls no function that is fixed per statement, like `now()`):
+    /// executions then substitute their parameters and go straight to physical planning.
+    optimized: Option<LogicalPlan>,
     /// Set when reading the rows has effects (train_model): the statement then runs to its end
     /// in `execute`, so its NOTICEs and errors reach the client before its rows.
     eager: bool,
@@ -364,6 +368,14 @@ impl Session {
         let calls = |functions: &[&str]| matches!(&statement, Statement::Sql(sql) if serving::calls_table_function(sql, functions));
         let eager = calls(&["train_model", "tune_model"]);
         let single_partition = calls(&["feature_vector", "feature_vectors", "serve"]);
+        let optimized = match &plan {
+            Some(plan) if lookup.is_none() && !eager && optimizes_once(plan) => {
+                // A plan the optimiser cannot take before its parameters are known is
+                // optimised at each execution instead, as it would be without this.
+                self.context.state().optimize(plan).ok()
+            }
+            _ => None,
+        };
         let declared_parameter_types = match &statement {
             Statement::Sql(sql) if plan.is_some() => {
                 crate::system_catalog::declared_parameter_types(sql)
@@ -375,6 +387,7 @@ impl Session {
             plan,
             result_schema,
             lookup,
+            optimized,
             eager,
             single_partition,
             setting_changes,
@@ -446,16 +459,31 @@ impl Session {
             self.publish_settings();
         }
         if let Some(plan) = &prepared.plan {
-            let plan = match params {
-                Some(params) => plan.clone().with_param_values(params)?,
-                None => plan.clone(),
+            let context = match prepared.single_partition {
+                true => self.serving_context(),
+                false => self.context.clone(),
             };
-            let output = match prepared.single_partition {
-                true => {
-                    let context = self.serving_context();
+            let output = match &prepared.optimized {
+                Some(optimized) => {
+                    let plan = match params {
+                        Some(params) => optimized.clone().with_param_values(params)?,
+                        None => optimized.clone(),
+                    };
+                    let query = PlannedQuery::Optimized {
+                        state: context.state(),
+                        plan,
+                    };
+                    Output::Rows {
+                        stream: self.execute_on_executor(query),
+                    }
+                }
+                None => {
+                    let plan = match params {
+                        Some(params) => plan.clone().with_param_values(params)?,
+                        None => plan.clone(),
+                    };
                     self.execute_plan_in(&context, plan).await?
                 }
-                false => self.execute_plan(plan).await?,
             };
             return match output {
                 Output::Rows { stream } if prepared.eager => {
@@ -669,10 +697,6 @@ impl Session {
         context
     }
 
-    async fn execute_plan(&self, plan: LogicalPlan) -> SqlResult<Output> {
-        self.execute_plan_in(&self.context, plan).await
-    }
-
     async fn execute_plan_in(
         &self,
         context: &SessionContext,
@@ -715,17 +739,15 @@ impl Session {
 
     /// Runs a query on the engine's executor and returns its batches as they come. Dropping the
     /// returned stream (client gone, statement canceled) stops the query.
-    fn execute_on_executor(
-        &self,
-        frame: datafusion::dataframe::DataFrame,
-    ) -> SendableRecordBatchStream {
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    fn execute_on_executor(&self, query: impl Into<PlannedQuery>) -> SendableRecordBatchStream {
+        let query = query.into();
+        let schema: SchemaRef = Arc::new(query.schema().as_arrow().clone());
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         let panic_sender = sender.clone();
         let engine = self.engine.clone();
         let query = async move {
             let started = engine
-                .plan_physical(frame)
+                .plan_physical(query)
                 .await
                 .and_then(|(plan, task)| datafusion::physical_plan::execute_stream(plan, task));
             let mut stream = match started {
@@ -1067,6 +1089,7 @@ pub(crate) fn build_context(
     context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         models::PredictFunction::new(engine.clone()),
     ));
+    context.register_udf(serving::clock());
     Ok(context)
 }
 
@@ -1219,4 +1242,41 @@ fn statement_kind(statement: &ast::Statement) -> String {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Whether a query's optimised plan can serve all its executions: it is a query (writes and
+/// EXPLAIN are planned at each execution), and it calls no stable function, which the optimiser
+/// evaluates once (`now()` is the time of the statement, `current_setting` the setting then).
+fn optimizes_once(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Volatility;
+    if matches!(
+        plan,
+        LogicalPlan::Dml(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::DescribeTable(_)
+    ) {
+        return false;
+    }
+    let mut stable = false;
+    let walked = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            stable = expr.exists(|e| {
+                Ok(
+                    matches!(e, datafusion::logical_expr::Expr::ScalarFunction(call)
+                    if call.func.signature().volatility == Volatility::Stable),
+                )
+            })?;
+            Ok(if stable {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    });
+    walked.is_ok() && !stable
 }

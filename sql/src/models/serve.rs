@@ -36,7 +36,7 @@ use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::parser::quote_ident;
 use crate::relation::RelationSink;
-use crate::serving::{Keys, expand_table_function, serving_query, unnamed_args};
+use crate::serving::{CLOCK, Keys, expand_table_function, serving_query, unnamed_args};
 
 /// How long served rows wait in memory before they are written to the log, together.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -114,7 +114,7 @@ impl ServeCalls<'_> {
             .map(|f| format!("__quiver_vector.{}", quote_ident(f)))
             .collect();
         let sql = format!(
-            "SELECT * FROM (SELECT uuid() AS request_id, CAST({version} AS INT) AS model_version, __quiver_vector.*, {PREDICT_UDF}({oid}, {features}) AS prediction, now() AS served_at FROM ({vector}) AS __quiver_vector) AS {MARKER_PREFIX}{oid}",
+            "SELECT * FROM (SELECT uuid() AS request_id, CAST({version} AS INT) AS model_version, __quiver_vector.*, {PREDICT_UDF}({oid}, {features}) AS prediction, {CLOCK}() AS served_at FROM ({vector}) AS __quiver_vector) AS {MARKER_PREFIX}{oid}",
             version = model.version,
             oid = model.oid,
             features = features.join(", "),
