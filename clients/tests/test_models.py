@@ -10,6 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import QuiverServer
+
 ROWS = 1200
 
 
@@ -209,3 +211,34 @@ def test_dropping_a_project_deletes_its_models_artifacts(quiver, tmp_path):
         assert len(list(artifacts.rglob("*.json"))) == 1
         admin.execute("DROP PROJECT lab CASCADE")
         assert list(artifacts.rglob("*.json")) == []
+
+
+def test_a_restarted_server_serves_and_predicts_with_the_stored_models(tmp_path):
+    """Models are loaded from their artifacts when a statement first needs them: after a restart,
+    serve() as much as predict()."""
+    server = QuiverServer(tmp_path / "data")
+    port = server.start()
+    with psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", autocommit=True) as conn:
+        conn.execute(
+            "CREATE FEATURE GROUP pts (id BIGINT, a DOUBLE PRECISION, ts TIMESTAMP NOT NULL, "
+            "PRIMARY KEY (id), EVENT TIME ts) WITH (online = true)"
+        )
+        conn.execute("INSERT INTO pts SELECT v, v / 100.0, to_timestamp_seconds(v) FROM generate_series(1, 200) AS g(v)")
+        conn.execute("CREATE TABLE seen (id BIGINT, ts TIMESTAMP, y BIGINT)")
+        conn.execute("INSERT INTO seen SELECT v, to_timestamp_seconds(v + 1), CASE WHEN v > 100 THEN 1 ELSE 0 END FROM generate_series(1, 200) AS g(v)")
+        conn.execute(
+            "CREATE FEATURE VIEW pv AS SELECT s.id, s.y, p.a FROM seen s "
+            "ASOF JOIN pts p MATCH_CONDITION (s.ts >= p.ts) ON s.id = p.id WITH (label = 'y')"
+        )
+        conn.execute("CREATE TRAINING DATASET pv_td FROM FEATURE VIEW pv FORMAT parquet SPLIT (train = 0.8, test = 0.2) SEED 3")
+        conn.execute("SELECT * FROM train_model('pm', 'pv_td', 1, 'logistic_regression', '{\"exclude\": [\"id\"]}')")
+        before = conn.execute("SELECT prediction FROM serve('pm', 150)").fetchone()[0]
+    server.stop()
+    port = server.start()
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", autocommit=True) as conn:
+            assert conn.execute("SELECT prediction FROM serve('pm', 150)").fetchone()[0] == before
+            assert conn.execute("SELECT prediction FROM serve('pm', %s)", (150,), prepare=True).fetchone()[0] == before
+            assert conn.execute("SELECT predict('pm', 1, 1.5)").fetchone()[0] == before
+    finally:
+        server.stop()

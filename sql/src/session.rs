@@ -466,7 +466,7 @@ impl Session {
             let output = match &prepared.optimized {
                 Some(optimized) => {
                     let plan = match params {
-                        Some(params) => optimized.clone().with_param_values(params)?,
+                        Some(params) => substitute_parameters(optimized.clone(), &params)?,
                         None => optimized.clone(),
                     };
                     let query = PlannedQuery::Optimized {
@@ -625,16 +625,16 @@ impl Session {
             &self.engine.catalog.snapshot(),
             &self.project,
         )?;
-        models::rewrite_serve_calls(
+        let mut scored_by = models::rewrite_serve_calls(
             &mut statement,
             &self.engine.catalog.snapshot(),
             &self.project,
         )?;
-        let scored_by = models::rewrite_predict_calls(
+        scored_by.extend(models::rewrite_predict_calls(
             &mut statement,
             &self.engine.catalog.snapshot(),
             &self.project,
-        )?;
+        )?);
         for model in &scored_by {
             self.engine.models.load(&self.engine, model).await?;
         }
@@ -1279,4 +1279,43 @@ fn optimizes_once(plan: &LogicalPlan) -> bool {
         })
     });
     walked.is_ok() && !stable
+}
+
+/// An optimised plan with its parameters replaced by these values. As
+/// `LogicalPlan::with_param_values`, but the schemas are kept: that one recomputes every node's
+/// schema, a sixth of a prepared `serve` call's time on a view of 50 features. The optimised
+/// plan's parameters already have their types, and a value's name is kept by an alias, so a value
+/// changes no schema but for nullability, where the kept schema (nullable) is the looser one.
+fn substitute_parameters(plan: LogicalPlan, params: &ParamValues) -> SqlResult<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    use datafusion::logical_expr::expr_rewriter::NamePreserver;
+    let substituted = plan.transform_up_with_subqueries(|node| {
+        let mut holds_parameter = false;
+        node.apply_expressions(|expr| {
+            holds_parameter = expr.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))?;
+            Ok(match holds_parameter {
+                true => TreeNodeRecursion::Stop,
+                false => TreeNodeRecursion::Continue,
+            })
+        })?;
+        if !holds_parameter {
+            return Ok(Transformed::no(node));
+        }
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|expr| {
+            let name = names.save(&expr);
+            let expr = expr.transform_up(|e| match e {
+                Expr::Placeholder(placeholder) => {
+                    let (value, metadata) = params
+                        .get_placeholders_with_values(&placeholder.id)?
+                        .into_inner();
+                    Ok(Transformed::yes(Expr::Literal(value, metadata)))
+                }
+                other => Ok(Transformed::no(other)),
+            })?;
+            Ok(expr.update_data(|expr| name.restore(expr)))
+        })
+    })?;
+    Ok(substituted.data)
 }

@@ -38,8 +38,10 @@ use crate::parser::quote_ident;
 use crate::relation::RelationSink;
 use crate::serving::{CLOCK, Keys, expand_table_function, serving_query, unnamed_args};
 
-/// How long served rows wait in memory before they are written to the log, together.
-const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long served rows wait in memory before they are written to the log, together. Each write
+/// is an offline commit (a Parquet file, an fsync, the Delta log read again); at five a second
+/// they took an eighth of the server's CPU while serving and made its slowest requests.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The alias marking a serve call's rows in the plan, so they can be found after planning.
 const MARKER_PREFIX: &str = "__quiver_serve_";
@@ -50,18 +52,25 @@ pub(crate) fn log_group_name(model: &str) -> String {
 }
 
 /// Rewrites every `serve(model, key...)` FROM item of a statement into the derived table
-/// computing it.
+/// computing it; returns the models served, which must be loaded before the statement runs.
 pub(crate) fn rewrite_serve_calls(
     statement: &mut ast::Statement,
     snapshot: &CatalogState,
     project: &str,
-) -> SqlResult<()> {
-    crate::feature_view::rewrite(statement, &mut ServeCalls { snapshot, project })
+) -> SqlResult<Vec<Model>> {
+    let mut calls = ServeCalls {
+        snapshot,
+        project,
+        models: Vec::new(),
+    };
+    crate::feature_view::rewrite(statement, &mut calls)?;
+    Ok(calls.models)
 }
 
 struct ServeCalls<'a> {
     snapshot: &'a CatalogState,
     project: &'a str,
+    models: Vec<Model>,
 }
 
 impl VisitorMut for ServeCalls<'_> {
@@ -73,7 +82,7 @@ impl VisitorMut for ServeCalls<'_> {
 }
 
 impl ServeCalls<'_> {
-    fn query_for(&self, args: &[FunctionArg]) -> SqlResult<Box<ast::Query>> {
+    fn query_for(&mut self, args: &[FunctionArg]) -> SqlResult<Box<ast::Query>> {
         let usage = || {
             SqlError::InvalidParameter(
                 "serve takes a model's name and the key of its feature view: serve('fraud_model', 42); 'fraud_model_2' serves version 2".into(),
@@ -119,6 +128,7 @@ impl ServeCalls<'_> {
             oid = model.oid,
             features = features.join(", "),
         );
+        self.models.push(model.clone());
         crate::serving::parse_query(&sql)
     }
 }
