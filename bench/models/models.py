@@ -107,7 +107,7 @@ def main():
     print(f"rows: {args.rows} x {COLUMNS} features, dataset at {location}")
     exclude = ["id"]
     cases = [
-        ("logistic_regression", {"exclude": exclude}, LogisticRegression(penalty=None, max_iter=1000)),
+        ("logistic_regression", {"exclude": exclude, "max_iter": 1000}, LogisticRegression(penalty=None, max_iter=1000)),
         ("random_forest_classifier", {"exclude": exclude, "n_trees": args.trees, "max_depth": 10, "seed": 1},
          RandomForestClassifier(n_estimators=args.trees, max_depth=10, n_jobs=2, random_state=1)),
     ]

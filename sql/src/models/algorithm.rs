@@ -11,8 +11,8 @@ use smartcore::ensemble::random_forest_regressor::{
 use smartcore::linalg::basic::arrays::Array;
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linear::linear_regression::{LinearRegression, LinearRegressionParameters};
-use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters};
 
+use super::logistic;
 use crate::error::{SqlError, SqlResult};
 
 /// A training algorithm, by the name SQL uses for it.
@@ -72,6 +72,9 @@ impl Algorithm {
             Algorithm::LinearRegression => {}
             Algorithm::LogisticRegression => {
                 map.insert("l2".into(), Value::from(0.0));
+                // As scikit-learn's lbfgs solver.
+                map.insert("tol".into(), Value::from(1e-4));
+                map.insert("max_iter".into(), Value::from(100));
             }
             Algorithm::RandomForestClassifier | Algorithm::RandomForestRegressor => {
                 map.insert("n_trees".into(), Value::from(100));
@@ -119,6 +122,7 @@ impl Hyperparameters {
             }
             let valid = match key.as_str() {
                 "l2" => value.as_f64().is_some_and(|v| v >= 0.0),
+                "tol" => value.as_f64().is_some_and(|v| v > 0.0),
                 // null: no limit, or the default rule.
                 "max_depth" => {
                     value.is_null()
@@ -128,7 +132,9 @@ impl Hyperparameters {
                 }
                 "max_features" => value.is_null() || value.as_u64().is_some_and(|v| v >= 1),
                 "seed" => value.as_u64().is_some(),
-                "n_trees" | "min_samples_leaf" => value.as_u64().is_some_and(|v| v >= 1),
+                "n_trees" | "min_samples_leaf" | "max_iter" => {
+                    value.as_u64().is_some_and(|v| v >= 1)
+                }
                 "min_samples_split" => value.as_u64().is_some_and(|v| v >= 2),
                 _ => false,
             };
@@ -178,6 +184,10 @@ pub(crate) enum Fitted {
     /// twice the other), and its leaf means are the leaves' class-1 fractions: the averaged
     /// probability scikit-learn's predict_proba gives.
     Forest(RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>),
+    /// The same forest, fitted tree by tree on all cores: each a forest of one tree with its own
+    /// seed (the forest's seed plus the tree's number, so a seed gives the same trees whatever
+    /// the machine), the prediction their mean. Models trained before are `Forest`s.
+    Trees(Vec<RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>>),
 }
 
 impl Fitted {
@@ -206,16 +216,25 @@ impl Fitted {
                 }
             }
             Algorithm::LogisticRegression => {
-                let classes: Vec<i32> = labels.iter().map(|&y| i32::from(y > 0.5)).collect();
-                let model = LogisticRegression::<f64, i32, DenseMatrix<f64>, Vec<i32>>::fit(
-                    x,
+                let classes: Vec<f64> = labels
+                    .iter()
+                    .map(|&y| f64::from(u8::from(y > 0.5)))
+                    .collect();
+                let stopping = logistic::Stopping {
+                    tol: parameters.float("tol"),
+                    max_iter: parameters.count("max_iter").unwrap_or(100),
+                };
+                // `matrix` builds row-major matrices: the values in storage order are the rows.
+                let (coefficients, intercept) = logistic::fit(
+                    x.iter().as_slice(),
+                    width,
                     &classes,
-                    LogisticRegressionParameters::default().with_alpha(parameters.float("l2")),
-                )
-                .map_err(failed)?;
+                    parameters.float("l2"),
+                    stopping,
+                );
                 Fitted::Logistic {
-                    coefficients: model.coefficients().iterator(0).copied().collect(),
-                    intercept: model.intercept().iterator(0).next().copied().unwrap_or(0.0),
+                    coefficients,
+                    intercept,
                 }
             }
             Algorithm::RandomForestClassifier | Algorithm::RandomForestRegressor => {
@@ -224,7 +243,7 @@ impl Fitted {
                     _ => width,
                 };
                 let mut forest = RandomForestRegressorParameters::default()
-                    .with_n_trees(parameters.count("n_trees").unwrap_or(100))
+                    .with_n_trees(1)
                     .with_min_samples_leaf(parameters.count("min_samples_leaf").unwrap_or(1))
                     .with_min_samples_split(parameters.count("min_samples_split").unwrap_or(2))
                     .with_m(
@@ -232,19 +251,23 @@ impl Fitted {
                             .count("max_features")
                             .unwrap_or(default_features)
                             .clamp(1, width.max(1)),
-                    )
-                    .with_seed(parameters.count("seed").unwrap_or(0) as u64);
+                    );
                 if let Some(depth) = parameters.count("max_depth") {
                     forest = forest.with_max_depth(depth as u16);
                 }
-                Fitted::Forest(RandomForestRegressor::fit(x, labels, forest).map_err(failed)?)
+                let seed = parameters.count("seed").unwrap_or(0) as u64;
+                let trees = parameters.count("n_trees").unwrap_or(100);
+                let fit_tree = |tree: usize| {
+                    let one = forest.clone().with_seed(seed.wrapping_add(tree as u64));
+                    RandomForestRegressor::fit(x, labels, one).map_err(failed)
+                };
+                Fitted::Trees(on_all_cores(trees, fit_tree)?)
             }
         })
     }
 
-    /// The prediction for each of `rows` rows of `features` (row-major).
+    /// The prediction for each row of `features` (row-major, `width` values per row).
     pub(crate) fn predict(&self, features: &[f64], width: usize) -> SqlResult<Vec<f64>> {
-        let rows = features.len().checked_div(width).unwrap_or(0);
         let linear = |coefficients: &[f64], intercept: f64| -> SqlResult<Vec<f64>> {
             if coefficients.len() != width {
                 return Err(SqlError::Internal(format!(
@@ -276,16 +299,71 @@ impl Fitted {
                 .into_iter()
                 .map(|z| 1.0 / (1.0 + (-z).exp()))
                 .collect()),
-            Fitted::Forest(forest) => {
-                if rows == 0 {
-                    return Ok(Vec::new());
-                }
-                forest
-                    .predict(&matrix(features.to_vec(), rows, width)?)
-                    .map_err(|e| SqlError::Data(format!("random forest prediction failed: {e}")))
-            }
+            Fitted::Forest(forest) => forest_mean(std::slice::from_ref(forest), features, width),
+            Fitted::Trees(trees) => forest_mean(trees, features, width),
         }
     }
+}
+
+/// The mean prediction of forests of one size for rows of `features` (row-major).
+fn forest_mean(
+    forests: &[RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>],
+    features: &[f64],
+    width: usize,
+) -> SqlResult<Vec<f64>> {
+    let rows = features.len().checked_div(width).unwrap_or(0);
+    if rows == 0 || forests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let x = matrix(features.to_vec(), rows, width)?;
+    let mut sums = vec![0.0; rows];
+    for forest in forests {
+        let predicted = forest
+            .predict(&x)
+            .map_err(|e| SqlError::Data(format!("random forest prediction failed: {e}")))?;
+        for (sum, value) in sums.iter_mut().zip(predicted) {
+            *sum += value;
+        }
+    }
+    let count = forests.len() as f64;
+    Ok(sums.into_iter().map(|sum| sum / count).collect())
+}
+
+/// `work(0..count)` on as many threads as there are cores, the results in order.
+fn on_all_cores<T: Send>(
+    count: usize,
+    work: impl Fn(usize) -> SqlResult<T> + Sync,
+) -> SqlResult<Vec<T>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if item >= count {
+                            return Ok(mine);
+                        }
+                        mine.push((item, work(item)?));
+                    }
+                })
+            })
+            .collect();
+        let mut done = Vec::with_capacity(count);
+        for worker in workers {
+            let finished: SqlResult<Vec<(usize, T)>> = worker
+                .join()
+                .unwrap_or_else(|_| Err(SqlError::Internal("a training thread panicked".into())));
+            done.extend(finished?);
+        }
+        Ok::<_, SqlError>(done)
+    })?;
+    done.sort_by_key(|(item, _)| *item);
+    Ok(done.into_iter().map(|(_, result)| result).collect())
 }
 
 /// A matrix of `rows` rows of `width` values, from row-major `values`.
@@ -369,6 +447,30 @@ mod tests {
             model.predict(&rows, 2).unwrap(),
             back.predict(&rows, 2).unwrap()
         );
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_trees_and_another_seed_others() {
+        let (x, y) = data(|a, b| a * b);
+        let fit = |seed: u32| {
+            Fitted::fit(
+                &parameters(
+                    Algorithm::RandomForestRegressor,
+                    &format!(r#"{{"n_trees": 6, "seed": {seed}}}"#),
+                ),
+                &matrix(x.clone(), y.len(), 2).unwrap(),
+                &y,
+            )
+            .unwrap()
+        };
+        let rows = [0.5, 0.5, 1.5, 0.2, 0.9, 1.7];
+        let first = fit(4).predict(&rows, 2).unwrap();
+        assert_eq!(first, fit(4).predict(&rows, 2).unwrap());
+        assert_ne!(first, fit(5).predict(&rows, 2).unwrap());
+        let Fitted::Trees(trees) = fit(4) else {
+            panic!("a forest is fitted tree by tree");
+        };
+        assert_eq!(trees.len(), 6);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the catalog never names a missing artifact.
 
 mod algorithm;
+mod logistic;
 mod metrics;
 mod predict;
 mod serve;
