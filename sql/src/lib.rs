@@ -305,16 +305,16 @@ impl Engine {
         let (state, plan, optimized) = match query.into() {
             PlannedQuery::Logical(frame) => {
                 let (state, plan) = frame.into_parts();
-                (state, plan, false)
+                (Box::new(state), plan, false)
             }
             PlannedQuery::Optimized { state, plan } => (state, plan, true),
         };
-        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+        let task = Arc::new(datafusion::execution::TaskContext::from(state.as_ref()));
         let _commits_wait = self.commit_gate.read().await;
         let physical = if optimized {
             state
                 .query_planner()
-                .create_physical_plan(&plan, &state)
+                .create_physical_plan(&plan, state.as_ref())
                 .await?
         } else {
             state.create_physical_plan(&plan).await?
@@ -345,7 +345,7 @@ pub(crate) enum PlannedQuery {
     /// A plan optimised once, when its statement was prepared, with its parameters substituted
     /// since; it goes to the physical planner as it is.
     Optimized {
-        state: datafusion::execution::SessionState,
+        state: Box<datafusion::execution::SessionState>,
         plan: datafusion::logical_expr::LogicalPlan,
     },
 }

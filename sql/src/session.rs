@@ -470,7 +470,7 @@ impl Session {
                         None => optimized.clone(),
                     };
                     let query = PlannedQuery::Optimized {
-                        state: context.state(),
+                        state: Box::new(context.state()),
                         plan,
                     };
                     Output::Rows {

@@ -166,6 +166,9 @@ impl Hyperparameters {
     }
 }
 
+/// smartcore's random forest of regression trees over a matrix of doubles.
+type Forest = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+
 /// A fitted model, as its artifact stores it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Fitted {
@@ -183,19 +186,14 @@ pub(crate) enum Fitted {
     /// variance reduction, which for two classes chooses the same splits as Gini impurity (one is
     /// twice the other), and its leaf means are the leaves' class-1 fractions: the averaged
     /// probability scikit-learn's predict_proba gives.
-    Forest(RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>),
+    Forest(Forest),
     /// The same forest, fitted in [`FOREST_PARTS`] parts on all cores: each part a forest of its
     /// share of the trees with its own seed (the forest's seed plus the part's number, so a seed
     /// gives the same trees whatever the machine), the prediction the mean over all trees. Each
     /// part sorts every feature once before growing its trees, so parts cost that sort again:
     /// one tree per part was 3x scikit-learn's time on bench/models. Models trained before are
     /// `Forest`s.
-    Parts(
-        Vec<(
-            usize,
-            RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>,
-        )>,
-    ),
+    Parts(Vec<(usize, Forest)>),
 }
 
 /// How many forests a random forest is fitted as, side by side.
@@ -329,12 +327,7 @@ impl Fitted {
 /// The mean over all trees of forests given with their tree counts, for rows of `features`
 /// (row-major).
 fn forest_mean<'a>(
-    forests: impl IntoIterator<
-        Item = (
-            usize,
-            &'a RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>,
-        ),
-    >,
+    forests: impl IntoIterator<Item = (usize, &'a Forest)>,
     features: &[f64],
     width: usize,
 ) -> SqlResult<Vec<f64>> {
