@@ -302,22 +302,17 @@ impl Engine {
         Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         Arc<datafusion::execution::TaskContext>,
     )> {
-        let (state, plan, optimized) = match query.into() {
-            PlannedQuery::Logical(frame) => {
-                let (state, plan) = frame.into_parts();
-                (Box::new(state), plan, false)
-            }
-            PlannedQuery::Optimized { state, plan } => (state, plan, true),
-        };
-        let task = Arc::new(datafusion::execution::TaskContext::from(state.as_ref()));
+        let PlannedQuery { frame, optimized } = query.into();
+        let task = Arc::new(frame.task_ctx());
         let _commits_wait = self.commit_gate.read().await;
         let physical = if optimized {
+            let (state, plan) = frame.into_parts();
             state
                 .query_planner()
-                .create_physical_plan(&plan, state.as_ref())
+                .create_physical_plan(&plan, &state)
                 .await?
         } else {
-            state.create_physical_plan(&plan).await?
+            frame.create_physical_plan().await?
         };
         Ok((physical, task))
     }
@@ -339,29 +334,18 @@ impl Engine {
 }
 
 /// A query ready for physical planning.
-pub(crate) enum PlannedQuery {
-    /// A logical plan, optimised when it is planned, as DataFusion plans every query.
-    Logical(datafusion::dataframe::DataFrame),
-    /// A plan optimised once, when its statement was prepared, with its parameters substituted
-    /// since; it goes to the physical planner as it is.
-    Optimized {
-        state: Box<datafusion::execution::SessionState>,
-        plan: datafusion::logical_expr::LogicalPlan,
-    },
-}
-
-impl PlannedQuery {
-    /// The columns the query returns.
-    pub(crate) fn schema(&self) -> &datafusion::common::DFSchema {
-        match self {
-            PlannedQuery::Logical(frame) => frame.schema(),
-            PlannedQuery::Optimized { plan, .. } => plan.schema(),
-        }
-    }
+pub(crate) struct PlannedQuery {
+    pub frame: datafusion::dataframe::DataFrame,
+    /// Whether the frame's plan is optimised already (once, when its statement was prepared,
+    /// its parameters substituted since): it then goes to the physical planner as it is.
+    pub optimized: bool,
 }
 
 impl From<datafusion::dataframe::DataFrame> for PlannedQuery {
     fn from(frame: datafusion::dataframe::DataFrame) -> Self {
-        PlannedQuery::Logical(frame)
+        PlannedQuery {
+            frame,
+            optimized: false,
+        }
     }
 }

@@ -469,9 +469,9 @@ impl Session {
                         Some(params) => substitute_parameters(optimized.clone(), &params)?,
                         None => optimized.clone(),
                     };
-                    let query = PlannedQuery::Optimized {
-                        state: Box::new(context.state()),
-                        plan,
+                    let query = PlannedQuery {
+                        frame: datafusion::dataframe::DataFrame::new(context.state(), plan),
+                        optimized: true,
                     };
                     Output::Rows {
                         stream: self.execute_on_executor(query),
@@ -741,7 +741,7 @@ impl Session {
     /// returned stream (client gone, statement canceled) stops the query.
     fn execute_on_executor(&self, query: impl Into<PlannedQuery>) -> SendableRecordBatchStream {
         let query = query.into();
-        let schema: SchemaRef = Arc::new(query.schema().as_arrow().clone());
+        let schema: SchemaRef = Arc::new(query.frame.schema().as_arrow().clone());
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         let panic_sender = sender.clone();
         let engine = self.engine.clone();
@@ -1248,8 +1248,8 @@ fn statement_kind(statement: &ast::Statement) -> String {
 /// EXPLAIN are planned at each execution), and it calls no stable function, which the optimiser
 /// evaluates once (`now()` is the time of the statement, `current_setting` the setting then).
 fn optimizes_once(plan: &LogicalPlan) -> bool {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::Volatility;
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::{Expr, Volatility};
     if matches!(
         plan,
         LogicalPlan::Dml(_)
@@ -1264,21 +1264,33 @@ fn optimizes_once(plan: &LogicalPlan) -> bool {
     }
     let mut stable = false;
     let walked = plan.apply_with_subqueries(|node| {
-        node.apply_expressions(|expr| {
-            stable = expr.exists(|e| {
-                Ok(
-                    matches!(e, datafusion::logical_expr::Expr::ScalarFunction(call)
-                    if call.func.signature().volatility == Volatility::Stable),
-                )
-            })?;
-            Ok(if stable {
-                TreeNodeRecursion::Stop
-            } else {
-                TreeNodeRecursion::Continue
-            })
+        stable = expressions_contain(node, |e| {
+            matches!(e, Expr::ScalarFunction(call)
+                if call.func.signature().volatility == Volatility::Stable)
+        })?;
+        Ok(match stable {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
         })
     });
     walked.is_ok() && !stable
+}
+
+/// Whether an expression of `node` (not of its inputs) has a part that is `wanted`.
+fn expressions_contain(
+    node: &LogicalPlan,
+    wanted: impl Fn(&datafusion::logical_expr::Expr) -> bool,
+) -> datafusion::common::Result<bool> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    node.apply_expressions(|expr| {
+        found = expr.exists(|e| Ok(wanted(e)))?;
+        Ok(match found {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
+    })?;
+    Ok(found)
 }
 
 /// An optimised plan with its parameters replaced by these values. As
@@ -1287,19 +1299,11 @@ fn optimizes_once(plan: &LogicalPlan) -> bool {
 /// plan's parameters already have their types, and a value's name is kept by an alias, so a value
 /// changes no schema but for nullability, where the kept schema (nullable) is the looser one.
 fn substitute_parameters(plan: LogicalPlan, params: &ParamValues) -> SqlResult<LogicalPlan> {
-    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::logical_expr::Expr;
     use datafusion::logical_expr::expr_rewriter::NamePreserver;
     let substituted = plan.transform_up_with_subqueries(|node| {
-        let mut holds_parameter = false;
-        node.apply_expressions(|expr| {
-            holds_parameter = expr.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))?;
-            Ok(match holds_parameter {
-                true => TreeNodeRecursion::Stop,
-                false => TreeNodeRecursion::Continue,
-            })
-        })?;
-        if !holds_parameter {
+        if !expressions_contain(&node, |e| matches!(e, Expr::Placeholder(_)))? {
             return Ok(Transformed::no(node));
         }
         let names = NamePreserver::new(&node);

@@ -515,10 +515,12 @@ mod tests {
             )
             .is_err()
         );
-        assert!(
-            Hyperparameters::new(Algorithm::LogisticRegression, &given(r#"{"l2": -1}"#), &[])
-                .is_err()
-        );
+        for bad in [r#"{"l2": -1}"#, r#"{"tol": 0}"#, r#"{"max_iter": 0}"#] {
+            assert!(
+                Hyperparameters::new(Algorithm::LogisticRegression, &given(bad), &[]).is_err(),
+                "{bad}"
+            );
+        }
         let recorded = parameters(Algorithm::RandomForestClassifier, r#"{"n_trees": 3}"#).to_json();
         assert!(
             recorded.contains("\"n_trees\":3") && recorded.contains("\"seed\":0"),
