@@ -28,6 +28,10 @@ struct Args {
     /// Load and measure Quiver alone (for profiling it); no comparison is printed.
     #[arg(long)]
     quiver_only: bool,
+    /// The systems already hold the data (from an earlier run on the same servers): measure
+    /// without loading, for trying one build after another.
+    #[arg(long)]
+    no_load: bool,
 }
 
 /// Latencies of one measurement, in microseconds.
@@ -230,13 +234,18 @@ async fn main() {
         "data: {} keys x {} double features",
         args.keys, args.features
     );
-    let q = load_sql(
+    let load = !args.no_load;
+    let q = if !load {
+        Duration::ZERO
+    } else {
+        load_sql(
         &quiver,
         &format!("CREATE FEATURE GROUP fv (id BIGINT, {doubles}, PRIMARY KEY (id)) WITH (online = true)"),
         &args,
     )
-    .await;
-    let (p, r) = if args.quiver_only {
+    .await
+    };
+    let (p, r) = if args.quiver_only || !load {
         (Duration::ZERO, Duration::ZERO)
     } else {
         let postgres = connect(args.postgres_port, "postgres", "postgres").await;
