@@ -234,18 +234,17 @@ async fn main() {
         "data: {} keys x {} double features",
         args.keys, args.features
     );
-    let load = !args.no_load;
-    let q = if !load {
+    let q = if args.no_load {
         Duration::ZERO
     } else {
         load_sql(
-        &quiver,
-        &format!("CREATE FEATURE GROUP fv (id BIGINT, {doubles}, PRIMARY KEY (id)) WITH (online = true)"),
-        &args,
-    )
-    .await
+            &quiver,
+            &format!("CREATE FEATURE GROUP fv (id BIGINT, {doubles}, PRIMARY KEY (id)) WITH (online = true)"),
+            &args,
+        )
+        .await
     };
-    let (p, r) = if args.quiver_only || !load {
+    let (p, r) = if args.quiver_only || args.no_load {
         (Duration::ZERO, Duration::ZERO)
     } else {
         let postgres = connect(args.postgres_port, "postgres", "postgres").await;
