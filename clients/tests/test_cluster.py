@@ -147,7 +147,14 @@ def test_cluster_nodes_shows_every_member_and_the_leader(cluster):
                          autocommit=True) as bob:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             bob.execute("ALTER CLUSTER REMOVE NODE 1")
-
+    # A login sees the users, grants and projects committed before it on any node (this node
+    # catches up before it refuses); was once a race the test lost.
+    with connect(cluster[3]) as conn:
+        conn.execute("CREATE PROJECT fresh")
+        conn.execute("CREATE USER carol")
+        conn.execute("GRANT OBSERVER ON PROJECT fresh TO carol")
+    with psycopg.connect(host="127.0.0.1", port=cluster[1].port, user="carol", dbname="fresh") as carol:
+        assert carol.execute("SELECT current_user").fetchone() == ("carol",)
 
 def test_concurrent_writers_on_two_nodes_lose_nothing(cluster):
     with connect(cluster[1]) as conn:

@@ -18,6 +18,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use quiver_catalog::CatalogState;
 use quiver_sql::audit::AuditEvent;
 use quiver_sql::{Engine, SqlError};
 
@@ -165,7 +166,7 @@ impl Startup {
                         ),
                     ));
                 }
-                if self.engine.catalog.snapshot().user(&user).is_none() {
+                if self.login_catalog(&user).await.user(&user).is_none() {
                     return Err(fatal("28000", format!("role \"{user}\" does not exist")));
                 }
                 self.open_session(client, &user).await
@@ -219,7 +220,7 @@ impl Startup {
                     ));
                 }
                 let client_first = initial.data.unwrap_or_default();
-                let catalog = self.engine.catalog.snapshot();
+                let catalog = self.login_catalog(&user).await;
                 let verifier = catalog.user(&user).and_then(|u| u.password.as_ref());
                 let (server_first, awaiting) =
                     scram::begin(&client_first, verifier, &user, &self.mock_salt_key)
@@ -246,6 +247,35 @@ impl Startup {
                     ))
                     .await?;
                 self.open_session(client, &user).await
+            }
+        }
+    }
+
+    /// The catalog a login of `user` is checked against: this node's, unless it does not know
+    /// the user, in which case (on a cluster member) it first applies every change committed
+    /// before the login, so a user created on one node can log in on another at once.
+    async fn login_catalog(&self, user: &str) -> Arc<CatalogState> {
+        let catalog = self.engine.catalog.snapshot();
+        if catalog.user(user).is_some() || !self.caught_up_with_cluster().await {
+            return catalog;
+        }
+        self.engine.catalog.snapshot()
+    }
+
+    /// On a cluster member, applies every catalog change committed before this call and says
+    /// whether it did. A login a node would refuse is checked again after this; one it would
+    /// accept is not waited for, because every statement of the session catches up and checks
+    /// its privileges again (so a dropped user or a revoked role takes effect at the first
+    /// statement, as on a PostgreSQL standby that has replayed the change).
+    async fn caught_up_with_cluster(&self) -> bool {
+        if self.engine.catalog.node().is_none() {
+            return false;
+        }
+        match self.engine.catalog.linearizable_snapshot().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "a login could not catch up with the cluster");
+                false
             }
         }
     }
@@ -303,7 +333,15 @@ impl Startup {
             .map_err(|message| fatal("53300", message))?;
         client.session_extensions().insert(counted);
         let application_name = client.metadata().get("application_name").cloned();
-        let mut session = match self.engine.session(&database, user) {
+        let mut opened = self.engine.session(&database, user);
+        if matches!(
+            opened,
+            Err(SqlError::UndefinedProject(_) | SqlError::InsufficientPrivilege(_))
+        ) && self.caught_up_with_cluster().await
+        {
+            opened = self.engine.session(&database, user);
+        }
+        let mut session = match opened {
             Ok(session) => session,
             Err(e) => {
                 if matches!(e, SqlError::InsufficientPrivilege(_)) {
