@@ -13,6 +13,7 @@ mod multi_table;
 mod npy;
 mod offline;
 mod online;
+mod online_value;
 mod tfrecord;
 
 pub use artifact::{delete_object, object_url, read_object, write_object};

@@ -8,7 +8,8 @@
 //!
 //! Key: the primary key in Arrow's row format, which sorts like the key's values.
 //! Value: a fixed header (format, event time, sequence, write time, column count) followed by the
-//! whole row in Arrow's row format. The column count lets rows written before an ADD COLUMN decode
+//! whole row, encoded as `online_value.rs` describes (format 2; rows stored in format 1, Arrow's
+//! row format, are still read). The column count lets rows written before an ADD COLUMN decode
 //! (the added columns read as NULL).
 //!
 //! Which row wins: the one with the greater (event time, sequence), where the sequence is the row's
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
+use datafusion::arrow::array::{Array, ArrayData, ArrayRef, AsArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -35,9 +36,13 @@ use rocksdb::{
 use crate::blocking;
 use crate::error::{StorageError, StorageResult};
 use crate::offline::TableId;
+use crate::online_value::{self, Codec};
 
 const META_FAMILY: &str = "meta";
-const VALUE_FORMAT: u8 = 1;
+/// The format values are written in.
+const VALUE_FORMAT: u8 = 2;
+/// Rows in Arrow's row format, written before format 2; read, never written.
+const ARROW_ROWS_FORMAT: u8 = 1;
 /// format (1) + event time (8) + sequence (8) + written at (8) + column count (2).
 const HEADER_LEN: usize = 27;
 /// Rows per batch a scan yields.
@@ -50,10 +55,11 @@ pub struct OnlineLayout {
     schema: SchemaRef,
     key_columns: Vec<usize>,
     event_time_column: Option<usize>,
-    /// Encoders of keys and of whole rows, made once: making them for every lookup cost a
-    /// serving lookup about a twentieth of its time.
+    /// The encoder of keys, made once: making it for every lookup cost a serving lookup about
+    /// a twentieth of its time.
     key_converter: Arc<RowConverter>,
-    row_converter: Arc<RowConverter>,
+    /// How each column's values are encoded.
+    codecs: Arc<[Codec]>,
 }
 
 impl OnlineLayout {
@@ -67,13 +73,17 @@ impl OnlineLayout {
         };
         let key_converter =
             sort_fields(&mut key_columns.iter().map(|&i| schema.field(i).data_type()))?;
-        let row_converter = sort_fields(&mut schema.fields().iter().map(|f| f.data_type()))?;
+        let codecs = schema
+            .fields()
+            .iter()
+            .map(|f| Codec::of(f.data_type()))
+            .collect::<StorageResult<_>>()?;
         Ok(OnlineLayout {
             schema,
             key_columns,
             event_time_column,
             key_converter: Arc::new(key_converter),
-            row_converter: Arc::new(row_converter),
+            codecs,
         })
     }
 
@@ -90,12 +100,9 @@ impl OnlineLayout {
         self.event_time_column
     }
 
-    /// The converter of values that hold the first `columns` columns: rows written before an
-    /// ADD COLUMN hold fewer.
-    fn value_converter(&self, columns: usize) -> StorageResult<Arc<RowConverter>> {
-        if columns == self.schema.fields().len() {
-            return Ok(self.row_converter.clone());
-        }
+    /// The decoder of format-1 values (Arrow's row format) that hold the first `columns` columns:
+    /// rows written before an ADD COLUMN hold fewer.
+    fn arrow_rows_converter(&self, columns: usize) -> StorageResult<RowConverter> {
         RowConverter::new(
             self.schema
                 .fields()
@@ -104,7 +111,6 @@ impl OnlineLayout {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )
-        .map(Arc::new)
         .map_err(arrow)
     }
 }
@@ -132,6 +138,7 @@ impl std::fmt::Debug for OnlineStore {
 /// The header of a stored value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
+    format: u8,
     /// Microseconds since the epoch; `i64::MIN` when the table has no event time.
     event_time: i64,
     sequence: i64,
@@ -143,7 +150,7 @@ struct Header {
 
 impl Header {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(VALUE_FORMAT);
+        out.push(self.format);
         out.extend_from_slice(&self.event_time.to_be_bytes());
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&self.written_at.to_be_bytes());
@@ -151,7 +158,7 @@ impl Header {
     }
 
     fn decode(value: &[u8]) -> StorageResult<Header> {
-        if value.len() < HEADER_LEN || value[0] != VALUE_FORMAT {
+        if value.len() < HEADER_LEN || ![VALUE_FORMAT, ARROW_ROWS_FORMAT].contains(&value[0]) {
             return Err(StorageError::Internal(
                 "online store: unknown value format".into(),
             ));
@@ -162,6 +169,7 @@ impl Header {
             i64::from_be_bytes(bytes)
         };
         Ok(Header {
+            format: value[0],
             event_time: i64_at(1),
             sequence: i64_at(9),
             written_at: i64_at(17),
@@ -616,6 +624,7 @@ fn apply_blocking(
     let columns = u16::try_from(batch.num_columns())
         .map_err(|_| StorageError::Schema("too many columns for the online store".into()))?;
     let header = |row: usize| Header {
+        format: VALUE_FORMAT,
         event_time: times[row],
         sequence: sequences[row],
         written_at,
@@ -635,10 +644,7 @@ fn apply_blocking(
     let mut candidates: Vec<(&[u8], usize)> = winners.into_iter().collect();
     candidates.sort_unstable();
     let stored = db.batched_multi_get_cf(&family, candidates.iter().map(|(k, _)| *k), true);
-    let values = layout
-        .value_converter(batch.num_columns())?
-        .convert_columns(batch.columns())
-        .map_err(arrow)?;
+    let columns: Vec<ArrayData> = batch.columns().iter().map(|c| c.to_data()).collect();
     let mut write = WriteBatch::default();
     let mut added = 0i64;
     let mut value = Vec::new();
@@ -651,7 +657,7 @@ fn apply_blocking(
         }
         value.clear();
         incoming.encode(&mut value);
-        value.extend_from_slice(values.row(*row).data());
+        online_value::encode_row(&layout.codecs, &columns, *row, &mut value)?;
         write.put_cf(&family, key, &value);
     }
     let count = read_i64(
@@ -669,47 +675,58 @@ fn apply_blocking(
     }
 }
 
-/// Decodes stored values into a batch of the layout's schema, leaving out rows older than
-/// `min_age`.
+/// Decodes stored values into a batch of the layout's schema, in their order, leaving out rows
+/// older than `min_age`.
 fn decode_rows<'a>(
     layout: &OnlineLayout,
     values: impl Iterator<Item = &'a [u8]>,
     min_age: Option<i64>,
 ) -> StorageResult<RecordBatch> {
-    // Values written before an ADD COLUMN have fewer columns: decode each width separately.
-    let mut by_width: Vec<(usize, Vec<&'a [u8]>)> = Vec::new();
+    // Runs of consecutive values of one format (and, for format 1, one width) decode together.
+    let mut runs: Vec<(u8, usize, Vec<(usize, &'a [u8])>)> = Vec::new();
     for value in values {
         let header = Header::decode(value)?;
         if min_age.is_some_and(|min| header.age_time() < min) {
             continue;
         }
         let width = usize::from(header.columns);
-        match by_width.iter_mut().find(|(w, _)| *w == width) {
-            Some((_, rows)) => rows.push(&value[HEADER_LEN..]),
-            None => by_width.push((width, vec![&value[HEADER_LEN..]])),
+        if width > layout.schema.fields().len() {
+            return Err(StorageError::Schema(format!(
+                "online row has {width} columns, the table {}",
+                layout.schema.fields().len()
+            )));
+        }
+        let row = (width, &value[HEADER_LEN..]);
+        match runs.last_mut() {
+            Some((format, _, rows)) if *format == VALUE_FORMAT && header.format == VALUE_FORMAT => {
+                rows.push(row)
+            }
+            Some((format, run_width, rows)) if *format == header.format && *run_width == width => {
+                rows.push(row)
+            }
+            _ => runs.push((header.format, width, vec![row])),
         }
     }
     let schema = layout.schema.clone();
-    let mut batches = Vec::with_capacity(by_width.len());
-    for (width, rows) in by_width {
-        if width > schema.fields().len() {
-            return Err(StorageError::Schema(format!(
-                "online row has {width} columns, the table {}",
-                schema.fields().len()
-            )));
-        }
-        let converter = layout.value_converter(width)?;
-        let parser = converter.parser();
-        let mut columns = converter
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))
-            .map_err(arrow)?;
-        let len = rows.len();
-        for field in schema.fields().iter().skip(width) {
-            columns.push(new_null_array(field.data_type(), len));
-        }
+    let mut batches = Vec::with_capacity(runs.len().max(1));
+    for (format, width, rows) in runs {
+        let columns = if format == VALUE_FORMAT {
+            online_value::decode_rows(&schema, &layout.codecs, &rows)?
+        } else {
+            let converter = layout.arrow_rows_converter(width)?;
+            let parser = converter.parser();
+            let mut columns = converter
+                .convert_rows(rows.iter().map(|(_, r)| parser.parse(r)))
+                .map_err(arrow)?;
+            for field in schema.fields().iter().skip(width) {
+                columns.push(new_null_array(field.data_type(), rows.len()));
+            }
+            columns
+        };
         batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?);
     }
     match batches.len() {
+        0 => Ok(RecordBatch::new_empty(schema)),
         1 => Ok(batches.remove(0)),
         _ => datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(arrow),
     }
@@ -859,6 +876,46 @@ mod tests {
             .unwrap()
             .expect("the block is cached");
         assert_eq!(scores(&warm), vec![(3, 3.0), (1, 1.0)]);
+    }
+
+    /// Rows written by an older Quiver, in format 1 (Arrow's row format), read among rows of
+    /// format 2, in the order asked for.
+    #[tokio::test]
+    async fn rows_stored_in_arrow_row_format_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OnlineStore::open(dir.path(), 8 << 20).await.unwrap();
+        let layout = layout();
+        store.create_table(6).await.unwrap();
+        let current = rows(&layout, &[1, 3], &[1.0, 3.0], &[10, 10]);
+        store
+            .apply(6, &layout, current, vec![1 << 32, 1 << 32 | 1], Some(1))
+            .await
+            .unwrap();
+        let old = rows(&layout, &[2], &[2.0], &[10]);
+        let converter = layout.arrow_rows_converter(3).unwrap();
+        let encoded = converter.convert_columns(old.columns()).unwrap();
+        let mut value = Vec::new();
+        Header {
+            format: ARROW_ROWS_FORMAT,
+            event_time: 10,
+            sequence: 0,
+            written_at: 0,
+            columns: 3,
+        }
+        .encode(&mut value);
+        value.extend_from_slice(encoded.row(0).data());
+        let key = layout
+            .key_converter
+            .convert_columns(&[old.column(0).clone()])
+            .unwrap();
+        let family = table_family(&store.db, 6).unwrap();
+        store.db.put_cf(&family, key.row(0).data(), &value).unwrap();
+
+        let keys: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![3, 2, 1]))];
+        let found = store.get(6, &layout, keys, None).await.unwrap();
+        assert_eq!(scores(&found), vec![(3, 3.0), (2, 2.0), (1, 1.0)]);
+        let all = store.scan(6, &layout, None).await.unwrap();
+        assert_eq!(scores(&all[0]), vec![(1, 1.0), (2, 2.0), (3, 3.0)]);
     }
 
     #[tokio::test]
