@@ -21,10 +21,13 @@
 //! A row never changes its encoding in place: a stored row written before an ADD COLUMN holds
 //! fewer columns (the header counts them) and the added ones read as NULL.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::{
-    ArrayData, ArrayRef, BooleanBufferBuilder, NullBufferBuilder, make_array,
+    ArrayData, ArrayRef, BooleanBufferBuilder, NullBufferBuilder, PrimitiveArray,
+    downcast_primitive, make_array,
 };
-use datafusion::arrow::buffer::{Buffer, MutableBuffer, NullBuffer};
+use datafusion::arrow::buffer::{Buffer, MutableBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::arrow::util::bit_util;
 
@@ -148,6 +151,15 @@ fn length(len: usize) -> StorageResult<u32> {
     u32::try_from(len).map_err(|_| StorageError::Schema("an online value over 4 GiB".into()))
 }
 
+/// One column of a primitive type `$t`: `len` values at element `offset` of `buffer`.
+macro_rules! primitive_array {
+    ($t:ty, $buffer:expr, $offset:expr, $len:expr, $nulls:expr, $data_type:expr) => {
+        PrimitiveArray::<$t>::try_new(ScalarBuffer::new($buffer, $offset, $len), $nulls)
+            .map(|values| Arc::new(values.with_data_type($data_type.clone())) as ArrayRef)
+            .map_err(|e| StorageError::Internal(format!("online store: a stored row: {e}")))
+    };
+}
+
 /// Decodes rows (each: a column count and the encoded columns after the header) into one array
 /// per column of `schema`, in order.
 pub(crate) fn decode_rows(
@@ -205,12 +217,21 @@ pub(crate) fn decode_rows(
         .map(|((column, mut nulls), field)| {
             let nulls = nulls.finish();
             match column {
-                Column::Shared { at, width } => array(
-                    ArrayData::builder(field.data_type().clone())
-                        .len(len)
-                        .add_buffer(shared.slice_with_length(at, len * width))
-                        .nulls(nulls),
-                ),
+                Column::Shared { at, width } => {
+                    let data_type = field.data_type();
+                    let (buffer, offset) = (shared.clone(), at / width);
+                    // Made directly: an `ArrayData` per column (builder, validation, a vector
+                    // of buffers) cost a one-row lookup more than its RocksDB get.
+                    downcast_primitive! {
+                        data_type => (primitive_array, buffer, offset, len, nulls, data_type),
+                        _ => array(
+                            ArrayData::builder(data_type.clone())
+                                .len(len)
+                                .add_buffer(shared.slice_with_length(at, len * width))
+                                .nulls(nulls),
+                        ),
+                    }
+                }
                 Column::Own(decoder) => decoder.finish(field.data_type(), len, nulls),
             }
         })
@@ -405,7 +426,6 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     use datafusion::arrow::array::{
         Array, BooleanArray, Float32Builder, Float64Array, Int16Array, ListBuilder, RecordBatch,
