@@ -682,8 +682,9 @@ fn decode_rows<'a>(
     values: impl Iterator<Item = &'a [u8]>,
     min_age: Option<i64>,
 ) -> StorageResult<RecordBatch> {
-    // Runs of consecutive values of one format (and, for format 1, one width) decode together.
-    let mut runs: Vec<(u8, usize, Vec<(usize, &'a [u8])>)> = Vec::new();
+    // Runs of consecutive values that decode together: format 2 values of any width (each
+    // counts its own columns), format 1 values of one width.
+    let mut runs: Vec<((u8, usize), Vec<(usize, &'a [u8])>)> = Vec::new();
     for value in values {
         let header = Header::decode(value)?;
         if min_age.is_some_and(|min| header.age_time() < min) {
@@ -696,20 +697,19 @@ fn decode_rows<'a>(
                 layout.schema.fields().len()
             )));
         }
+        let run = match header.format {
+            VALUE_FORMAT => (VALUE_FORMAT, 0),
+            format => (format, width),
+        };
         let row = (width, &value[HEADER_LEN..]);
         match runs.last_mut() {
-            Some((format, _, rows)) if *format == VALUE_FORMAT && header.format == VALUE_FORMAT => {
-                rows.push(row)
-            }
-            Some((format, run_width, rows)) if *format == header.format && *run_width == width => {
-                rows.push(row)
-            }
-            _ => runs.push((header.format, width, vec![row])),
+            Some((last, rows)) if *last == run => rows.push(row),
+            _ => runs.push((run, vec![row])),
         }
     }
     let schema = layout.schema.clone();
     let mut batches = Vec::with_capacity(runs.len().max(1));
-    for (format, width, rows) in runs {
+    for ((format, width), rows) in runs {
         let columns = if format == VALUE_FORMAT {
             online_value::decode_rows(&schema, &layout.codecs, &rows)?
         } else {

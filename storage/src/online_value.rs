@@ -160,8 +160,8 @@ macro_rules! primitive_array {
     };
 }
 
-/// Decodes rows (each: a column count and the encoded columns after the header) into one array
-/// per column of `schema`, in order.
+/// Decodes rows (each: a column count, at most the schema's, and the encoded columns after the
+/// header) into one array per column of `schema`, in order.
 pub(crate) fn decode_rows(
     schema: &SchemaRef,
     codecs: &[Codec],
@@ -186,12 +186,6 @@ pub(crate) fn decode_rows(
     let mut nulls: Vec<NullBufferBuilder> =
         codecs.iter().map(|_| NullBufferBuilder::new(len)).collect();
     for (row, (count, value)) in rows.iter().enumerate() {
-        if *count > codecs.len() {
-            return Err(StorageError::Schema(format!(
-                "online row has {count} columns, the table {}",
-                codecs.len()
-            )));
-        }
         let mut cursor = Cursor(value);
         let bitmap = cursor.take(count.div_ceil(8))?;
         for (i, (column, nulls)) in columns.iter_mut().zip(&mut nulls).enumerate() {
@@ -221,15 +215,13 @@ pub(crate) fn decode_rows(
                     let data_type = field.data_type();
                     let (buffer, offset) = (shared.clone(), at / width);
                     // Made directly: an `ArrayData` per column (builder, validation, a vector
-                    // of buffers) cost a one-row lookup more than its RocksDB get.
+                    // of buffers) cost a one-row lookup more than its RocksDB get. Every type
+                    // with a primitive width is a primitive array type.
                     downcast_primitive! {
                         data_type => (primitive_array, buffer, offset, len, nulls, data_type),
-                        _ => array(
-                            ArrayData::builder(data_type.clone())
-                                .len(len)
-                                .add_buffer(shared.slice_with_length(at, len * width))
-                                .nulls(nulls),
-                        ),
+                        _ => Err(StorageError::Internal(format!(
+                            "online store: no primitive array of type {data_type}"
+                        ))),
                     }
                 }
                 Column::Own(decoder) => decoder.finish(field.data_type(), len, nulls),
