@@ -188,10 +188,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TurnTakingSocket<S> {
 
 /// The threads that serve connections, each a single-threaded runtime with its own I/O driver.
 /// A request and its reply stay on one thread, with no hand-over between workers and no
-/// wake-up of a second one; connections are spread over the threads in turn. There are more
-/// threads than cores (`--connection-threads`, default twice the cores), so the kernel balances
-/// them over the cores as it balances PostgreSQL's backends and a request waits behind another
-/// only on a shared thread. Queries that compute run on the engine's executor, not here.
+/// wake-up of a second one; connections are spread over the threads in turn. There is one
+/// thread per core (`--connection-threads`): with more, two busy threads sharing a core make a
+/// request that arrives while its thread is descheduled wait out a scheduler slice (measured in
+/// docs/performance.md, point 9), while one thread per core answers every connection whose
+/// request is ready in one turn of its event loop. Queries that compute run on the engine's
+/// executor, not here.
 pub struct ConnectionThreads {
     runtimes: Vec<tokio::runtime::Handle>,
     next: std::sync::atomic::AtomicUsize,

@@ -59,7 +59,11 @@ enum Command {
         /// Memory for the online store's block cache, in MiB.
         #[arg(long, default_value_t = 256, env = "QUIVER_ONLINE_CACHE_MB")]
         online_cache_mb: usize,
-        /// Threads that serve client connections. Default: twice the number of cores.
+        /// Memory for the online store's row cache, in MiB (0: none). Rows found by key lookups
+        /// are kept here, and a lookup that finds its row here skips the block search.
+        #[arg(long, default_value_t = 0, env = "QUIVER_ONLINE_ROW_CACHE_MB")]
+        online_row_cache_mb: usize,
+        /// Threads that serve client connections. Default: the number of cores.
         #[arg(long, env = "QUIVER_CONNECTION_THREADS")]
         connection_threads: Option<usize>,
         /// Memory that running queries' sorts, joins and aggregations share, in MiB; beyond it
@@ -179,6 +183,7 @@ fn main() -> std::process::ExitCode {
             data_dir,
             offline_store,
             online_cache_mb,
+            online_row_cache_mb,
             connection_threads,
             query_memory_mb,
             tls_cert,
@@ -199,6 +204,7 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 offline_store,
                 online_cache_mb,
+                online_row_cache_mb,
                 query_memory_mb,
                 connection_threads,
                 tls: tls::TlsOptions {
@@ -239,6 +245,7 @@ struct ServeOptions {
     data_dir: PathBuf,
     offline_store: Option<String>,
     online_cache_mb: usize,
+    online_row_cache_mb: usize,
     query_memory_mb: usize,
     connection_threads: Option<usize>,
     tls: tls::TlsOptions,
@@ -346,6 +353,7 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
         data_dir,
         offline_store,
         online_cache_mb,
+        online_row_cache_mb,
         query_memory_mb,
         connection_threads,
         tls,
@@ -365,6 +373,7 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
     let options = quiver_sql::EngineOptions {
         offline_location,
         online_cache_bytes: online_cache_mb.saturating_mul(1 << 20),
+        online_row_cache_bytes: online_row_cache_mb.saturating_mul(1 << 20),
         query_memory_bytes: query_memory_mb.saturating_mul(1 << 20),
         cluster,
     };
@@ -389,7 +398,7 @@ async fn serve(options: ServeOptions, executor: tokio::runtime::Handle) -> Resul
     tracing::info!(%listen, data_dir = %data_dir.display(), offline_store = %engine.offline.location(), tls = tls.acceptor.is_some(), ?authentication, "quiver is ready to accept connections");
     let handlers = Arc::new(QuiverHandlers::new(engine, policy)?);
     let connection_threads = connection_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 2);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let connection_threads = connection::ConnectionThreads::start(connection_threads)
         .map_err(|e| format!("cannot start the connection threads: {e}"))?;
     let mut connections = JoinSet::new();

@@ -78,6 +78,8 @@ pub struct EngineOptions {
     pub offline_location: Option<StoreLocation>,
     /// The online store's block cache, shared by all online feature groups.
     pub online_cache_bytes: usize,
+    /// The online store's row cache (0: none): rows of recent key lookups.
+    pub online_row_cache_bytes: usize,
     /// Memory that running queries' sorts, joins and aggregations share; beyond it they spill
     /// to `<data dir>/spill`.
     pub query_memory_bytes: usize,
@@ -91,6 +93,7 @@ impl Default for EngineOptions {
         EngineOptions {
             offline_location: None,
             online_cache_bytes: 256 << 20,
+            online_row_cache_bytes: 0,
             query_memory_bytes: 4 << 30,
             cluster: None,
         }
@@ -140,8 +143,12 @@ impl Engine {
             }
             None => Catalog::open(&data_dir.join("catalog"))?,
         };
-        let online =
-            OnlineStore::open(&data_dir.join("online"), options.online_cache_bytes).await?;
+        let online = OnlineStore::open_with_row_cache(
+            &data_dir.join("online"),
+            options.online_cache_bytes,
+            options.online_row_cache_bytes,
+        )
+        .await?;
         // A cluster member's online store is the data group's state machine: its log is the
         // durable copy, and the machine syncs the store before it records what it applied.
         let online = match &options.cluster {

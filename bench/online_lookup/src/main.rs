@@ -29,7 +29,8 @@ struct Args {
     #[arg(long)]
     quiver_only: bool,
     /// The systems already hold the data (from an earlier run on the same servers): measure
-    /// without loading, for trying one build after another.
+    /// without loading, for trying one build after another (Redis, which keeps nothing across
+    /// a restart, is loaded again if it is empty).
     #[arg(long)]
     no_load: bool,
 }
@@ -244,8 +245,14 @@ async fn main() {
         )
         .await
     };
-    let (p, r) = if args.quiver_only || args.no_load {
+    let (p, r) = if args.quiver_only {
         (Duration::ZERO, Duration::ZERO)
+    } else if args.no_load {
+        // Redis keeps nothing across a restart (no persistence): load it again when it is empty.
+        let mut connection = redis.get_multiplexed_async_connection().await.expect("redis");
+        let stored: u64 = redis::cmd("DBSIZE").query_async(&mut connection).await.expect("dbsize");
+        let r = if stored == 0 { load_redis(&redis, &args).await } else { Duration::ZERO };
+        (Duration::ZERO, r)
     } else {
         let postgres = connect(args.postgres_port, "postgres", "postgres").await;
         let p = load_sql(
