@@ -372,7 +372,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(quiver: &Path) -> Result<Server, String> {
+    fn start(quiver: &Path, options: &[&str]) -> Result<Server, String> {
         let data_dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -386,6 +386,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir.path())
+            .args(options)
             .env(
                 "QUIVER_LOG",
                 "warn,buoyant_kernel=error,deltalake_core=error",
@@ -465,7 +466,13 @@ fn slt_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 async fn run_file(quiver: &Path, file: &Path, protocol: Protocol) -> Result<(), String> {
-    let server = Server::start(quiver)?;
+    // The extended protocol's runs (prepared statements: the serving fast path) also run with
+    // an online row cache, so every online-store rule of the suite holds with and without one.
+    let options: &[&str] = match protocol {
+        Protocol::Simple => &[],
+        Protocol::Extended => &["--online-row-cache-mb", "4"],
+    };
+    let server = Server::start(quiver, options)?;
     let db = server.connect(protocol).await?;
     let mut slot = Some(db);
     let mut runner = sqllogictest::Runner::new(move || {
