@@ -103,10 +103,12 @@ impl Objective<'_> {
                 .collect();
             workers
                 .into_iter()
+                // A worker's panic (a bug) goes on to the training task, which reports it as an
+                // error, rather than becoming a NaN loss that would be fitted into a model.
                 .map(|worker| {
                     worker
                         .join()
-                        .unwrap_or_else(|_| (f64::NAN, vec![f64::NAN; width + 1]))
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
                 })
                 .collect()
         });
