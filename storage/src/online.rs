@@ -236,7 +236,7 @@ impl OnlineStore {
 
     /// [`OnlineStore::open`], with a row cache of `row_cache_bytes` (none if 0) besides the block
     /// cache. A key lookup whose row is in the row cache skips the search of the file's index
-    /// and data block, which bench/online_lookup measured as a tenth of a lookup's CPU.
+    /// and data block (docs/performance.md, point 9: 12% more lookups per second).
     pub async fn open_with_row_cache(
         path: &Path,
         cache_bytes: usize,
