@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 use crate::cancel::{CancelSignal, Cancellation, QuiverCancelHandler, cancellable};
 use crate::connection::FlushRequest;
 use crate::errors::{error_response, to_pgwire};
+use crate::found_rows;
 use crate::startup::{AccessPolicy, Startup};
 
 /// The session of one connection, kept in the connection's extensions.
@@ -497,6 +498,15 @@ impl QueryHandler {
     ) -> PgWireResult<Response> {
         let (stream, command) = match output {
             Output::Rows { stream } => (stream, "SELECT"),
+            Output::Found(found) if found_rows::encodable(&found) => {
+                let fields = result_fields(found.schema(), format, prepared_fields)?;
+                let rows = found_rows::data_rows(&found, &fields)?;
+                let mut response =
+                    QueryResponse::new(fields, futures::stream::iter(rows.into_iter().map(Ok)));
+                response.set_command_tag("SELECT");
+                return Ok(Response::Query(response));
+            }
+            Output::Found(found) => (found.into_stream().map_err(to_pgwire)?, "SELECT"),
             Output::Fetched { stream } => (stream, "FETCH"),
             // Transaction blocks: the protocol reports the status after each statement.
             Output::Command(tag) if tag.command == "BEGIN" => {
@@ -552,11 +562,7 @@ impl QueryHandler {
         prepared_fields: Option<&ResultFields>,
         deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Response> {
-        let schema = stream.schema();
-        let fields = match prepared_fields.and_then(|f| f.get(&schema, format)) {
-            Some(fields) => fields,
-            None => Arc::new(pg_fields(&schema, format)?),
-        };
+        let fields = result_fields(&stream.schema(), format, prepared_fields)?;
         let row_fields = fields.clone();
         let batches = cancellable(
             stream.map(|batch| batch.map_err(SqlError::from)),
@@ -575,6 +581,18 @@ impl QueryHandler {
         let mut response = QueryResponse::new(fields, rows);
         response.set_command_tag(command);
         Ok(Response::Query(response))
+    }
+}
+
+/// The row description of a result, from the prepared statement's when it is the same.
+fn result_fields(
+    schema: &SchemaRef,
+    format: &Format,
+    prepared_fields: Option<&ResultFields>,
+) -> PgWireResult<Arc<Vec<FieldInfo>>> {
+    match prepared_fields.and_then(|f| f.get(schema, format)) {
+        Some(fields) => Ok(fields),
+        None => Ok(Arc::new(pg_fields(schema, format)?)),
     }
 }
 

@@ -7,6 +7,7 @@
 mod cancel;
 mod connection;
 mod errors;
+mod found_rows;
 mod handler;
 mod scram;
 mod startup;

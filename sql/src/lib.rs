@@ -47,6 +47,7 @@ pub use column_names::display_name;
 pub use copy::CopyFormat;
 pub use copy_in::CopyIn;
 pub use error::{SqlError, SqlResult};
+pub use lookup::FoundRows;
 pub use parser::{Statement, parse};
 pub use session::{CommandTag, Output, Prepared, Session, is_read_only};
 pub use settings::{SERVER_VERSION, Settings};

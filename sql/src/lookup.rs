@@ -17,6 +17,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{Expr, LogicalPlan, Operator};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
+use quiver_storage::StoredRows;
+
 use crate::Engine;
 use crate::error::{SqlError, SqlResult};
 use crate::online::{OnlineTable, key_arrays, list_elements};
@@ -113,7 +115,7 @@ impl KeyLookup {
         &self,
         engine: &Engine,
         params: Option<&ParamValues>,
-    ) -> SqlResult<SendableRecordBatchStream> {
+    ) -> SqlResult<FoundRows> {
         let oid = self.table.relation().oid;
         let snapshot = engine.catalog.snapshot();
         let current = snapshot.relation(oid).ok_or_else(|| {
@@ -149,19 +151,58 @@ impl KeyLookup {
             });
         }
         let keys = key_arrays(layout, lists)?;
-        let found = engine
+        let rows = engine
             .online
-            .get(oid, layout, keys, table.min_age())
+            .get_stored(oid, layout, keys, table.min_age())
             .await?;
+        Ok(FoundRows {
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            rows,
+        })
+    }
+}
+
+/// The rows a key lookup found, as stored, and the statement's columns: decoded into a batch
+/// ([`FoundRows::into_batch`]), or read value by value by the protocol layer.
+#[derive(Debug)]
+pub struct FoundRows {
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    rows: StoredRows,
+}
+
+impl FoundRows {
+    /// The statement's result schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The statement's columns, as indices into the stored rows' columns.
+    pub fn projection(&self) -> &[usize] {
+        &self.projection
+    }
+
+    pub fn stored(&self) -> &StoredRows {
+        &self.rows
+    }
+
+    fn into_batch(self) -> SqlResult<RecordBatch> {
+        let found = self.rows.into_batch()?;
         let columns = self
             .projection
             .iter()
             .map(|&i| found.column(i).clone())
             .collect();
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| SqlError::Internal(e.to_string()))?;
+        RecordBatch::try_new(self.schema, columns).map_err(|e| SqlError::Internal(e.to_string()))
+    }
+
+    /// The rows as a stream of one batch.
+    pub fn into_stream(self) -> SqlResult<SendableRecordBatchStream> {
+        let schema = self.schema.clone();
+        let batch = self.into_batch()?;
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
+            schema,
             futures::stream::iter([Ok(batch)]),
         )))
     }

@@ -30,7 +30,7 @@ use crate::cursor;
 use crate::ddl;
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view;
-use crate::lookup::KeyLookup;
+use crate::lookup::{FoundRows, KeyLookup};
 use crate::models;
 use crate::parser::Statement;
 use crate::project_catalog::{PUBLIC_SCHEMA, ProjectCatalog};
@@ -44,6 +44,9 @@ use crate::{Engine, PlannedQuery};
 pub enum Output {
     /// Rows to stream to the client; the protocol layer ends them with `SELECT n`.
     Rows { stream: SendableRecordBatchStream },
+    /// Rows a key lookup found in the online store, as stored, for the protocol layer to encode
+    /// without Arrow arrays in between where it can; ended with `SELECT n`.
+    Found(FoundRows),
     /// Rows a FETCH takes from a cursor, ended with `FETCH n`.
     Fetched { stream: SendableRecordBatchStream },
     /// A command's completion tag, e.g. `CREATE FEATURE GROUP` or `INSERT 0 3`.
@@ -421,7 +424,7 @@ impl Session {
                 Some(lookup) => lookup
                     .execute(&self.engine, params.as_ref())
                     .await
-                    .map(|stream| Output::Rows { stream }),
+                    .map(Output::Found),
                 None => Box::pin(self.execute_unblocked(prepared, params)).await,
             },
             Err(denied) => Err(denied),

@@ -22,7 +22,8 @@ pub use error::{StorageError, StorageResult};
 pub use location::StoreLocation;
 pub use multi_table::{MultiTableCommit, TableWrite};
 pub use offline::{Commit, OfflineStore, SEQUENCE_COLUMN, TableId};
-pub use online::{OnlineLayout, OnlineStore};
+pub use online::{OnlineLayout, OnlineStore, StoredRows};
+pub use online_value::StoredValue;
 
 /// Runs `work` on the blocking pool: file IO, fsyncs and RocksDB calls that may touch the disk
 /// never run on the async runtime.

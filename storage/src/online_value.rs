@@ -230,6 +230,78 @@ pub(crate) fn decode_rows(
         .collect()
 }
 
+/// One column's value in a stored row, as stored (the module's format), for a reader that
+/// encodes values itself rather than through Arrow arrays: the server's answer to a key lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredValue<'a> {
+    Boolean(bool),
+    /// A fixed-width value's bytes, little-endian, as wide as the column's type.
+    Fixed(&'a [u8]),
+    /// Text (UTF-8) or bytes.
+    Bytes(&'a [u8]),
+    /// A list, still in the format's encoding (count, bitmap, elements).
+    List(&'a [u8]),
+}
+
+/// Reads the columns of one row (`count` columns stored, the codecs' columns after them NULL)
+/// into `out`, one per codec, `None` for NULL.
+pub(crate) fn read_row<'a>(
+    codecs: &[Codec],
+    count: usize,
+    value: &'a [u8],
+    out: &mut Vec<Option<StoredValue<'a>>>,
+) -> StorageResult<()> {
+    out.clear();
+    let mut cursor = Cursor(value);
+    let bitmap = cursor.take(count.div_ceil(8))?;
+    for (i, codec) in codecs.iter().enumerate() {
+        if i >= count || !bit_util::get_bit(bitmap, i) {
+            out.push(None);
+            continue;
+        }
+        out.push(Some(match codec {
+            Codec::Boolean => StoredValue::Boolean(cursor.take(1)?[0] != 0),
+            Codec::Fixed(width) => StoredValue::Fixed(cursor.take(*width)?),
+            Codec::Bytes { .. } => {
+                let len = cursor.length()?;
+                StoredValue::Bytes(cursor.take(len)?)
+            }
+            Codec::List { .. } => {
+                let rest = cursor.0;
+                skip_value(codec, &mut cursor)?;
+                StoredValue::List(&rest[..rest.len() - cursor.0.len()])
+            }
+        }));
+    }
+    Ok(())
+}
+
+/// Moves `cursor` past one value of `codec`.
+fn skip_value(codec: &Codec, cursor: &mut Cursor<'_>) -> StorageResult<()> {
+    match codec {
+        Codec::Boolean => {
+            cursor.take(1)?;
+        }
+        Codec::Fixed(width) => {
+            cursor.take(*width)?;
+        }
+        Codec::Bytes { .. } => {
+            let len = cursor.length()?;
+            cursor.take(len)?;
+        }
+        Codec::List { codec, .. } => {
+            let count = cursor.length()?;
+            let bitmap = cursor.take(count.div_ceil(8))?;
+            for i in 0..count {
+                if bit_util::get_bit(bitmap, i) {
+                    skip_value(codec, cursor)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Alignment of each fixed-width column's region in the shared buffer: enough for any Arrow
 /// native type.
 const ALIGNMENT: usize = 32;
@@ -520,6 +592,44 @@ mod tests {
         // A truncated value is an error, not a wrong row.
         let cut = &encoded[0][..encoded[0].len() - 1];
         assert!(decode_rows(&schema, &codecs, &[(6, cut)]).is_err());
+
+        // Value by value, as the server reads a key lookup's rows.
+        let mut values = Vec::new();
+        read_row(&codecs, 6, &encoded[0], &mut values).unwrap();
+        let embedding = [&2u32.to_le_bytes()[..], &[0b01], &1.5f32.to_le_bytes()].concat();
+        assert_eq!(
+            values,
+            vec![
+                Some(StoredValue::Fixed(&1i16.to_le_bytes())),
+                Some(StoredValue::Fixed(&0.25f64.to_le_bytes())),
+                Some(StoredValue::Boolean(true)),
+                Some(StoredValue::Bytes("ünï".as_bytes())),
+                None,
+                Some(StoredValue::List(&embedding)),
+            ]
+        );
+        read_row(&codecs, 2, &narrow, &mut values).unwrap();
+        assert_eq!(values.len(), 6);
+        assert!(values[0].is_some() && values[2..].iter().all(Option::is_none));
+        // A list before another column is stepped over exactly.
+        let list_first = [codecs[5].clone(), codecs[1].clone()];
+        let mut row = Vec::new();
+        encode_row(
+            &list_first,
+            &[columns[5].clone(), columns[1].clone()],
+            0,
+            &mut row,
+        )
+        .unwrap();
+        read_row(&list_first, 2, &row, &mut values).unwrap();
+        assert_eq!(
+            values,
+            vec![
+                Some(StoredValue::List(&embedding)),
+                Some(StoredValue::Fixed(&0.25f64.to_le_bytes())),
+            ]
+        );
+        assert!(read_row(&codecs, 6, cut, &mut values).is_err());
     }
 
     #[test]

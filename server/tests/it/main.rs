@@ -689,3 +689,137 @@ async fn prepared_online_lookups_infer_parameter_types_and_see_catalog_changes()
         Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
     );
 }
+
+/// A value's bytes as the server sent them, whatever its type.
+struct RawValue(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawValue {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(raw.to_vec()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Every row's values as sent (None for NULL), with the columns' types.
+async fn raw_rows(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> (Vec<tokio_postgres::types::Type>, Vec<Vec<Option<Vec<u8>>>>) {
+    let statement = client.prepare(sql).await.unwrap();
+    let rows = client.query(&statement, params).await.unwrap();
+    let types = statement
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
+    let values = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get::<_, Option<RawValue>>(i).map(|v| v.0))
+                .collect()
+        })
+        .collect();
+    (types, values)
+}
+
+/// Key lookups (encoded from the stored values) answer byte for byte as the general path does
+/// (through Arrow arrays and arrow-pg), in binary and in text, for every plain type, NULLs, a
+/// column added after some rows were written, and columns that take arrow-pg's path.
+#[tokio::test]
+async fn key_lookups_answer_byte_for_byte_as_the_general_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE FEATURE GROUP kinds (id BIGINT, b BOOLEAN, s SMALLINT, i INT, r REAL, \
+             d DOUBLE PRECISION, t TEXT, ts TIMESTAMP, PRIMARY KEY (id), EVENT TIME ts) \
+             WITH (online = true); \
+             INSERT INTO kinds VALUES \
+             (1, true, -2, 3, 1.5, 0.1, 'ünï', '2020-01-01 00:00:00'), \
+             (2, NULL, NULL, NULL, NULL, NULL, NULL, '2020-01-01 00:00:00'), \
+             (3, false, 32767, -2147483648, -0.0, 1e300, '', '2020-01-01 00:00:00'); \
+             ALTER FEATURE GROUP kinds ADD COLUMN late DOUBLE PRECISION; \
+             INSERT INTO kinds VALUES (4, true, 0, 0, 3.25, -2.5e-7, 'x''y', '2020-01-02 00:00:00', 2.5)",
+        )
+        .await
+        .unwrap();
+    let projections = ["d, id, t AS text, b, s, i, r, late", "d, ts", "*"];
+    for columns in projections {
+        for key in [1i64, 2, 3, 4, 9] {
+            let lookup = raw_rows(
+                &client,
+                &format!("SELECT {columns} FROM online.kinds WHERE id = $1"),
+                &[&key],
+            )
+            .await;
+            let general = raw_rows(
+                &client,
+                &format!("SELECT {columns} FROM online.kinds WHERE id = $1 AND 1 = 1"),
+                &[&key],
+            )
+            .await;
+            assert_eq!(lookup.0, general.0, "{columns}");
+            assert_eq!(lookup.1, general.1, "{columns}, key {key}");
+            assert_eq!(lookup.1.len(), usize::from(key != 9));
+
+            let text = |sql: String| {
+                let client = &client;
+                async move {
+                    client
+                        .simple_query(&sql)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .filter_map(|message| match message {
+                            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                                (0..row.len())
+                                    .map(|i| row.get(i).map(str::to_owned))
+                                    .collect::<Vec<_>>(),
+                            ),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(
+                text(format!(
+                    "SELECT {columns} FROM online.kinds WHERE id = {key}"
+                ))
+                .await,
+                text(format!(
+                    "SELECT {columns} FROM online.kinds WHERE id = {key} AND 1 = 1"
+                ))
+                .await,
+                "{columns}, key {key}"
+            );
+        }
+        let keys = vec![4i64, 1, 2, 3, 9];
+        let lookup = raw_rows(
+            &client,
+            &format!("SELECT {columns} FROM online.kinds WHERE id = ANY($1)"),
+            &[&keys],
+        )
+        .await;
+        let general = raw_rows(
+            &client,
+            &format!("SELECT {columns} FROM online.kinds WHERE id = ANY($1) AND 1 = 1"),
+            &[&keys],
+        )
+        .await;
+        let sorted = |mut rows: Vec<Vec<Option<Vec<u8>>>>| {
+            rows.sort();
+            rows
+        };
+        assert_eq!(lookup.1.len(), 4);
+        assert_eq!(sorted(lookup.1), sorted(general.1), "{columns}");
+    }
+}
