@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, new_empty_array};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -391,6 +391,25 @@ pub(crate) fn key_arrays(
     layout: &OnlineLayout,
     lists: Vec<Vec<ScalarValue>>,
 ) -> DfResult<Vec<ArrayRef>> {
+    let targets = layout
+        .key_columns()
+        .iter()
+        .map(|&index| layout.schema().field(index).data_type());
+    // One value per key column, the serving case: no combinations to make, and no cast of a
+    // value that has the column's type already (a scalar cast goes through a one-row array).
+    if lists.iter().all(|values| values.len() == 1) {
+        let values: Vec<ScalarValue> = lists.into_iter().flatten().collect();
+        let matches_nothing = values.iter().any(ScalarValue::is_null);
+        return values
+            .into_iter()
+            .zip(targets)
+            .map(|(value, target)| match value {
+                _ if matches_nothing => Ok(new_empty_array(target)),
+                value if &value.data_type() == target => value.to_array(),
+                value => value.cast_to(target)?.to_array(),
+            })
+            .collect();
+    }
     let lists: Vec<Vec<ScalarValue>> = lists
         .into_iter()
         .map(|values| values.into_iter().filter(|v| !v.is_null()).collect())
@@ -403,11 +422,10 @@ pub(crate) fn key_arrays(
     }
     columns
         .into_iter()
-        .zip(layout.key_columns())
-        .map(|(values, &index)| {
-            let target = layout.schema().field(index).data_type();
+        .zip(targets)
+        .map(|(values, target)| {
             if values.is_empty() {
-                return Ok(datafusion::arrow::array::new_empty_array(target));
+                return Ok(new_empty_array(target));
             }
             let values = values
                 .into_iter()
@@ -766,4 +784,61 @@ pub(crate) fn childless(
 
 fn storage_error(e: quiver_storage::StorageError) -> DataFusionError {
     DataFusionError::External(Box::new(SqlError::from(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn keys(lists: Vec<Vec<ScalarValue>>) -> Vec<ArrayRef> {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("x", DataType::Float64, true),
+            Field::new("region", DataType::Utf8, false),
+        ]);
+        let layout = OnlineLayout::new(Arc::new(schema), vec![0, 2], None).unwrap();
+        key_arrays(&layout, lists).unwrap()
+    }
+
+    #[test]
+    fn key_values_become_key_arrays_of_the_key_types() {
+        // One value per column, one of them cast (an int4 parameter for a bigint key).
+        let one = keys(vec![
+            vec![ScalarValue::Int32(Some(5))],
+            vec![ScalarValue::from("eu")],
+        ]);
+        assert_eq!(one[0].as_ref(), &Int64Array::from(vec![5]) as &dyn Array);
+        assert_eq!(
+            one[1].as_ref(),
+            &StringArray::from(vec!["eu"]) as &dyn Array
+        );
+        // A NULL in any key column matches nothing.
+        let null = keys(vec![
+            vec![ScalarValue::Int64(Some(5))],
+            vec![ScalarValue::Utf8(None)],
+        ]);
+        assert!(null.iter().all(|a| a.is_empty()) && null.len() == 2);
+        // Several values: every combination, NULLs left out.
+        let many = keys(vec![
+            vec![
+                ScalarValue::Int64(Some(1)),
+                ScalarValue::Int64(None),
+                ScalarValue::Int64(Some(2)),
+            ],
+            vec![ScalarValue::from("eu")],
+        ]);
+        assert_eq!(
+            many[0].as_ref(),
+            &Int64Array::from(vec![1, 2]) as &dyn Array
+        );
+        assert_eq!(
+            many[1].as_ref(),
+            &StringArray::from(vec!["eu", "eu"]) as &dyn Array
+        );
+    }
 }
