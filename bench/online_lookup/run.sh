@@ -2,7 +2,8 @@
 # bench/online_lookup: one online feature group of KEYS (default 1,000,000) keys x 50 doubles in
 # Quiver, the same rows in PostgreSQL 15 (a table with a primary key) and in Redis (one hash per
 # key); single-key lookups by prepared statement at 1, 8 and 32 connections and 100-key batch
-# lookups, all from one Rust client (tokio-postgres, redis-rs). Release builds; not run in CI.
+# lookups, all from one Rust client (tokio-postgres, redis-rs); Quiver and PostgreSQL are measured
+# twice per phase, in A B B A order. Release builds; not run in CI.
 # Usage: bench/online_lookup/run.sh [KEYS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

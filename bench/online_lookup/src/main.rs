@@ -47,6 +47,15 @@ impl Measured {
         self.queries as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Two runs of the same measurement as one.
+    fn merge(mut self, other: Measured) -> Measured {
+        self.queries += other.queries;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_unstable();
+        self
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
@@ -101,7 +110,9 @@ async fn load_sql(client: &Client, create: &str, args: &Args) -> Duration {
                 .expect("copy data");
         }
     }
-    sink.send(bytes::Bytes::from(chunk)).await.expect("copy data");
+    sink.send(bytes::Bytes::from(chunk))
+        .await
+        .expect("copy data");
     sink.as_mut().finish().await.expect("copy finish");
     started.elapsed()
 }
@@ -171,7 +182,9 @@ where
                     break;
                 }
                 let before = Instant::now();
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 lookup(connection.clone(), state).await;
                 if before > start + warm_up {
                     latencies.push(before.elapsed().as_micros() as u32);
@@ -195,9 +208,32 @@ where
     measured
 }
 
+/// Measures each of `count` systems twice, in the order given and then in reverse (A B B A), and
+/// merges each system's two runs: a change of the machine's speed during a phase (other tenants,
+/// a peer's background writes after its load) then weighs on every system alike instead of on
+/// whichever ran first.
+async fn in_both_orders<F, Fut>(count: usize, measure_system: F) -> Vec<Measured>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Measured>,
+{
+    let mut runs: Vec<Option<Measured>> = (0..count).map(|_| None).collect();
+    for system in (0..count).chain((0..count).rev()) {
+        let measured = measure_system(system).await;
+        runs[system] = Some(match runs[system].take() {
+            Some(first) => first.merge(measured),
+            None => measured,
+        });
+    }
+    runs.into_iter().flatten().collect()
+}
+
 fn report(what: &str, results: &[(&str, Measured)]) {
     println!("\n{what}");
-    println!("{:<12}{:>12}{:>10}{:>10}", "system", "QPS", "p50 ms", "p99 ms");
+    println!(
+        "{:<12}{:>12}{:>10}{:>10}",
+        "system", "QPS", "p50 ms", "p99 ms"
+    );
     for (name, m) in results {
         println!(
             "{:<12}{:>12.0}{:>10.3}{:>10.3}",
@@ -229,7 +265,8 @@ async fn main() {
 
     let quiver = connect(args.quiver_port, "quiver", "quiver").await;
 
-    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", args.redis_port)).expect("redis url");
+    let redis =
+        redis::Client::open(format!("redis://127.0.0.1:{}/", args.redis_port)).expect("redis url");
 
     println!(
         "data: {} keys x {} double features",
@@ -249,9 +286,19 @@ async fn main() {
         (Duration::ZERO, Duration::ZERO)
     } else if args.no_load {
         // Redis keeps nothing across a restart (no persistence): load it again when it is empty.
-        let mut connection = redis.get_multiplexed_async_connection().await.expect("redis");
-        let stored: u64 = redis::cmd("DBSIZE").query_async(&mut connection).await.expect("dbsize");
-        let r = if stored == 0 { load_redis(&redis, &args).await } else { Duration::ZERO };
+        let mut connection = redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let stored: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut connection)
+            .await
+            .expect("dbsize");
+        let r = if stored == 0 {
+            load_redis(&redis, &args).await
+        } else {
+            Duration::ZERO
+        };
         (Duration::ZERO, r)
     } else {
         let postgres = connect(args.postgres_port, "postgres", "postgres").await;
@@ -261,7 +308,10 @@ async fn main() {
             &args,
         )
         .await;
-        postgres.batch_execute("VACUUM ANALYZE fv").await.expect("vacuum");
+        postgres
+            .batch_execute("VACUUM ANALYZE fv")
+            .await
+            .expect("vacuum");
         (p, load_redis(&redis, &args).await)
     };
     println!(
@@ -287,45 +337,70 @@ async fn main() {
     } else {
         warm(args.postgres_port, "postgres", &postgres_batch, keys).await
     };
+    // PostgreSQL writes the loaded rows out at its next checkpoint, minutes later, in the
+    // middle of some measurement: it checkpoints now instead.
+    if !args.quiver_only {
+        let postgres = connect(args.postgres_port, "postgres", "postgres").await;
+        postgres
+            .batch_execute("CHECKPOINT")
+            .await
+            .expect("checkpoint");
+    }
     println!(
         "warm-up (every key read once, 1000-key batches): quiver {:.1} s, postgresql {:.1} s",
         warm_quiver.as_secs_f64(),
         warm_postgres.as_secs_f64()
     );
 
+    let mut sql_systems = vec![("quiver", args.quiver_port, "quiver")];
+    if !args.quiver_only {
+        sql_systems.push(("postgresql", args.postgres_port, "postgres"));
+    }
+    let statement = |name: &str, single: bool| match (name, single) {
+        ("quiver", true) => quiver_single.clone(),
+        ("quiver", false) => quiver_batch.clone(),
+        (_, true) => postgres_single.clone(),
+        (_, false) => postgres_batch.clone(),
+    };
+
     for clients in [1usize, 8, 32] {
-        let mut results = Vec::new();
-        for (name, port, user, sql) in [
-            ("quiver", args.quiver_port, "quiver", quiver_single.clone()),
-            ("postgresql", args.postgres_port, "postgres", postgres_single.clone()),
-        ] {
-            if args.quiver_only && name != "quiver" {
-                continue;
+        let measured = in_both_orders(sql_systems.len(), |system| {
+            let (name, port, user) = sql_systems[system];
+            let sql = statement(name, true);
+            let args = args.clone();
+            async move {
+                measure(
+                    &args,
+                    clients,
+                    || {
+                        let sql = sql.clone();
+                        async move {
+                            let client = connect(port, user, user).await;
+                            let statement = client.prepare(&sql).await.expect("prepare");
+                            (client, statement)
+                        }
+                    },
+                    move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
+                        let mut state = state | 1;
+                        let key = next_key(&mut state, keys);
+                        let rows = c.0.query(&c.1, &[&key]).await.expect("lookup");
+                        assert_eq!(rows.len(), 1, "key {key} not found");
+                    },
+                )
+                .await
             }
-            let sql = sql.clone();
-            let m = measure(
-                &args,
-                clients,
-                || {
-                    let sql = sql.clone();
-                    async move {
-                        let client = connect(port, user, if user == "quiver" { "quiver" } else { "postgres" }).await;
-                        let statement = client.prepare(&sql).await.expect("prepare");
-                        (client, statement)
-                    }
-                },
-                move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
-                    let mut state = state | 1;
-                    let key = next_key(&mut state, keys);
-                    let rows = c.0.query(&c.1, &[&key]).await.expect("lookup");
-                    assert_eq!(rows.len(), 1, "key {key} not found");
-                },
-            )
-            .await;
-            results.push((name, m));
-        }
+        })
+        .await;
+        let mut results: Vec<(&str, Measured)> = sql_systems
+            .iter()
+            .map(|(name, _, _)| *name)
+            .zip(measured)
+            .collect();
         if args.quiver_only {
-            report(&format!("single-key lookups, {clients} connection(s)"), &results);
+            report(
+                &format!("single-key lookups, {clients} connection(s)"),
+                &results,
+            );
             continue;
         }
         let redis = redis.clone();
@@ -334,14 +409,21 @@ async fn main() {
             clients,
             || {
                 let redis = redis.clone();
-                async move { redis.get_multiplexed_async_connection().await.expect("redis") }
+                async move {
+                    redis
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("redis")
+                }
             },
             move |c: Arc<redis::aio::MultiplexedConnection>, state| async move {
                 let mut state = state | 1;
                 let key = next_key(&mut state, keys);
                 let mut connection = (*c).clone();
-                let values: Vec<(String, f64)> =
-                    connection.hgetall(format!("fv:{key}")).await.expect("hgetall");
+                let values: Vec<(String, f64)> = connection
+                    .hgetall(format!("fv:{key}"))
+                    .await
+                    .expect("hgetall");
                 assert!(!values.is_empty(), "key {key} not found");
             },
         )
@@ -353,36 +435,38 @@ async fn main() {
         );
     }
 
-    let mut results = Vec::new();
-    for (name, port, user, sql) in [
-        ("quiver", args.quiver_port, "quiver", quiver_batch.clone()),
-        ("postgresql", args.postgres_port, "postgres", postgres_batch.clone()),
-    ] {
-        if args.quiver_only && name != "quiver" {
-            continue;
+    let measured = in_both_orders(sql_systems.len(), |system| {
+        let (name, port, user) = sql_systems[system];
+        let sql = statement(name, false);
+        let args = args.clone();
+        async move {
+            measure(
+                &args,
+                1,
+                || {
+                    let sql = sql.clone();
+                    async move {
+                        let client = connect(port, user, user).await;
+                        let statement = client.prepare(&sql).await.expect("prepare");
+                        (client, statement)
+                    }
+                },
+                move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
+                    let mut state = state | 1;
+                    let batch: Vec<i64> = (0..100).map(|_| next_key(&mut state, keys)).collect();
+                    let rows = c.0.query(&c.1, &[&batch]).await.expect("batch lookup");
+                    assert!(!rows.is_empty());
+                },
+            )
+            .await
         }
-        let sql = sql.clone();
-        let m = measure(
-            &args,
-            1,
-            || {
-                let sql = sql.clone();
-                async move {
-                    let client = connect(port, user, if user == "quiver" { "quiver" } else { "postgres" }).await;
-                    let statement = client.prepare(&sql).await.expect("prepare");
-                    (client, statement)
-                }
-            },
-            move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
-                let mut state = state | 1;
-                let batch: Vec<i64> = (0..100).map(|_| next_key(&mut state, keys)).collect();
-                let rows = c.0.query(&c.1, &[&batch]).await.expect("batch lookup");
-                assert!(!rows.is_empty());
-            },
-        )
-        .await;
-        results.push((name, m));
-    }
+    })
+    .await;
+    let mut results: Vec<(&str, Measured)> = sql_systems
+        .iter()
+        .map(|(name, _, _)| *name)
+        .zip(measured)
+        .collect();
     if args.quiver_only {
         report("100-key batch lookups, 1 connection", &results);
         return;
@@ -393,7 +477,12 @@ async fn main() {
         1,
         || {
             let redis = redis_batch.clone();
-            async move { redis.get_multiplexed_async_connection().await.expect("redis") }
+            async move {
+                redis
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis")
+            }
         },
         move |c: Arc<redis::aio::MultiplexedConnection>, state| async move {
             let mut state = state | 1;
@@ -402,7 +491,8 @@ async fn main() {
                 pipe.hgetall(format!("fv:{}", next_key(&mut state, keys)));
             }
             let mut connection = (*c).clone();
-            let values: Vec<Vec<(String, f64)>> = pipe.query_async(&mut connection).await.expect("pipeline");
+            let values: Vec<Vec<(String, f64)>> =
+                pipe.query_async(&mut connection).await.expect("pipeline");
             assert_eq!(values.len(), 100);
         },
     )
