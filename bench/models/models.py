@@ -7,7 +7,7 @@ features plus a hashed noise term is above its middle, so neither model is perfe
 import argparse
 import glob
 import json
-import multiprocessing
+import threading
 import time
 
 COLUMNS = 50
@@ -66,31 +66,30 @@ def sklearn_train(location, model):
     return time.perf_counter() - start, auc
 
 
-def serve_client(port, rows, version, offset, requests):
-    """One client connection's serve latencies, in seconds (the first ten, warm-up, left out)."""
-    import psycopg
-    with psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", autocommit=True) as conn:
-        cursor = conn.cursor()
-        latencies = []
-        for n in range(requests):
-            key = (offset * 7777 + n * 131) % rows
-            start = time.perf_counter()
-            cursor.execute(f"SELECT prediction FROM serve('m_{version}', %s)", (key,), prepare=True)
-            cursor.fetchone()
-            latencies.append(time.perf_counter() - start)
-        return latencies[10:]
-
-
 def serve_latency(args, version, connections):
-    # One process per connection: threads of one Python process take turns at the interpreter
-    # lock, and what would be measured at 8 connections is that queue, not the server.
-    context = multiprocessing.get_context("fork")
-    with context.Pool(connections) as pool:
-        runs = pool.starmap(
-            serve_client,
-            [(args.port, args.rows, version, c, SERVE_REQUESTS // connections) for c in range(connections)],
-        )
-    latencies = sorted(latency for run in runs for latency in run)
+    import psycopg
+    latencies = []
+    lock = threading.Lock()
+
+    def client(offset):
+        with psycopg.connect(host="127.0.0.1", port=args.port, user="quiver", dbname="quiver", autocommit=True) as conn:
+            cursor = conn.cursor()
+            mine = []
+            for n in range(SERVE_REQUESTS // connections):
+                key = (offset * 7777 + n * 131) % args.rows
+                start = time.perf_counter()
+                cursor.execute(f"SELECT prediction FROM serve('m_{version}', %s)", (key,), prepare=True)
+                cursor.fetchone()
+                mine.append(time.perf_counter() - start)
+            with lock:
+                latencies.extend(mine[10:])
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
     return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
 
 
