@@ -38,8 +38,8 @@ enum KeySource {
 #[derive(Debug)]
 pub struct KeyLookup {
     table: OnlineTable,
-    /// Output columns, as indices into the group's columns.
-    projection: Vec<usize>,
+    /// Output columns, as indices into the group's columns (shared with every execution's rows).
+    projection: Arc<[usize]>,
     /// The statement's result schema.
     schema: SchemaRef,
     /// One per key column, in key order.
@@ -103,7 +103,7 @@ impl KeyLookup {
         }
         Some(KeyLookup {
             table: table.clone(),
-            projection: columns,
+            projection: columns.into(),
             schema: Arc::new(plan.schema().as_arrow().clone()),
             keys,
         })
@@ -163,12 +163,12 @@ impl KeyLookup {
     }
 }
 
-/// The rows a key lookup found, as stored, and the statement's columns: decoded into a batch
-/// ([`FoundRows::into_batch`]), or read value by value by the protocol layer.
+/// The rows a key lookup found, as stored, and the statement's columns: read value by value by
+/// the protocol layer, or decoded into Arrow arrays ([`FoundRows::into_stream`]).
 #[derive(Debug)]
 pub struct FoundRows {
     schema: SchemaRef,
-    projection: Vec<usize>,
+    projection: Arc<[usize]>,
     rows: StoredRows,
 }
 
