@@ -141,15 +141,20 @@ impl SettingsView {
 pub struct Settings {
     /// Keyed by lower-case name; the value keeps the canonical spelling of the name.
     values: BTreeMap<String, (String, String)>,
+    /// `statement_timeout` parsed when it is set, as every statement reads it.
+    statement_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        let values = DEFAULTS
-            .iter()
-            .map(|(name, value, _)| (name.to_lowercase(), (name.to_string(), value.to_string())))
-            .collect();
-        Settings { values }
+        let mut settings = Settings {
+            values: BTreeMap::new(),
+            statement_timeout: None,
+        };
+        for (name, value, _) in DEFAULTS {
+            settings.store(name.to_lowercase(), name.to_string(), value.to_string());
+        }
+        settings
     }
 }
 
@@ -165,9 +170,15 @@ impl Settings {
 
     /// `statement_timeout`: `None` when 0 (no limit).
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {
-        self.get("statement_timeout")
-            .and_then(parse_duration)
-            .filter(|d| !d.is_zero())
+        self.statement_timeout
+    }
+
+    /// Records a value (the name lower-case, and canonical).
+    fn store(&mut self, key: String, canonical: String, value: String) {
+        if key == "statement_timeout" {
+            self.statement_timeout = parse_duration(&value).filter(|d| !d.is_zero());
+        }
+        self.values.insert(key, (canonical, value));
     }
 
     /// The parameters PostgreSQL reports to a client at startup, with their current values.
@@ -199,7 +210,7 @@ impl Settings {
             .get(&key)
             .map(|(n, _)| n.clone())
             .ok_or_else(|| unrecognized(name))?;
-        self.values.insert(key, (canonical, value.to_string()));
+        self.store(key, canonical, value.to_string());
         Ok(())
     }
 
@@ -296,7 +307,7 @@ impl Settings {
             .find(|(n, _, _)| n.to_lowercase() == key)
             .map(|(n, v, _)| (n.to_string(), v.to_string()))
             .ok_or_else(|| unrecognized(name))?;
-        self.values.insert(key, (canonical, default));
+        self.store(key, canonical, default);
         Ok(())
     }
 
@@ -475,6 +486,38 @@ mod tests {
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5 weeks"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn statement_timeout_follows_set_and_reset() {
+        use std::time::Duration;
+        let mut settings = Settings::default();
+        assert_eq!(settings.statement_timeout(), None);
+        settings.set("Statement_Timeout", "2s").unwrap();
+        assert_eq!(settings.statement_timeout(), Some(Duration::from_secs(2)));
+        assert!(settings.set("statement_timeout", "soon").is_err());
+        assert_eq!(settings.statement_timeout(), Some(Duration::from_secs(2)));
+        settings.set("statement_timeout", "0").unwrap();
+        assert_eq!(settings.statement_timeout(), None);
+        settings.set("statement_timeout", "250").unwrap();
+        let context = SessionContext::new();
+        let reset = |sql: &str| {
+            let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+            match datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)
+                .unwrap()
+                .remove(0)
+            {
+                ast::Statement::Reset(reset) => reset,
+                other => panic!("{other}"),
+            }
+        };
+        settings
+            .apply_reset(&reset("RESET statement_timeout"), &context)
+            .unwrap();
+        assert_eq!(settings.statement_timeout(), None);
+        settings.set("statement_timeout", "250").unwrap();
+        settings.apply_reset(&reset("RESET ALL"), &context).unwrap();
+        assert_eq!(settings.statement_timeout(), None);
     }
 
     #[test]
