@@ -77,6 +77,13 @@ fn next_key(state: &mut u64, keys: u64) -> i64 {
     (*state % keys) as i64 + 1
 }
 
+/// A connection (user and database both `user`) with `sql` prepared on it.
+async fn prepared(port: u16, user: &str, sql: String) -> (Client, tokio_postgres::Statement) {
+    let client = connect(port, user, user).await;
+    let statement = client.prepare(&sql).await.expect("prepare");
+    (client, statement)
+}
+
 async fn connect(port: u16, user: &str, dbname: &str) -> Client {
     let config = format!("host=127.0.0.1 port={port} user={user} dbname={dbname}");
     let (client, connection) = tokio_postgres::connect(&config, NoTls)
@@ -212,21 +219,32 @@ where
 /// merges each system's two runs: a change of the machine's speed during a phase (other tenants,
 /// a peer's background writes after its load) then weighs on every system alike instead of on
 /// whichever ran first.
-async fn in_both_orders<F, Fut>(count: usize, measure_system: F) -> Vec<Measured>
+async fn in_both_orders<F, Fut>(
+    systems: &[SqlSystem],
+    measure_system: F,
+) -> Vec<(&'static str, Measured)>
 where
-    F: Fn(usize) -> Fut,
+    F: Fn(SqlSystem) -> Fut,
     Fut: std::future::Future<Output = Measured>,
 {
+    let count = systems.len();
     let mut runs: Vec<Option<Measured>> = (0..count).map(|_| None).collect();
     for system in (0..count).chain((0..count).rev()) {
-        let measured = measure_system(system).await;
+        let measured = measure_system(systems[system]).await;
         runs[system] = Some(match runs[system].take() {
             Some(first) => first.merge(measured),
             None => measured,
         });
     }
-    runs.into_iter().flatten().collect()
+    systems
+        .iter()
+        .map(|(name, _, _)| *name)
+        .zip(runs.into_iter().flatten())
+        .collect()
 }
+
+/// A PostgreSQL-protocol system: name, port, user (and database).
+type SqlSystem = (&'static str, u16, &'static str);
 
 fn report(what: &str, results: &[(&str, Measured)]) {
     println!("\n{what}");
@@ -352,7 +370,7 @@ async fn main() {
         warm_postgres.as_secs_f64()
     );
 
-    let mut sql_systems = vec![("quiver", args.quiver_port, "quiver")];
+    let mut sql_systems: Vec<SqlSystem> = vec![("quiver", args.quiver_port, "quiver")];
     if !args.quiver_only {
         sql_systems.push(("postgresql", args.postgres_port, "postgres"));
     }
@@ -364,22 +382,14 @@ async fn main() {
     };
 
     for clients in [1usize, 8, 32] {
-        let measured = in_both_orders(sql_systems.len(), |system| {
-            let (name, port, user) = sql_systems[system];
+        let mut results = in_both_orders(&sql_systems, |(name, port, user)| {
             let sql = statement(name, true);
             let args = args.clone();
             async move {
                 measure(
                     &args,
                     clients,
-                    || {
-                        let sql = sql.clone();
-                        async move {
-                            let client = connect(port, user, user).await;
-                            let statement = client.prepare(&sql).await.expect("prepare");
-                            (client, statement)
-                        }
-                    },
+                    || prepared(port, user, sql.clone()),
                     move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
                         let mut state = state | 1;
                         let key = next_key(&mut state, keys);
@@ -391,11 +401,6 @@ async fn main() {
             }
         })
         .await;
-        let mut results: Vec<(&str, Measured)> = sql_systems
-            .iter()
-            .map(|(name, _, _)| *name)
-            .zip(measured)
-            .collect();
         if args.quiver_only {
             report(
                 &format!("single-key lookups, {clients} connection(s)"),
@@ -435,22 +440,14 @@ async fn main() {
         );
     }
 
-    let measured = in_both_orders(sql_systems.len(), |system| {
-        let (name, port, user) = sql_systems[system];
+    let mut results = in_both_orders(&sql_systems, |(name, port, user)| {
         let sql = statement(name, false);
         let args = args.clone();
         async move {
             measure(
                 &args,
                 1,
-                || {
-                    let sql = sql.clone();
-                    async move {
-                        let client = connect(port, user, user).await;
-                        let statement = client.prepare(&sql).await.expect("prepare");
-                        (client, statement)
-                    }
-                },
+                || prepared(port, user, sql.clone()),
                 move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
                     let mut state = state | 1;
                     let batch: Vec<i64> = (0..100).map(|_| next_key(&mut state, keys)).collect();
@@ -462,11 +459,6 @@ async fn main() {
         }
     })
     .await;
-    let mut results: Vec<(&str, Measured)> = sql_systems
-        .iter()
-        .map(|(name, _, _)| *name)
-        .zip(measured)
-        .collect();
     if args.quiver_only {
         report("100-key batch lookups, 1 connection", &results);
         return;

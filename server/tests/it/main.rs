@@ -730,6 +730,24 @@ async fn raw_rows(
     (types, values)
 }
 
+/// Every row's values in text, as the simple query protocol sends them.
+async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Key lookups (encoded from the stored values) answer byte for byte as the general path does
 /// (through Arrow arrays and arrow-pg), in binary and in text, for every plain type, NULLs, a
 /// column added after some rows were written, and columns that take arrow-pg's path.
@@ -753,68 +771,33 @@ async fn key_lookups_answer_byte_for_byte_as_the_general_path() {
         .await
         .unwrap();
     let projections = ["d, id, t AS text, b, s, i, r, late", "d, ts", "*"];
+    // The statement as a key lookup, and the same with a conjunct the fast path does not
+    // recognise, so that it takes the general path.
+    let both = |columns: &str, predicate: String| {
+        let lookup = format!("SELECT {columns} FROM online.kinds WHERE {predicate}");
+        let general = format!("{lookup} AND 1 = 1");
+        (lookup, general)
+    };
     for columns in projections {
         for key in [1i64, 2, 3, 4, 9] {
-            let lookup = raw_rows(
-                &client,
-                &format!("SELECT {columns} FROM online.kinds WHERE id = $1"),
-                &[&key],
-            )
-            .await;
-            let general = raw_rows(
-                &client,
-                &format!("SELECT {columns} FROM online.kinds WHERE id = $1 AND 1 = 1"),
-                &[&key],
-            )
-            .await;
+            let (lookup, general) = both(columns, "id = $1".into());
+            let lookup = raw_rows(&client, &lookup, &[&key]).await;
+            let general = raw_rows(&client, &general, &[&key]).await;
             assert_eq!(lookup.0, general.0, "{columns}");
             assert_eq!(lookup.1, general.1, "{columns}, key {key}");
             assert_eq!(lookup.1.len(), usize::from(key != 9));
 
-            let text = |sql: String| {
-                let client = &client;
-                async move {
-                    client
-                        .simple_query(&sql)
-                        .await
-                        .unwrap()
-                        .into_iter()
-                        .filter_map(|message| match message {
-                            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                                (0..row.len())
-                                    .map(|i| row.get(i).map(str::to_owned))
-                                    .collect::<Vec<_>>(),
-                            ),
-                            _ => None,
-                        })
-                        .collect::<Vec<_>>()
-                }
-            };
+            let (lookup, general) = both(columns, format!("id = {key}"));
             assert_eq!(
-                text(format!(
-                    "SELECT {columns} FROM online.kinds WHERE id = {key}"
-                ))
-                .await,
-                text(format!(
-                    "SELECT {columns} FROM online.kinds WHERE id = {key} AND 1 = 1"
-                ))
-                .await,
+                text_rows(&client, &lookup).await,
+                text_rows(&client, &general).await,
                 "{columns}, key {key}"
             );
         }
         let keys = vec![4i64, 1, 2, 3, 9];
-        let lookup = raw_rows(
-            &client,
-            &format!("SELECT {columns} FROM online.kinds WHERE id = ANY($1)"),
-            &[&keys],
-        )
-        .await;
-        let general = raw_rows(
-            &client,
-            &format!("SELECT {columns} FROM online.kinds WHERE id = ANY($1) AND 1 = 1"),
-            &[&keys],
-        )
-        .await;
+        let (lookup, general) = both(columns, "id = ANY($1)".into());
+        let lookup = raw_rows(&client, &lookup, &[&keys]).await;
+        let general = raw_rows(&client, &general, &[&keys]).await;
         let sorted = |mut rows: Vec<Vec<Option<Vec<u8>>>>| {
             rows.sort();
             rows
