@@ -18,6 +18,7 @@ mod ddl;
 mod discovery;
 mod error;
 mod feature_view;
+mod kept_plan;
 mod lookup;
 mod models;
 mod online;

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{
-    Column as ColumnRef, DFSchema, DataFusionError, Result as DfResult, ScalarValue,
+    Column as ColumnRef, DFSchema, DataFusionError, ParamValues, Result as DfResult, ScalarValue,
 };
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -353,36 +353,53 @@ impl OnlineTable {
 
     /// The oldest event time (microseconds since the epoch) still served, by the group's ttl.
     pub fn min_age(&self) -> Option<i64> {
-        let ttl = self.relation.feature_group()?.options.ttl_seconds?;
-        let now = chrono::Utc::now().timestamp_micros();
-        Some(now.saturating_sub(ttl.saturating_mul(1_000_000)))
+        min_age(self.ttl_seconds())
     }
 
-    /// The name of key column `index` of the layout.
-    fn key_name(&self, index: usize) -> &str {
-        self.layout
-            .schema()
-            .field(self.layout.key_columns()[index])
-            .name()
+    fn ttl_seconds(&self) -> Option<i64> {
+        self.relation.feature_group()?.options.ttl_seconds
     }
+}
 
-    /// The keys the filters pin down, one array per key column, when every key column is
-    /// restricted to a list of values.
-    fn lookup_keys(&self, filters: &[Expr]) -> DfResult<Option<Vec<ArrayRef>>> {
-        let mut lists: Vec<Vec<ScalarValue>> = Vec::new();
-        for index in 0..self.layout.key_columns().len() {
-            let name = self.key_name(index);
-            let Some(values) = filters.iter().find_map(|f| key_values(f, name)) else {
-                return Ok(None);
-            };
-            lists.push(values);
-        }
-        let total = lists.iter().try_fold(1usize, |n, l| n.checked_mul(l.len()));
-        if total.is_none_or(|n| n > MAX_LOOKUP_KEYS) {
+/// The oldest event time (microseconds since the epoch) a ttl of `ttl_seconds` serves now.
+fn min_age(ttl_seconds: Option<i64>) -> Option<i64> {
+    let now = chrono::Utc::now().timestamp_micros();
+    Some(now.saturating_sub(ttl_seconds?.saturating_mul(1_000_000)))
+}
+
+/// The name of key column `index` of the layout.
+fn key_name(layout: &OnlineLayout, index: usize) -> &str {
+    layout.schema().field(layout.key_columns()[index]).name()
+}
+
+/// The keys the filters pin down, one array per key column, when every key column is restricted
+/// to a list of known values and their combinations are few enough for point gets.
+fn lookup_keys(layout: &OnlineLayout, filters: &[Expr]) -> DfResult<Option<Vec<ArrayRef>>> {
+    let mut lists: Vec<Vec<ScalarValue>> = Vec::new();
+    for index in 0..layout.key_columns().len() {
+        let name = key_name(layout, index);
+        let Some(values) = filters.iter().find_map(|f| key_values(f, name)) else {
             return Ok(None);
-        }
-        key_arrays(&self.layout, lists).map(Some)
+        };
+        lists.push(values);
     }
+    let total = lists.iter().try_fold(1usize, |n, l| n.checked_mul(l.len()));
+    if total.is_none_or(|n| n > MAX_LOOKUP_KEYS) {
+        return Ok(None);
+    }
+    key_arrays(layout, lists).map(Some)
+}
+
+/// Whether the filters pin every key column, some with parameters whose values are not known
+/// yet: the lookup is then planned before them and its keys read when they are bound.
+fn pins_keys_by_parameters(layout: &OnlineLayout, filters: &[Expr]) -> bool {
+    let pinned = (0..layout.key_columns().len())
+        .all(|index| filters.iter().any(|f| pins_key(f, key_name(layout, index))));
+    pinned
+        && filters.iter().any(|f| {
+            f.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
+                .unwrap_or(false)
+        })
 }
 
 /// The keys to look up given the values of each key column: every combination of one value per
@@ -550,7 +567,7 @@ impl TableProvider for OnlineTable {
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         let names: Vec<&str> = (0..self.layout.key_columns().len())
-            .map(|i| self.key_name(i))
+            .map(|i| key_name(&self.layout, i))
             .collect();
         let covered = names
             .iter()
@@ -583,11 +600,17 @@ impl TableProvider for OnlineTable {
                 self.online.clone(),
                 access,
                 projection,
-                self.min_age(),
+                self.ttl_seconds(),
             ))
         };
-        if let Some(keys) = self.lookup_keys(filters)? {
+        if let Some(keys) = lookup_keys(&self.layout, filters)? {
             return Ok(exec(Access::Lookup(keys), projection.cloned()));
+        }
+        if pins_keys_by_parameters(&self.layout, filters) {
+            return Ok(exec(
+                Access::Deferred(filters.to_vec()),
+                projection.cloned(),
+            ));
         }
         let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) else {
             return Ok(exec(Access::Scan, projection.cloned()));
@@ -618,12 +641,15 @@ impl TableProvider for OnlineTable {
 enum Access {
     /// Point gets of these keys (one array per key column).
     Lookup(Vec<ArrayRef>),
+    /// Point gets of the keys these filters pin once their parameters are bound
+    /// ([`OnlineExec::bind`]): a prepared statement's plan, kept for its executions.
+    Deferred(Vec<Expr>),
     /// Every row, in key order.
     Scan,
 }
 
 /// Reads the online store: point gets for a key lookup, or a scan of the table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OnlineExec {
     name: String,
     oid: u32,
@@ -631,7 +657,8 @@ pub struct OnlineExec {
     online: Arc<OnlineStore>,
     access: Access,
     projection: Option<Vec<usize>>,
-    min_age: Option<i64>,
+    /// The group's ttl, applied when the plan runs (a plan may run long after it was made).
+    ttl_seconds: Option<i64>,
     properties: Arc<PlanProperties>,
 }
 
@@ -643,7 +670,7 @@ impl OnlineExec {
         online: Arc<OnlineStore>,
         access: Access,
         projection: Option<Vec<usize>>,
-        min_age: Option<i64>,
+        ttl_seconds: Option<i64>,
     ) -> Self {
         let schema = match &projection {
             Some(p) => Arc::new(
@@ -662,9 +689,27 @@ impl OnlineExec {
             online,
             access,
             projection,
-            min_age,
+            ttl_seconds,
             properties,
         }
+    }
+
+    /// This lookup with its parameters bound to `params`, if it waits for them: `None` when the
+    /// values pin more keys than one lookup gets, and the statement must be planned with them.
+    pub(crate) fn bind(&self, params: &ParamValues) -> DfResult<Option<OnlineExec>> {
+        let Access::Deferred(filters) = &self.access else {
+            return Ok(Some(self.clone()));
+        };
+        let filters = filters
+            .iter()
+            .map(|filter| {
+                crate::session::with_parameter_values(filter.clone(), params).map(|t| t.data)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(lookup_keys(&self.layout, &filters)?.map(|keys| OnlineExec {
+            access: Access::Lookup(keys),
+            ..self.clone()
+        }))
     }
 }
 
@@ -677,6 +722,9 @@ impl DisplayAs for OnlineExec {
                 self.name,
                 keys.first().map_or(0, |k| k.len())
             ),
+            Access::Deferred(_) => {
+                write!(f, "OnlineLookupExec: table={}, keys=parameters", self.name)
+            }
             Access::Scan => write!(f, "OnlineScanExec: table={}", self.name),
         }
     }
@@ -685,7 +733,7 @@ impl DisplayAs for OnlineExec {
 impl ExecutionPlan for OnlineExec {
     fn name(&self) -> &str {
         match self.access {
-            Access::Lookup(_) => "OnlineLookupExec",
+            Access::Lookup(_) | Access::Deferred(_) => "OnlineLookupExec",
             Access::Scan => "OnlineScanExec",
         }
     }
@@ -722,9 +770,14 @@ impl ExecutionPlan for OnlineExec {
         let oid = self.oid;
         let access = self.access.clone();
         let projection = self.projection.clone();
-        let min_age = self.min_age;
+        let min_age = min_age(self.ttl_seconds);
         let batches = async move {
             let batches = match access {
+                Access::Deferred(_) => {
+                    return Err(DataFusionError::Internal(
+                        "an online lookup ran before its parameters were bound".into(),
+                    ));
+                }
                 Access::Lookup(keys) => vec![
                     online
                         .get(oid, &layout, keys, min_age)

@@ -23,6 +23,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -342,6 +343,30 @@ impl ExecutionPlan for LogPredictionsExec {
             self.log,
             self.sink.clone(),
         )))
+    }
+
+    /// Keeps its properties when the new input has the old one's: a kept plan is copied at
+    /// every execution of its prepared statement (`kept_plan::bind`).
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(datafusion::common::DataFusionError::Internal(
+                "LogPredictionsExec takes one child".into(),
+            ));
+        }
+        match options.children_properties {
+            ChildrenPropertiesMode::Keep => Ok(Arc::new(LogPredictionsExec {
+                input: children.swap_remove(0),
+                log: self.log,
+                sink: self.sink.clone(),
+                properties: self.properties.clone(),
+            })),
+            #[allow(deprecated)]
+            ChildrenPropertiesMode::Recompute => self.with_new_children(children),
+        }
     }
 
     fn execute(
