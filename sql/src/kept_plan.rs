@@ -51,6 +51,16 @@ enum State {
     Never,
 }
 
+/// What a prepared statement's execution runs ([`PlanCache::next`]).
+pub(crate) enum Next {
+    /// The kept plan.
+    Kept(Arc<KeptPlan>),
+    /// A plan made now without parameter values, then kept.
+    PlanAndKeep,
+    /// A plan made with this execution's values, as without a cache.
+    PlanPerExecution,
+}
+
 /// A prepared statement's kept physical plan, shared by the statement's portals.
 #[derive(Debug, Default)]
 pub(crate) struct PlanCache(Mutex<State>);
@@ -61,23 +71,20 @@ impl PlanCache {
         reads_at_execution(optimized).then(|| Arc::new(PlanCache::default()))
     }
 
-    /// The kept plan, if it was planned against this catalog and these settings; `Err(())` when
-    /// the statement is planned per execution.
-    pub(crate) fn get(
-        &self,
-        catalog_commands: u64,
-        settings_generation: u64,
-    ) -> Result<Option<Arc<KeptPlan>>, ()> {
-        let state = self.0.lock().map_err(|_| ())?;
+    /// What the statement's next execution runs, given the catalog and settings it runs under.
+    pub(crate) fn next(&self, catalog_commands: u64, settings_generation: u64) -> Next {
+        let Ok(state) = self.0.lock() else {
+            return Next::PlanPerExecution;
+        };
         match &*state {
-            State::Never => Err(()),
+            State::Never => Next::PlanPerExecution,
             State::Kept(kept)
                 if kept.catalog_commands == catalog_commands
                     && kept.settings_generation == settings_generation =>
             {
-                Ok(Some(kept.clone()))
+                Next::Kept(kept.clone())
             }
-            _ => Ok(None),
+            _ => Next::PlanAndKeep,
         }
     }
 
@@ -181,6 +188,10 @@ pub(crate) fn bind(
         let Some(online) = node.downcast_ref::<OnlineExec>() else {
             return Ok(Transformed::yes(node.reset_state()?));
         };
+        if !online.is_deferred() {
+            // Stateless, and its keys are in the plan.
+            return Ok(Transformed::no(node));
+        }
         match online.bind(params)? {
             Some(bound) => Ok(Transformed::yes(Arc::new(bound) as Arc<dyn ExecutionPlan>)),
             None => {

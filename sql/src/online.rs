@@ -694,6 +694,11 @@ impl OnlineExec {
         }
     }
 
+    /// Whether its keys wait for a prepared statement's parameters ([`OnlineExec::bind`]).
+    pub(crate) fn is_deferred(&self) -> bool {
+        matches!(self.access, Access::Deferred(_))
+    }
+
     /// This lookup with its parameters bound to `params`, if it waits for them: `None` when the
     /// values pin more keys than one lookup gets, and the statement must be planned with them.
     pub(crate) fn bind(&self, params: &ParamValues) -> DfResult<Option<OnlineExec>> {

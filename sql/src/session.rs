@@ -30,7 +30,7 @@ use crate::cursor;
 use crate::ddl;
 use crate::error::{SqlError, SqlResult};
 use crate::feature_view;
-use crate::kept_plan::{self, PlanCache};
+use crate::kept_plan::{self, Next, PlanCache};
 use crate::lookup::{FoundRows, KeyLookup};
 use crate::models;
 use crate::parser::Statement;
@@ -803,10 +803,10 @@ impl Session {
             return Ok(None);
         };
         let catalog_commands = self.engine.catalog.snapshot().applied_commands();
-        let kept = match cache.get(catalog_commands, self.settings_generation) {
-            Err(()) => return Ok(None),
-            Ok(Some(kept)) => kept,
-            Ok(None) => {
+        let kept = match cache.next(catalog_commands, self.settings_generation) {
+            Next::PlanPerExecution => return Ok(None),
+            Next::Kept(kept) => kept,
+            Next::PlanAndKeep => {
                 let query = PlannedQuery {
                     frame: datafusion::dataframe::DataFrame::new(
                         context.state(),

@@ -219,6 +219,26 @@ where
 /// merges each system's two runs: a change of the machine's speed during a phase (other tenants,
 /// a peer's background writes after its load) then weighs on every system alike instead of on
 /// whichever ran first.
+/// Every SQL system measured in both orders (see [`in_both_orders`]), each connection running
+/// its statement `sql(system name)` prepared, `lookup` per request.
+async fn measure_prepared<L, LF>(
+    args: &Args,
+    systems: &[SqlSystem],
+    clients: usize,
+    sql: impl Fn(&str) -> String,
+    lookup: L,
+) -> Vec<(&'static str, Measured)>
+where
+    L: Fn(Arc<(Client, tokio_postgres::Statement)>, u64) -> LF + Send + Sync + Copy + 'static,
+    LF: std::future::Future<Output = ()> + Send + 'static,
+{
+    in_both_orders(systems, |(name, port, user)| {
+        let sql = sql(name);
+        async move { measure(args, clients, || prepared(port, user, sql.clone()), lookup).await }
+    })
+    .await
+}
+
 async fn in_both_orders<F, Fut>(
     systems: &[SqlSystem],
     measure_system: F,
@@ -382,24 +402,18 @@ async fn main() {
     };
 
     for clients in [1usize, 8, 32] {
-        let mut results = in_both_orders(&sql_systems, |(name, port, user)| {
-            let sql = statement(name, true);
-            let args = args.clone();
-            async move {
-                measure(
-                    &args,
-                    clients,
-                    || prepared(port, user, sql.clone()),
-                    move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
-                        let mut state = state | 1;
-                        let key = next_key(&mut state, keys);
-                        let rows = c.0.query(&c.1, &[&key]).await.expect("lookup");
-                        assert_eq!(rows.len(), 1, "key {key} not found");
-                    },
-                )
-                .await
-            }
-        })
+        let mut results = measure_prepared(
+            &args,
+            &sql_systems,
+            clients,
+            |name| statement(name, true),
+            move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
+                let mut state = state | 1;
+                let key = next_key(&mut state, keys);
+                let rows = c.0.query(&c.1, &[&key]).await.expect("lookup");
+                assert_eq!(rows.len(), 1, "key {key} not found");
+            },
+        )
         .await;
         if args.quiver_only {
             report(
@@ -440,24 +454,18 @@ async fn main() {
         );
     }
 
-    let mut results = in_both_orders(&sql_systems, |(name, port, user)| {
-        let sql = statement(name, false);
-        let args = args.clone();
-        async move {
-            measure(
-                &args,
-                1,
-                || prepared(port, user, sql.clone()),
-                move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
-                    let mut state = state | 1;
-                    let batch: Vec<i64> = (0..100).map(|_| next_key(&mut state, keys)).collect();
-                    let rows = c.0.query(&c.1, &[&batch]).await.expect("batch lookup");
-                    assert!(!rows.is_empty());
-                },
-            )
-            .await
-        }
-    })
+    let mut results = measure_prepared(
+        &args,
+        &sql_systems,
+        1,
+        |name| statement(name, false),
+        move |c: Arc<(Client, tokio_postgres::Statement)>, state| async move {
+            let mut state = state | 1;
+            let batch: Vec<i64> = (0..100).map(|_| next_key(&mut state, keys)).collect();
+            let rows = c.0.query(&c.1, &[&batch]).await.expect("batch lookup");
+            assert!(!rows.is_empty());
+        },
+    )
     .await;
     if args.quiver_only {
         report("100-key batch lookups, 1 connection", &results);
