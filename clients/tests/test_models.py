@@ -233,10 +233,12 @@ def test_a_restarted_server_serves_and_predicts_with_the_stored_models(tmp_path)
         conn.execute("CREATE TRAINING DATASET pv_td FROM FEATURE VIEW pv FORMAT parquet SPLIT (train = 0.8, test = 0.2) SEED 3")
         conn.execute("SELECT * FROM train_model('pm', 'pv_td', 1, 'logistic_regression', '{\"exclude\": [\"id\"]}')")
         before = conn.execute("SELECT prediction FROM serve('pm', 150)").fetchone()[0]
+    # Stopped within the second the served row waits in memory for its log: a clean stop writes it.
     server.stop()
     port = server.start()
     try:
         with psycopg.connect(host="127.0.0.1", port=port, user="quiver", dbname="quiver", autocommit=True) as conn:
+            assert conn.execute("SELECT id, prediction FROM pm_predictions").fetchall() == [(150, before)]
             assert conn.execute("SELECT prediction FROM serve('pm', 150)").fetchone()[0] == before
             assert conn.execute("SELECT prediction FROM serve('pm', %s)", (150,), prepare=True).fetchone()[0] == before
             assert conn.execute("SELECT predict('pm', 1, 1.5)").fetchone()[0] == before

@@ -13,15 +13,24 @@
 //! or the session's settings change, and a statement whose parameters sit anywhere but an online
 //! key filter (physical planning refuses the placeholder) is never kept.
 
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{ParamValues, Result as DfResult};
+use datafusion::common::{DataFusionError, ParamValues, Result as DfResult};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::projection::Projector;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
 
 use crate::asof::AsofJoin;
 use crate::models::LogPredictions;
@@ -100,7 +109,7 @@ impl PlanCache {
     ) -> Option<Arc<KeptPlan>> {
         let kept = rerunnable(&plan).then(|| {
             Arc::new(KeptPlan {
-                plan,
+                plan: with_kept_projections(plan),
                 task,
                 schema,
                 catalog_commands,
@@ -174,6 +183,139 @@ fn rerunnable(plan: &Arc<dyn ExecutionPlan>) -> bool {
     !dynamic
 }
 
+/// The plan with each projection replaced by a [`KeptProjectionExec`] (when its projector can be
+/// made; otherwise it stays as it is).
+fn with_kept_projections(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let replaced = Arc::clone(&plan).transform_up(|node| {
+        let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        match KeptProjectionExec::of(projection) {
+            Ok(kept) => Ok(Transformed::yes(Arc::new(kept) as Arc<dyn ExecutionPlan>)),
+            Err(e) => {
+                tracing::debug!(error = %e, "a kept plan's projection stays a ProjectionExec");
+                Ok(Transformed::no(node))
+            }
+        }
+    });
+    match replaced {
+        Ok(replaced) => replaced.data,
+        Err(_) => plan,
+    }
+}
+
+/// A projection in a kept plan. DataFusion's `ProjectionExec` makes each expression's metrics
+/// at every execution, labels formatted from the expressions: for a feature vector of fifty
+/// features that was a sixth of a prepared `serve` call's server time. A kept plan is never
+/// explained nor analysed, so its projections evaluate their expressions without metrics, with
+/// a projector made once.
+#[derive(Debug)]
+struct KeptProjectionExec {
+    input: Arc<dyn ExecutionPlan>,
+    projector: Arc<Projector>,
+    /// The replaced `ProjectionExec`'s: same expressions, same input.
+    properties: Arc<PlanProperties>,
+}
+
+impl KeptProjectionExec {
+    fn of(projection: &ProjectionExec) -> DfResult<KeptProjectionExec> {
+        let input = Arc::clone(projection.input());
+        // The projection's own schema gives the fields' metadata, as ProjectionExec keeps it.
+        let projector = projection
+            .projection_expr()
+            .make_projector_with_schema_metadata(&input.schema(), &projection.schema())?;
+        Ok(KeptProjectionExec {
+            input,
+            projector: Arc::new(projector),
+            properties: Arc::clone(projection.properties()),
+        })
+    }
+}
+
+impl DisplayAs for KeptProjectionExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let columns: Vec<&str> = self
+            .projector
+            .projection()
+            .as_ref()
+            .iter()
+            .map(|e| e.alias.as_str())
+            .collect();
+        write!(f, "KeptProjectionExec: columns=[{}]", columns.join(", "))
+    }
+}
+
+impl ExecutionPlan for KeptProjectionExec {
+    fn name(&self) -> &str {
+        "KeptProjectionExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        let mut recursion = TreeNodeRecursion::Continue;
+        for projected in self.projector.projection().as_ref() {
+            recursion = f(&projected.expr)?;
+            if recursion == TreeNodeRecursion::Stop {
+                break;
+            }
+        }
+        Ok(recursion)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )
+    }
+
+    /// Binding a kept plan gives each node new children with the old ones' schemas and
+    /// properties, so this node's stay as they are.
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(
+                "KeptProjectionExec takes one child".into(),
+            ));
+        }
+        Ok(Arc::new(KeptProjectionExec {
+            input: children.swap_remove(0),
+            projector: Arc::clone(&self.projector),
+            properties: Arc::clone(&self.properties),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let projector = Arc::clone(&self.projector);
+        let projected = input.map(move |batch| projector.project_batch(&batch?));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(self.projector.output_schema()),
+            projected,
+        )))
+    }
+}
+
 /// A copy of a kept plan ready to run with these parameter values: every node's execution state
 /// reset and every deferred online lookup given its keys. `None` when the values pin more keys
 /// than one lookup gets: the statement is then planned with its values, as without a kept plan.
@@ -207,7 +349,10 @@ pub(crate) fn bind(
 mod tests {
     use datafusion::arrow::util::display::array_value_to_string;
     use datafusion::common::ScalarValue;
+    use datafusion::physical_plan::collect;
     use futures::TryStreamExt;
+
+    use super::*;
 
     use crate::parser::Statement;
     use crate::session::{Output, Prepared, Session};
@@ -265,9 +410,11 @@ mod tests {
             query_memory_bytes: 1 << 30,
             ..EngineOptions::default()
         };
-        let engine = Engine::open(dir.path(), &options, tokio::runtime::Handle::current())
-            .await
-            .unwrap();
+        let runtimes = crate::Runtimes {
+            executor: tokio::runtime::Handle::current(),
+            background: tokio::runtime::Handle::current(),
+        };
+        let engine = Engine::open(dir.path(), &options, runtimes).await.unwrap();
         let mut session = engine.session("quiver", "quiver").unwrap();
         for sql in [
             "CREATE FEATURE GROUP a (id BIGINT, x DOUBLE PRECISION, ts TIMESTAMP NOT NULL, PRIMARY KEY (id), EVENT TIME ts) WITH (online = true)",
@@ -322,5 +469,41 @@ mod tests {
         assert_eq!(execute(&mut session, &filtered, &[1, 10]).await, ["11"]);
         assert!(execute(&mut session, &filtered, &[1, 11]).await.is_empty());
         assert!(!filtered.runs_a_kept_plan());
+    }
+
+    /// Whether a node named `name` is in the plan.
+    fn has_node(plan: &Arc<dyn ExecutionPlan>, name: &str) -> bool {
+        let mut found = false;
+        let _ = plan.apply(|node| {
+            found |= node.name() == name;
+            Ok(TreeNodeRecursion::Continue)
+        });
+        found
+    }
+
+    /// A kept plan's projections give the rows and schema DataFusion's give, execution after
+    /// execution of the bound copies.
+    #[tokio::test]
+    async fn kept_projections_project_as_datafusion_projections_do() {
+        let context = datafusion::prelude::SessionContext::new();
+        let frame = context
+            .sql("SELECT a + 1 AS b, upper(c) AS d, a FROM (VALUES (1, 'x'), (2, NULL)) AS t(a, c)")
+            .await
+            .unwrap();
+        let plan = frame.create_physical_plan().await.unwrap();
+        assert!(has_node(&plan, "ProjectionExec"));
+        let expected = collect(Arc::clone(&plan), context.task_ctx())
+            .await
+            .unwrap();
+
+        let kept = with_kept_projections(Arc::clone(&plan));
+        assert!(!has_node(&kept, "ProjectionExec"));
+        assert!(has_node(&kept, "KeptProjectionExec"));
+        assert_eq!(kept.schema(), plan.schema());
+        for _ in 0..2 {
+            let bound = bind(&kept, None).unwrap().unwrap();
+            let batches = collect(bound, context.task_ctx()).await.unwrap();
+            assert_eq!(batches, expected);
+        }
     }
 }

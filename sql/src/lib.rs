@@ -73,6 +73,20 @@ fn fresh_dir(dir: &Path) -> SqlResult<std::path::PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// The tokio runtimes the engine runs work on, apart from the one serving connections.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    /// Queries, so a CPU-heavy query never starves the protocol (a CancelRequest must get
+    /// through).
+    pub executor: tokio::runtime::Handle,
+    /// Work nobody waits for: prediction log writes (and the compactions of the logs they
+    /// start, which run where the commit ran). The server runs it on threads of the lowest
+    /// priority, so that this work takes the CPU serving leaves over rather than making the
+    /// slowest requests. Nothing a statement waits for may run here: it would wait as long as
+    /// the CPU is busy (an INSERT behind a compaction holding its table's writer lock).
+    pub background: tokio::runtime::Handle,
+}
+
 /// Where the engine keeps its data, beyond the data directory.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -114,9 +128,7 @@ pub struct Engine {
     online_group: Option<online_group::OnlineGroup>,
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
-    /// The tokio runtime queries execute on, apart from the one serving connections, so a
-    /// CPU-heavy query never starves the protocol (a CancelRequest must get through).
-    executor: tokio::runtime::Handle,
+    runtimes: Runtimes,
     system_catalog: system_catalog::SystemCatalog,
     data_dir: std::path::PathBuf,
     /// Fitted models, loaded from their artifacts on first use.
@@ -137,7 +149,7 @@ impl Engine {
     pub async fn open(
         data_dir: &Path,
         options: &EngineOptions,
-        executor: tokio::runtime::Handle,
+        runtimes: Runtimes,
     ) -> SqlResult<Arc<Engine>> {
         let catalog = match &options.cluster {
             Some(config) => {
@@ -229,7 +241,7 @@ impl Engine {
             online_group,
             runtime,
             target_partitions,
-            executor,
+            runtimes,
             system_catalog,
             data_dir: data_dir.to_path_buf(),
             models: Default::default(),
@@ -328,7 +340,18 @@ impl Engine {
 
     /// The runtime that executes queries.
     pub fn executor(&self) -> &tokio::runtime::Handle {
-        &self.executor
+        &self.runtimes.executor
+    }
+
+    /// Writes what is waiting in memory to be written, the rows served since the last write of
+    /// the prediction logs; a clean stop calls it once no session is left.
+    pub async fn write_pending(&self) {
+        self.prediction_log.flush(self).await;
+    }
+
+    /// The runtime of work nobody waits for (see [`Runtimes::background`]).
+    pub fn background(&self) -> &tokio::runtime::Handle {
+        &self.runtimes.background
     }
 
     /// How many partitions a query is split into.

@@ -14,9 +14,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -377,13 +381,17 @@ impl ExecutionPlan for LogPredictionsExec {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
         let (log, sink) = (self.log, self.sink.clone());
-        let logged = input.map(move |batch| {
-            if let Ok(batch) = &batch
-                && batch.num_rows() > 0
-            {
-                sink.enqueue(log, batch.clone());
+        let logged = input.then(move |batch| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(batch) = &batch
+                    && batch.num_rows() > 0
+                {
+                    sink.enqueue(log, batch.clone());
+                    sink.room().await;
+                }
+                batch
             }
-            batch
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, logged)))
     }
@@ -393,8 +401,95 @@ impl ExecutionPlan for LogPredictionsExec {
 #[derive(Debug)]
 pub(crate) struct PredictionLog {
     engine: std::sync::Weak<Engine>,
-    pending: Mutex<HashMap<Oid, Vec<RecordBatch>>>,
+    pending: Mutex<HashMap<Oid, PendingRows>>,
     flush_scheduled: std::sync::atomic::AtomicBool,
+    /// Held while queued rows are written, so a flush at shutdown waits for one under way and
+    /// flushes never write one log side by side.
+    writing: tokio::sync::Mutex<()>,
+    /// The estimated size of the queued rows (see [`PendingRows::bytes`]).
+    pending_bytes: std::sync::atomic::AtomicUsize,
+    /// Told when queued rows have been written (or discarded).
+    written: tokio::sync::Notify,
+}
+
+/// How much served rows may wait in memory. The log is written by threads that run only when
+/// the CPU has nothing else to do; a server serving without pause would queue rows without end.
+/// Beyond this, serving calls wait for the log to be written before they answer.
+const PENDING_BYTES_LIMIT: usize = 256 << 20;
+
+/// One log's queued rows, copied into batches of [`PENDING_BATCH_ROWS`] as they come. Each
+/// request brings a batch of its one row; kept as they came and written together, ten thousand
+/// one-row batches a second took nearly half the server's CPU, all at once at every flush
+/// (checks, casts and Parquet level building per batch and column), and made the slowest
+/// requests. Copied at once, a row costs a copy of its values on the thread that served it.
+#[derive(Debug)]
+struct PendingRows {
+    /// Rows of another schema than the current coalescer's (a log takes the rows of every
+    /// statement serving its model, and those may differ in nullability), and full batches.
+    batches: Vec<RecordBatch>,
+    coalescer: BatchCoalescer,
+    /// The rows' estimated size: fixed-width values at their width, others at
+    /// [`VARIABLE_WIDTH_BYTES`].
+    bytes: usize,
+}
+
+/// The size a variable-width value (text, an array) is estimated at.
+const VARIABLE_WIDTH_BYTES: usize = 32;
+
+/// The estimated size of a row of `schema` (see [`PendingRows::bytes`]).
+fn row_bytes(schema: &SchemaRef) -> usize {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            f.data_type()
+                .primitive_width()
+                .unwrap_or(VARIABLE_WIDTH_BYTES)
+        })
+        .sum()
+}
+
+/// Rows per batch of a log's queued rows.
+const PENDING_BATCH_ROWS: usize = 8192;
+
+impl PendingRows {
+    fn new(schema: SchemaRef) -> PendingRows {
+        PendingRows {
+            batches: Vec::new(),
+            coalescer: BatchCoalescer::new(schema, PENDING_BATCH_ROWS),
+            bytes: 0,
+        }
+    }
+
+    /// Queues the rows of `batch`; returns their estimated size.
+    fn push(&mut self, batch: RecordBatch) -> Result<usize, ArrowError> {
+        let bytes = batch.num_rows() * row_bytes(batch.schema_ref());
+        if self.coalescer.schema() != batch.schema() {
+            self.end_batch()?;
+            self.coalescer = BatchCoalescer::new(batch.schema(), PENDING_BATCH_ROWS);
+        }
+        self.coalescer.push_batch(batch)?;
+        while let Some(full) = self.coalescer.next_completed_batch() {
+            self.batches.push(full);
+        }
+        self.bytes += bytes;
+        Ok(bytes)
+    }
+
+    /// Ends the batch being filled: its rows join the queued batches.
+    fn end_batch(&mut self) -> Result<(), ArrowError> {
+        self.coalescer.finish_buffered_batch()?;
+        while let Some(batch) = self.coalescer.next_completed_batch() {
+            self.batches.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Every queued row, as batches.
+    fn finish_batches(&mut self) -> Result<Vec<RecordBatch>, ArrowError> {
+        self.end_batch()?;
+        Ok(std::mem::take(&mut self.batches))
+    }
 }
 
 impl PredictionLog {
@@ -403,14 +498,27 @@ impl PredictionLog {
             engine,
             pending: Mutex::new(HashMap::new()),
             flush_scheduled: std::sync::atomic::AtomicBool::new(false),
+            writing: tokio::sync::Mutex::new(()),
+            pending_bytes: std::sync::atomic::AtomicUsize::new(0),
+            written: tokio::sync::Notify::new(),
         }
     }
 
     fn enqueue(self: &Arc<Self>, log: Oid, batch: RecordBatch) {
         if let Ok(mut pending) = self.pending.lock() {
-            pending.entry(log).or_default().push(batch);
+            let rows = pending
+                .entry(log)
+                .or_insert_with(|| PendingRows::new(batch.schema()));
+            match rows.push(batch) {
+                Ok(bytes) => {
+                    self.pending_bytes.fetch_add(bytes, Ordering::AcqRel);
+                }
+                // Not reachable while a log's rows keep their column types (ensure_logs).
+                Err(e) => {
+                    tracing::error!(log, error = %e, "a served row could not be queued for its log")
+                }
+            }
         }
-        use std::sync::atomic::Ordering;
         if self.flush_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -418,8 +526,8 @@ impl PredictionLog {
             return;
         };
         let this = self.clone();
-        let executor = engine.executor().clone();
-        executor.spawn(async move {
+        let background = engine.background().clone();
+        background.spawn(async move {
             tokio::time::sleep(FLUSH_INTERVAL).await;
             // Rows queued from here on schedule the next flush.
             this.flush_scheduled.store(false, Ordering::Release);
@@ -427,22 +535,49 @@ impl PredictionLog {
         });
     }
 
+    /// Waits while more rows are queued than [`PENDING_BYTES_LIMIT`] allows.
+    async fn room(&self) {
+        loop {
+            // Made before the check, so a write finishing in between still wakes it.
+            let written = self.written.notified();
+            if self.pending_bytes.load(Ordering::Acquire) <= PENDING_BYTES_LIMIT {
+                return;
+            }
+            written.await;
+        }
+    }
+
     /// Writes every queued row, one commit per log.
-    async fn flush(&self, engine: &Engine) {
+    pub(crate) async fn flush(&self, engine: &Engine) {
+        let _writing = self.writing.lock().await;
         let pending = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return,
         };
-        for (log, batches) in pending {
-            let snapshot = engine.catalog.snapshot();
-            let Some(relation) = snapshot.relation(log) else {
-                tracing::warn!(log, "prediction log dropped; its queued rows are discarded");
-                continue;
-            };
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            if let Err(e) = RelationSink::write_batches(relation, engine, batches).await {
-                tracing::error!(log = %relation.qualified_name(), rows, error = %e, "writing served predictions failed");
+        for (log, mut rows) in pending {
+            self.write(engine, log, &mut rows).await;
+            self.pending_bytes.fetch_sub(rows.bytes, Ordering::AcqRel);
+            self.written.notify_waiters();
+        }
+    }
+
+    /// Writes one log's queued rows, or says why they are discarded.
+    async fn write(&self, engine: &Engine, log: Oid, rows: &mut PendingRows) {
+        let snapshot = engine.catalog.snapshot();
+        let Some(relation) = snapshot.relation(log) else {
+            tracing::warn!(log, "prediction log dropped; its queued rows are discarded");
+            return;
+        };
+        let batches = match rows.finish_batches() {
+            Ok(batches) => batches,
+            Err(e) => {
+                tracing::error!(log = %relation.qualified_name(), error = %e, "served predictions could not be gathered");
+                return;
             }
+        };
+        let count: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if let Err(e) = RelationSink::write_batches(relation, engine, batches).await {
+            tracing::error!(log = %relation.qualified_name(), rows = count, error = %e, "writing served predictions failed");
         }
     }
 }
@@ -525,5 +660,70 @@ fn column_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
     match name.strip_prefix('_') {
         Some(element) => format!("{element}[]"),
         None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn row(schema: &Arc<Schema>, id: i64, score: Option<f64>) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![id])),
+                Arc::new(Float64Array::from(vec![score])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// One-row batches are queued as few batches, in order; rows of another schema (a statement
+    /// whose prediction is never NULL) start a batch of their own; the size estimate counts
+    /// every row.
+    #[test]
+    fn served_rows_are_queued_as_few_batches_in_order() {
+        let nullable = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("prediction", DataType::Float64, true),
+        ]));
+        let not_null = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("prediction", DataType::Float64, false),
+        ]));
+        let mut rows = PendingRows::new(nullable.clone());
+        let mut bytes = 0;
+        for id in 0..PENDING_BATCH_ROWS as i64 + 3 {
+            bytes += rows.push(row(&nullable, id, Some(0.5))).unwrap();
+        }
+        bytes += rows.push(row(&not_null, -1, Some(0.25))).unwrap();
+        bytes += rows.push(row(&nullable, -2, None)).unwrap();
+        assert_eq!(bytes, (PENDING_BATCH_ROWS + 5) * 16);
+        assert_eq!(rows.bytes, bytes);
+
+        let batches = rows.finish_batches().unwrap();
+        let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, [PENDING_BATCH_ROWS, 3, 1, 1]);
+        assert_eq!(batches[2].schema(), not_null);
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let expected: Vec<i64> = (0..PENDING_BATCH_ROWS as i64 + 3).chain([-1, -2]).collect();
+        assert_eq!(ids, expected);
+        assert!(batches[3].column(1).is_null(0));
+        assert!(rows.finish_batches().unwrap().is_empty());
     }
 }
