@@ -144,6 +144,24 @@ def test_serve_predicts_as_predict_and_logs_for_monitoring(conn):
            ASOF JOIN risk_model_predictions p MATCH_CONDITION (l.ts >= p.served_at) ON l.id = p.id ORDER BY l.id"""
     ).fetchall()
     assert [(i, y, p) for i, y, p in joined] == [(3, 1, served_for(served, 3)), (17, 0, served_for(served, 17))]
+    # A prepared serve whose log was dropped (by another connection: psycopg forgets its own
+    # prepared statements after a DROP) refuses to serve unlogged; prepared again, it logs to a
+    # new log.
+    with psycopg.connect(host="127.0.0.1", port=conn.info.port, user="quiver", dbname="quiver", autocommit=True) as other:
+        other.execute("DROP FEATURE GROUP risk_model_predictions")
+        request_id = other.execute("SELECT request_id FROM serve('risk_model', %s)", (3,), prepare=True).fetchone()[0]
+    with conn.cursor() as cursor:
+        with pytest.raises(psycopg.errors.UndefinedTable, match="prepare the statement again"):
+            cursor.execute("SELECT request_id, id, a, b, prediction FROM serve('risk_model', %s)", (3,), prepare=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            if conn.execute("SELECT request_id FROM risk_model_predictions").fetchall() == [(request_id,)]:
+                break
+        except psycopg.errors.UndefinedTable:
+            pass
+        time.sleep(0.1)
+    assert conn.execute("SELECT request_id FROM risk_model_predictions").fetchall() == [(request_id,)]
 
 
 def served_for(served, key):

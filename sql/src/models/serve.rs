@@ -378,6 +378,16 @@ impl ExecutionPlan for LogPredictionsExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        // A prepared statement keeps the log it was planned with; served rows must not go to
+        // a log that is gone.
+        if !self.sink.log_exists(self.log) {
+            return Err(datafusion::common::DataFusionError::External(Box::new(
+                SqlError::UndefinedTable(format!(
+                    "the prediction log this statement appends to (feature group OID {}) was dropped; prepare the statement again to log to a new one",
+                    self.log
+                )),
+            )));
+        }
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
         let (log, sink) = (self.log, self.sink.clone());
@@ -533,6 +543,13 @@ impl PredictionLog {
             this.flush_scheduled.store(false, Ordering::Release);
             this.flush(&engine).await;
         });
+    }
+
+    /// Whether the log's feature group is in the catalog.
+    fn log_exists(&self, log: Oid) -> bool {
+        self.engine
+            .upgrade()
+            .is_some_and(|engine| engine.catalog.snapshot().relation(log).is_some())
     }
 
     /// Waits while more rows are queued than [`PENDING_BYTES_LIMIT`] allows.
