@@ -258,14 +258,10 @@ impl ExecutionPlan for KeptProjectionExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        let mut recursion = TreeNodeRecursion::Continue;
-        for projected in self.projector.projection().as_ref() {
-            recursion = f(&projected.expr)?;
-            if recursion == TreeNodeRecursion::Stop {
-                break;
-            }
-        }
-        Ok(recursion)
+        datafusion::physical_plan::apply_expression_roots(
+            self.projector.projection().as_ref().iter().map(|p| &p.expr),
+            f,
+        )
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {

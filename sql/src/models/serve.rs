@@ -438,6 +438,8 @@ struct PendingRows {
     /// statement serving its model, and those may differ in nullability), and full batches.
     batches: Vec<RecordBatch>,
     coalescer: BatchCoalescer,
+    /// The estimated size of a row of the coalescer's schema.
+    row_bytes: usize,
     /// The rows' estimated size: fixed-width values at their width, others at
     /// [`VARIABLE_WIDTH_BYTES`].
     bytes: usize,
@@ -466,6 +468,7 @@ impl PendingRows {
     fn new(schema: SchemaRef) -> PendingRows {
         PendingRows {
             batches: Vec::new(),
+            row_bytes: row_bytes(&schema),
             coalescer: BatchCoalescer::new(schema, PENDING_BATCH_ROWS),
             bytes: 0,
         }
@@ -473,11 +476,12 @@ impl PendingRows {
 
     /// Queues the rows of `batch`; returns their estimated size.
     fn push(&mut self, batch: RecordBatch) -> Result<usize, ArrowError> {
-        let bytes = batch.num_rows() * row_bytes(batch.schema_ref());
         if self.coalescer.schema() != batch.schema() {
             self.end_batch()?;
+            self.row_bytes = row_bytes(batch.schema_ref());
             self.coalescer = BatchCoalescer::new(batch.schema(), PENDING_BATCH_ROWS);
         }
+        let bytes = batch.num_rows() * self.row_bytes;
         self.coalescer.push_batch(batch)?;
         while let Some(full) = self.coalescer.next_completed_batch() {
             self.batches.push(full);
@@ -499,6 +503,26 @@ impl PendingRows {
     fn finish_batches(&mut self) -> Result<Vec<RecordBatch>, ArrowError> {
         self.end_batch()?;
         Ok(std::mem::take(&mut self.batches))
+    }
+
+    /// Writes one log's queued rows, or says why they are discarded.
+    async fn write(&mut self, engine: &Engine, log: Oid) {
+        let snapshot = engine.catalog.snapshot();
+        let Some(relation) = snapshot.relation(log) else {
+            tracing::warn!(log, "prediction log dropped; its queued rows are discarded");
+            return;
+        };
+        let batches = match self.finish_batches() {
+            Ok(batches) => batches,
+            Err(e) => {
+                tracing::error!(log = %relation.qualified_name(), error = %e, "served predictions could not be gathered");
+                return;
+            }
+        };
+        let count: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if let Err(e) = RelationSink::write_batches(relation, engine, batches).await {
+            tracing::error!(log = %relation.qualified_name(), rows = count, error = %e, "writing served predictions failed");
+        }
     }
 }
 
@@ -572,29 +596,9 @@ impl PredictionLog {
             Err(_) => return,
         };
         for (log, mut rows) in pending {
-            self.write(engine, log, &mut rows).await;
+            rows.write(engine, log).await;
             self.pending_bytes.fetch_sub(rows.bytes, Ordering::AcqRel);
             self.written.notify_waiters();
-        }
-    }
-
-    /// Writes one log's queued rows, or says why they are discarded.
-    async fn write(&self, engine: &Engine, log: Oid, rows: &mut PendingRows) {
-        let snapshot = engine.catalog.snapshot();
-        let Some(relation) = snapshot.relation(log) else {
-            tracing::warn!(log, "prediction log dropped; its queued rows are discarded");
-            return;
-        };
-        let batches = match rows.finish_batches() {
-            Ok(batches) => batches,
-            Err(e) => {
-                tracing::error!(log = %relation.qualified_name(), error = %e, "served predictions could not be gathered");
-                return;
-            }
-        };
-        let count: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if let Err(e) = RelationSink::write_batches(relation, engine, batches).await {
-            tracing::error!(log = %relation.qualified_name(), rows = count, error = %e, "writing served predictions failed");
         }
     }
 }
