@@ -14,9 +14,9 @@ use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::FileWriter as IpcWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 use flate2::write::GzEncoder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -25,6 +25,7 @@ use crate::error::{StorageError, StorageResult};
 use crate::hdf5_file::Hdf5Writer;
 use crate::location::StoreLocation;
 use crate::npy::NpyWriter;
+use crate::parquet_file::ParallelParquetWriter;
 use crate::tfrecord::TfRecordWriter;
 
 /// The formats a training dataset is written in.
@@ -95,7 +96,7 @@ pub(crate) fn temporal_as_integers(
 
 /// The open file of one split.
 enum FileWriter {
-    Parquet(ArrowWriter<BufWriter<File>>),
+    Parquet(ParallelParquetWriter<BufWriter<File>>),
     Csv(csv::Writer<BufWriter<File>>),
     Arrow(IpcWriter<BufWriter<File>>),
     Tfrecords(TfRecordWriter<BufWriter<File>>),
@@ -229,6 +230,27 @@ fn write_npy_columns(dir: &Path, schema: &SchemaRef) -> StorageResult<()> {
         .map_err(|e| StorageError::io(&path, e))
 }
 
+/// How training dataset Parquet files are encoded. zstd, as pyarrow users choose for training
+/// data. Pages are bounded by size (1 MiB), not also by 20,000 rows as the writer's default: a
+/// trainer reads the file whole, so the finer page index buys nothing, and larger pages compress
+/// better and cost less per value. Floating-point columns skip the dictionary: continuous features
+/// seldom repeat, and one that does not fills the dictionary's page only to fall back to plain
+/// values, after paying for hashing every value (the hashing was 30% of an export's time). Other
+/// columns keep it (categories, counts, flags). Measured on 10M rows x 50 doubles: 8.4 s for 730 MB
+/// with the defaults, 5.3 s for 120 MB with these (docs/performance.md).
+fn parquet_properties(schema: &SchemaRef) -> WriterProperties {
+    let mut properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_data_page_row_count_limit(usize::MAX);
+    for field in schema.fields() {
+        if field.data_type().is_floating() {
+            properties = properties
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    properties.build()
+}
+
 fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<FileWriter> {
     let create = || -> StorageResult<BufWriter<File>> {
         let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
@@ -236,13 +258,11 @@ fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<Fi
     };
     Ok(match format {
         FileFormat::Parquet => {
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .build();
-            FileWriter::Parquet(ArrowWriter::try_new(
+            let properties = parquet_properties(schema);
+            FileWriter::Parquet(ParallelParquetWriter::try_new(
                 create()?,
                 schema.clone(),
-                Some(properties),
+                properties,
             )?)
         }
         FileFormat::Csv => {
@@ -504,6 +524,41 @@ mod tests {
         assert!(splits_exist(&location, &splits).await.unwrap());
         remove_splits(&location, &splits).await.unwrap();
         assert!(!splits_exist(&location, &splits).await.unwrap());
+    }
+
+    /// The encodings `parquet_properties` chooses: floating point without a dictionary, other
+    /// columns with one, pages bounded by bytes only.
+    #[test]
+    fn parquet_floats_skip_the_dictionary_and_pages_are_not_cut_by_rows() {
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let data = batch(50_000);
+        let splits = vec!["train".to_string()];
+        let mut writer = DatasetWriter::create(
+            &staging,
+            FileFormat::Parquet,
+            data.schema(),
+            &splits,
+            1_000_000,
+        )
+        .unwrap();
+        writer.write(0, &data).unwrap();
+        writer.finish().unwrap();
+        let file = File::open(staging.join("train/part-00000.parquet")).unwrap();
+        let reader = SerializedFileReader::new(file).unwrap();
+        let group = reader.metadata().row_group(0);
+        let (id, x) = (group.column(0), group.column(1));
+        assert!(id.dictionary_page_offset().is_some(), "{id:?}");
+        assert!(x.dictionary_page_offset().is_none(), "{x:?}");
+        // 50,000 doubles are 400 KB: one page, where a 20,000-row limit would make three.
+        let pages = reader
+            .get_row_group(0)
+            .unwrap()
+            .get_column_page_reader(1)
+            .unwrap()
+            .count();
+        assert_eq!(pages, 1);
     }
 
     #[test]

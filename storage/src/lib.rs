@@ -5,6 +5,7 @@
 //! catalog and never parses SQL. A write it acknowledges is atomic and durable.
 
 mod artifact;
+mod block_file;
 mod dataset;
 mod error;
 mod hdf5_file;
@@ -14,6 +15,7 @@ mod npy;
 mod offline;
 mod online;
 mod online_value;
+mod parquet_file;
 mod tfrecord;
 
 pub use artifact::{delete_object, object_url, read_object, write_object};
