@@ -120,8 +120,12 @@ impl AsofJoinExec {
                     PackedKeyTime {
                         key: Arc::clone(right_key),
                         time: right_time.clone(),
+                        // Looking backward, the merge settles ties by the sequence itself
+                        // (`Merge::find`), so the right side sorts by 128 bits, not 256: the
+                        // sorts are most of a feature-store join's time.
                         sequence: right_sequence
                             .clone()
+                            .filter(|_| condition.direction() == MatchDirection::Forward)
                             .map(|s| (s, sequence_order(condition).descending)),
                     },
                 ))
@@ -416,8 +420,9 @@ fn packs(data_type: &DataType) -> bool {
 /// column is several times faster in DataFusion than by two (its comparator for several columns
 /// is dynamic), and the merge then compares one integer. NULL when the key or the time is.
 ///
-/// With a `sequence` (a feature group's commit order, for ties) the sort column is a `Decimal256`
-/// of (key, time, sequence), the sequence inverted when it must sort descending.
+/// With a `sequence` (a feature group's commit order, for ties; only looking forward, where the
+/// first row at or after the left time must be the later commit's) the sort column is a
+/// `Decimal256` of (key, time, sequence), the sequence inverted when it must sort descending.
 #[derive(Debug, Clone, Eq)]
 pub(crate) struct PackedKeyTime {
     key: Arc<dyn PhysicalExpr>,
@@ -565,6 +570,22 @@ impl PhysicalExpr for PackedKeyTime {
 struct RightBatch {
     columns: RecordBatch,
     sort: SortKeys,
+    /// The commit sequence of each row, when ties are settled by the merge (looking backward
+    /// with packed keys, the sort leaves rows of equal key and time in any order).
+    sequence: Option<Vec<i64>>,
+}
+
+impl RightBatch {
+    /// Whether row `at` loses a tie to row `other_at` of `other`: the same key and time, and an
+    /// earlier commit.
+    fn loses_tie_to(&self, at: usize, other: &RightBatch, other_at: usize) -> bool {
+        let (Some(sequence), Some(other_sequence)) = (&self.sequence, &other.sequence) else {
+            return false;
+        };
+        self.sort.key_cmp(at, &other.sort, other_at) == Ordering::Equal
+            && self.sort.time_cmp(at, &other.sort, other_at) == Ordering::Equal
+            && sequence[at] < other_sequence[other_at]
+    }
 }
 
 /// How the merge puts a batch's keys and times in comparable form.
@@ -729,9 +750,25 @@ impl Merge {
                 Some(batch) => {
                     let batch = batch?;
                     let sort = self.sort_keys(&batch, Side::Right)?;
+                    let sequence = match &self.spec.right_sequence {
+                        Some(sequence)
+                            if self.spec.condition.direction() == MatchDirection::Backward =>
+                        {
+                            let values = PackedKeyTime::as_i64(sequence, &batch)?;
+                            Some(
+                                values
+                                    .as_primitive::<Int64Type>()
+                                    .iter()
+                                    .map(|s| s.unwrap_or(i64::MIN))
+                                    .collect(),
+                            )
+                        }
+                        _ => None,
+                    };
                     self.current = Some(Arc::new(RightBatch {
                         columns: batch.project(&self.spec.right_output)?,
                         sort,
+                        sequence,
                     }));
                     self.position = 0;
                 }
@@ -776,7 +813,17 @@ impl Merge {
                     if !satisfies {
                         break;
                     }
-                    self.candidate = Some((batch.clone(), at));
+                    // Rows of equal key and time may come in any commit order: the later
+                    // commit stays the candidate.
+                    let keep = match &self.candidate {
+                        Some((candidate, candidate_at)) => {
+                            batch.loses_tie_to(at, candidate, *candidate_at)
+                        }
+                        None => false,
+                    };
+                    if !keep {
+                        self.candidate = Some((batch.clone(), at));
+                    }
                     self.position += 1;
                 }
                 MatchDirection::Forward => {
