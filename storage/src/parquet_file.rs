@@ -83,7 +83,7 @@ impl<W: Write + Send> ParallelParquetWriter<W> {
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
             leaves.extend(compute_leaves(field, array)?);
         }
-        let share = self.columns.len().div_ceil(self.threads);
+        let share = self.columns.len().div_ceil(self.threads).max(1);
         let work = self.columns.chunks_mut(share).zip(leaves.chunks(share));
         on_threads(work, |(writers, leaves)| {
             for (writer, leaf) in writers.iter_mut().zip(leaves) {
