@@ -43,3 +43,39 @@ pub(crate) fn sync_path(path: &std::path::Path) -> StorageResult<()> {
         .and_then(|f| f.sync_all())
         .map_err(|e| StorageError::io(path, e))
 }
+
+/// The cores this process may use: how many threads a writer shares its encoding among.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `task` on each item, the first on this thread and the others on threads of their own, and
+/// returns the results in the items' order. For CPU-bound encoding that a file writer shares out
+/// (parquet columns, tfrecords rows); the threads live for one call.
+pub(crate) fn on_threads<I, T>(
+    items: I,
+    task: impl Fn(I::Item) -> StorageResult<T> + Sync,
+) -> StorageResult<Vec<T>>
+where
+    I: IntoIterator,
+    I::Item: Send,
+    T: Send,
+{
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else {
+        return Ok(Vec::new());
+    };
+    let task = &task;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = items.map(|item| scope.spawn(move || task(item))).collect();
+        let mut results = vec![task(first)];
+        for other in others {
+            results.push(other.join().unwrap_or_else(|_| {
+                Err(StorageError::Internal(
+                    "a thread encoding a training dataset file panicked".into(),
+                ))
+            }));
+        }
+        results.into_iter().collect()
+    })
+}

@@ -7,7 +7,6 @@
 //! in column order, so the file is what `ArrowWriter` would write with the same properties.
 
 use std::io::Write;
-use std::thread;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -20,7 +19,8 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::file::writer::SerializedFileWriter;
 
-use crate::error::{StorageError, StorageResult};
+use crate::error::StorageResult;
+use crate::{cores, on_threads};
 
 pub(crate) struct ParallelParquetWriter<W: Write + Send> {
     file: SerializedFileWriter<W>,
@@ -48,10 +48,7 @@ impl<W: Write + Send> ParallelParquetWriter<W> {
         let (file, row_groups) = ArrowWriter::try_new(out, schema.clone(), Some(properties))?
             .into_serialized_writer()?;
         let columns = row_groups.create_column_writers(0)?;
-        let threads = thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(columns.len())
-            .max(1);
+        let threads = cores().min(columns.len()).max(1);
         Ok(ParallelParquetWriter {
             file,
             row_groups,
@@ -112,10 +109,10 @@ impl<W: Write + Send> ParallelParquetWriter<W> {
             shares.push(part);
         }
         let closed = on_threads(shares, |share| {
-            share
+            Ok(share
                 .into_iter()
                 .map(ArrowColumnWriter::close)
-                .collect::<Result<Vec<ArrowColumnChunk>, ParquetError>>()
+                .collect::<Result<Vec<ArrowColumnChunk>, ParquetError>>()?)
         })?;
         let mut row_group = self.file.next_row_group()?;
         for chunk in closed.into_iter().flatten() {
@@ -132,39 +129,6 @@ impl<W: Write + Send> ParallelParquetWriter<W> {
         }
         Ok(self.file.into_inner()?)
     }
-}
-
-/// Runs `task` on each item, the first on this thread and the others on threads of their own, and
-/// returns the results in the items' order.
-fn on_threads<I, T>(
-    items: I,
-    task: impl Fn(I::Item) -> Result<T, ParquetError> + Sync,
-) -> StorageResult<Vec<T>>
-where
-    I: IntoIterator,
-    I::Item: Send,
-    T: Send,
-{
-    let mut items = items.into_iter();
-    let Some(first) = items.next() else {
-        return Ok(Vec::new());
-    };
-    let task = &task;
-    thread::scope(|scope| {
-        let others: Vec<_> = items.map(|item| scope.spawn(move || task(item))).collect();
-        let mut results = vec![task(first)];
-        for other in others {
-            results.push(other.join().unwrap_or_else(|_| {
-                Err(ParquetError::General(
-                    "a thread encoding parquet columns panicked".into(),
-                ))
-            }));
-        }
-        results
-            .into_iter()
-            .map(|result| result.map_err(StorageError::from))
-            .collect()
-    })
 }
 
 #[cfg(test)]
