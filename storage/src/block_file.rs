@@ -234,6 +234,21 @@ impl BlockFile {
     }
 }
 
+/// For writers that take any `Write` (parquet, csv, Arrow IPC, tfrecords): bytes are copied into
+/// the current block, which is what a `BufWriter` would do, and written by the block thread.
+impl std::io::Write for BlockFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(bytes.len())
+    }
+
+    /// Nothing to do: blocks are written as they fill, and the rest by `finish`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Opens `path` for direct writes where the file system allows them; says whether it did.
 fn open(path: &Path) -> io::Result<(File, bool)> {
     #[cfg(target_os = "linux")]

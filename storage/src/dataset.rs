@@ -6,7 +6,7 @@
 //! rows (`part-00000.parquet`, ...) except npy and hdf5, which hold a split in one file.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::artifact::object_path;
@@ -21,6 +21,7 @@ use flate2::write::GzEncoder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::block_file::BlockFile;
 use crate::error::{StorageError, StorageResult};
 use crate::hdf5_file::Hdf5Writer;
 use crate::location::StoreLocation;
@@ -94,13 +95,17 @@ pub(crate) fn temporal_as_integers(
     }
 }
 
+/// Bytes per block of a training dataset file (see `BlockFile`): large enough that a direct
+/// write runs at the disk's speed (8 MiB measured twice as fast as 1 MiB here).
+pub(crate) const FILE_BLOCK_BYTES: usize = 8 << 20;
+
 /// The open file of one split.
 enum FileWriter {
-    Parquet(ParallelParquetWriter<BufWriter<File>>),
-    Csv(csv::Writer<BufWriter<File>>),
-    Arrow(IpcWriter<BufWriter<File>>),
-    Tfrecords(TfRecordWriter<BufWriter<File>>),
-    TfrecordsGzip(TfRecordWriter<GzEncoder<BufWriter<File>>>),
+    Parquet(ParallelParquetWriter<BlockFile>),
+    Csv(csv::Writer<BlockFile>),
+    Arrow(IpcWriter<BlockFile>),
+    Tfrecords(TfRecordWriter<BlockFile>),
+    TfrecordsGzip(TfRecordWriter<GzEncoder<BlockFile>>),
     Npy(NpyWriter),
     Hdf5(Hdf5Writer),
 }
@@ -252,10 +257,9 @@ fn parquet_properties(schema: &SchemaRef) -> WriterProperties {
 }
 
 fn open(path: &Path, format: FileFormat, schema: &SchemaRef) -> StorageResult<FileWriter> {
-    let create = || -> StorageResult<BufWriter<File>> {
-        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-        Ok(BufWriter::with_capacity(1 << 20, file))
-    };
+    // Every format's bytes go through a BlockFile (see block_file.rs): written around the page
+    // cache on a thread of the file's own, so encoding the next rows overlaps writing.
+    let create = || BlockFile::create(path, FILE_BLOCK_BYTES);
     Ok(match format {
         FileFormat::Parquet => {
             let properties = parquet_properties(schema);
@@ -297,11 +301,7 @@ fn write(writer: &mut FileWriter, batch: &RecordBatch) -> StorageResult<()> {
 /// Finishes a split's open file and syncs it; `dir` (the split's directory) names it in errors.
 fn close(writer: Option<FileWriter>, dir: &Path) -> StorageResult<()> {
     let io = |e: std::io::Error| StorageError::io(dir, e);
-    let flush = |mut out: BufWriter<File>| -> StorageResult<()> {
-        out.flush().map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)
-    };
+    let flush = |out: BlockFile| out.finish(|_| {}).map(|_| ());
     match writer {
         None => Ok(()),
         Some(FileWriter::Parquet(w)) => flush(w.into_inner()?),
