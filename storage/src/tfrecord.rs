@@ -218,15 +218,17 @@ impl<W: Write> TfRecordWriter<W> {
         let share = rows.div_ceil(self.encoded.len()).max(1);
         let keys = &self.keys;
         let columns = &columns;
+        for out in &mut self.encoded {
+            out.clear();
+        }
+        // Only shares with rows get a thread: a batch smaller than the cores starts fewer.
         let work = self
             .encoded
             .iter_mut()
             .enumerate()
-            .map(|(index, out)| (index * share..((index + 1) * share).min(rows), out));
-        crate::on_threads(work, |(rows, out)| {
-            out.clear();
-            encode_rows(keys, columns, rows, out)
-        })?;
+            .map(|(index, out)| (index * share..((index + 1) * share).min(rows), out))
+            .filter(|(rows, _)| !rows.is_empty());
+        crate::on_threads(work, |(rows, out)| encode_rows(keys, columns, rows, out))?;
         for encoded in &self.encoded {
             self.out.write_all(encoded).map_err(io)?;
         }
